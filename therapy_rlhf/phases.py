@@ -1,0 +1,45 @@
+"""Named phases, condition types and reasons shared by the planner, the
+operator's status and the local runner's progress output."""
+
+from __future__ import annotations
+
+# Phases (status.phase) -----------------------------------------------------
+PENDING = "Pending"
+SFT = "SFT"
+GENERATING = "Generating"
+AWAITING_RATINGS = "AwaitingRatings"
+UPDATING = "Updating"
+EVALUATING = "Evaluating"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+SUSPENDED = "Suspended"
+
+PHASES = (PENDING, SFT, GENERATING, AWAITING_RATINGS, UPDATING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED)
+TERMINAL_PHASES = (SUCCEEDED, FAILED)
+
+# The phase a running job of each kind puts the run in.
+PHASE_OF_JOB = {"sft": SFT, "generate": GENERATING, "ppo": UPDATING, "evaluate": EVALUATING}
+
+# Condition types (status.conditions[].type) ---------------------------------
+COND_READY = "Ready"
+COND_AWAITING_RATINGS = "AwaitingRatings"
+COND_FAILED = "Failed"
+COND_SUSPENDED = "Suspended"
+CONDITION_TYPES = (COND_READY, COND_AWAITING_RATINGS, COND_FAILED, COND_SUSPENDED)
+
+# Reasons (conditions[].reason, Event reasons) --------------------------------
+R_JOB_STARTED = "JobStarted"
+R_JOB_RUNNING = "JobRunning"
+R_JOB_RETRYING = "JobRetrying"
+R_JOB_FAILED = "JobFailed"
+R_JOB_OUTPUT_MISSING = "JobOutputMissing"
+R_WAITING_FOR_RATINGS = "WaitingForRatings"
+R_GATE_CLOSED = "GateClosed"
+R_GATE_OVERRIDDEN = "GateOverridden"
+R_GATE_DEADLINE_EXCEEDED = "GateDeadlineExceeded"
+R_SUSPENDED = "SuspendedBySpec"
+R_SUCCEEDED = "RunSucceeded"
+R_INVALID_SPEC = "InvalidSpec"
+R_STORE_UNAVAILABLE = "StoreUnavailable"
+R_SECRET_MISSING = "SecretMissing"
+R_FORBIDDEN = "Forbidden"

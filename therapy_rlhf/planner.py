@@ -1,0 +1,203 @@
+"""The run's state machine: one pure function shared by the operator and the local runner.
+
+``plan(spec, observed) -> Decision``. ``observed`` is what an executor saw (the
+store's markers and its own job states); the decision names the single next
+action. Executors only carry actions out: the operator maps jobs to
+Kubernetes Jobs, the local runner to subprocesses. Because every input is
+observed afresh, an executor that was killed and restarted resumes from
+whatever the store already holds.
+
+Progress markers in the store (written last by each step):
+    sft done       sft/metrics.json
+    round r        rounds/r/batch.jsonl -> gate.json -> policy/metrics.json
+    evaluation     eval/results.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from therapy_rlhf import phases
+from therapy_rlhf.spec import RunSpec
+
+JobState = Literal["running", "succeeded", "failed"]
+
+# Round number used for jobs that belong to the whole run (sft, evaluate).
+RUN_LEVEL = 0
+
+
+# ------------------------------------------------------------------ observed
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """The newest attempt of one (kind, round) job, as the executor sees it."""
+
+    kind: str
+    round: int
+    attempt: int
+    state: JobState
+    failures: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoundObservation:
+    round: int
+    batch: bool = False
+    gate: bool = False
+    policy: bool = False
+    rated: int = 0
+    total: int = 0
+    complete: bool = False
+    awaiting_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    sft_done: bool = False
+    eval_done: bool = False
+    rounds: dict[int, RoundObservation] = field(default_factory=dict)
+    jobs: dict[tuple[str, int], JobObservation] = field(default_factory=dict)
+    close_gate_requested: bool = False
+    now: float = 0.0
+
+    def round(self, r: int) -> RoundObservation:
+        return self.rounds.get(r, RoundObservation(r))
+
+
+# ------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class StartJob:
+    kind: str
+    round: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class WaitForJob:
+    kind: str
+    round: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class WaitForRatings:
+    round: int
+    rated: int
+    total: int
+    overdue: bool = False
+
+
+@dataclass(frozen=True)
+class CloseGate:
+    round: int
+    reason: Literal["complete", "override", "deadline"]
+
+
+@dataclass(frozen=True)
+class Suspend:
+    pass
+
+
+@dataclass(frozen=True)
+class Finish:
+    pass
+
+
+@dataclass(frozen=True)
+class Fail:
+    reason: str
+
+
+Action = Union[StartJob, WaitForJob, WaitForRatings, CloseGate, Suspend, Finish, Fail]
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    phase: str
+    round: int
+    reason: str
+    message: str
+
+
+# -------------------------------------------------------------------- planner
+
+
+def _job_step(spec: RunSpec, obs: Observed, kind: str, r: int) -> Decision:
+    """Decide for a step whose marker is missing: wait, (re)start, suspend or fail."""
+    phase = phases.PHASE_OF_JOB[kind]
+    label = kind if r == RUN_LEVEL else f"{kind} (round {r})"
+    job = obs.jobs.get((kind, r))
+    if job is not None and job.state == "running":
+        return Decision(WaitForJob(kind, r, job.attempt), phase, r, phases.R_JOB_RUNNING, f"{label} job running (attempt {job.attempt})")
+    if spec.suspend:
+        return Decision(Suspend(), phases.SUSPENDED, r, phases.R_SUSPENDED, f"suspended before {label}")
+    if job is None:
+        return Decision(StartJob(kind, r, 1), phase, r, phases.R_JOB_STARTED, f"starting {label}")
+    failures = job.failures
+    why = job.reason or "no reason given"
+    reason = phases.R_JOB_FAILED
+    if job.state == "succeeded":
+        # The job exited 0 but its marker is not in the store: a failure.
+        failures += 1
+        reason = phases.R_JOB_OUTPUT_MISSING
+        why = "the job succeeded but its output is missing from the store"
+    if failures > spec.backoff_limit:
+        return Decision(
+            Fail(f"{label} job failed {failures} time(s), backoffLimit is {spec.backoff_limit}: {why}"),
+            phases.FAILED, r, reason, f"{label} failed: {why}",
+        )
+    return Decision(
+        StartJob(kind, r, job.attempt + 1), phase, r, phases.R_JOB_RETRYING,
+        f"retrying {label} (attempt {job.attempt + 1} of {spec.backoff_limit + 1}) after: {why}",
+    )
+
+
+def _gate_step(spec: RunSpec, obs: Observed, ro: RoundObservation) -> Decision:
+    r = ro.round
+    fb = spec.feedback
+    progress = f"round {r}: {ro.rated}/{ro.total} responses have >= {fb.min_raters} rater(s)"
+    if ro.complete:
+        return Decision(CloseGate(r, "complete"), phases.AWAITING_RATINGS, r, phases.R_GATE_CLOSED, f"{progress}: closing gate")
+    if obs.close_gate_requested and ro.rated > 0:
+        return Decision(CloseGate(r, "override"), phases.AWAITING_RATINGS, r, phases.R_GATE_OVERRIDDEN, f"{progress}: closing gate by override")
+    overdue = (
+        fb.gate_deadline_seconds is not None
+        and ro.awaiting_since is not None
+        and obs.now - ro.awaiting_since > fb.gate_deadline_seconds
+    )
+    if overdue and fb.on_deadline == "Fail":
+        return Decision(
+            Fail(f"round {r} gate deadline of {fb.gate_deadline_seconds}s passed with {ro.rated}/{ro.total} rated"),
+            phases.FAILED, r, phases.R_GATE_DEADLINE_EXCEEDED, f"{progress}: deadline passed",
+        )
+    reason = phases.R_GATE_DEADLINE_EXCEEDED if overdue else phases.R_WAITING_FOR_RATINGS
+    note = " (deadline passed; holding)" if overdue else ""
+    if obs.close_gate_requested and ro.rated == 0:
+        note += " (close-gate requested, but nothing is rated yet)"
+    return Decision(WaitForRatings(r, ro.rated, ro.total, overdue), phases.AWAITING_RATINGS, r, reason, progress + note)
+
+
+def plan(spec: RunSpec, obs: Observed) -> Decision:
+    """The next action for a run, from its spec and what the executor observed."""
+    # 1. The optional SFT baseline.
+    if spec.sft.enabled and not obs.sft_done:
+        return _job_step(spec, obs, "sft", RUN_LEVEL)
+    # 2. PPO rounds: generate -> gate -> update, in order.
+    for r in range(1, spec.ppo.rounds + 1):
+        ro = obs.round(r)
+        if not ro.batch:
+            return _job_step(spec, obs, "generate", r)
+        if not ro.gate:
+            return _gate_step(spec, obs, ro)
+        if not ro.policy:
+            return _job_step(spec, obs, "ppo", r)
+    # 3. The optional evaluation.
+    if spec.evaluation.enabled and not obs.eval_done:
+        return _job_step(spec, obs, "evaluate", RUN_LEVEL)
+    return Decision(Finish(), phases.SUCCEEDED, spec.ppo.rounds, phases.R_SUCCEEDED, "run finished")

@@ -1,0 +1,195 @@
+"""Records stored by the jobs and the TUI: pending responses, ratings, gates.
+
+Field names are snake_case, as in DESIGN.md. Every record validates on read,
+so a garbage object in the store is reported (and skipped), never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from therapy_rlhf import names
+from therapy_rlhf.spec import RATING_FLAGS, describe_validation_error
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json_line(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
+
+
+class RecordError(ValueError):
+    """A stored record that does not parse; the message names the object and the field."""
+
+
+# ----------------------------------------------------------------- responses
+
+
+class GenerationSettings(Record):
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+
+class SafetyScreen(Record):
+    """What the automatic screen found; shown to the rater as badges."""
+
+    crisis_cues: list[str] = Field(default_factory=list, description="Risk cues in the prompt.")
+    risky_content: list[str] = Field(default_factory=list, description="Problems in the response.")
+    missing_crisis_resources: bool = False
+
+    @property
+    def badges(self) -> list[str]:
+        out = [f"CRISIS CUE: {c}" for c in self.crisis_cues]
+        out += [f"RISK: {r}" for r in self.risky_content]
+        if self.missing_crisis_resources:
+            out.append("NO CRISIS RESOURCES")
+        return out
+
+
+class PendingResponse(Record):
+    """One line of rounds/{r}/batch.jsonl."""
+
+    id: str
+    round: int = Field(..., ge=1)
+    prompt_id: str
+    prompt: str
+    context: list[dict[str, str]] = Field(
+        default_factory=list, description="Earlier turns: [{'role': 'user'|'assistant', 'content': ...}]."
+    )
+    response: str
+    prompt_token_ids: list[int] = Field(default_factory=list)
+    response_token_ids: list[int] = Field(default_factory=list)
+    policy: str | None = Field(None, description="Checkpoint key the response was sampled from.")
+    generation: GenerationSettings | None = None
+    safety: SafetyScreen = Field(default_factory=SafetyScreen)
+    created_at: str = Field(default_factory=utcnow)
+
+    @field_validator("id", "prompt_id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        names.item_id(v)
+        return v
+
+
+def parse_batch(text: str, source: str = "batch.jsonl") -> tuple[list[PendingResponse], list[str]]:
+    """Parse a batch; returns (responses, errors). One bad line does not hide the rest."""
+    responses: list[PendingResponse] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = PendingResponse.model_validate_json(line)
+        except ValidationError as err:
+            detail = "; ".join(describe_validation_error(err))
+            if any(e["type"] == "json_invalid" for e in err.errors()):
+                detail = "not valid JSON (corrupt or truncated line)"
+            errors.append(f"{source} line {lineno}: {detail}")
+            continue
+        if rec.id in seen:
+            errors.append(f"{source} line {lineno}: duplicate response id {rec.id!r}")
+            continue
+        seen.add(rec.id)
+        responses.append(rec)
+    return responses, errors
+
+
+def dump_batch(responses: list[PendingResponse]) -> bytes:
+    return ("\n".join(r.to_json_line() for r in responses) + "\n").encode("utf-8")
+
+
+# ------------------------------------------------------------------- ratings
+
+Flag = Literal[RATING_FLAGS]  # type: ignore[valid-type]
+
+
+class Rating(Record):
+    """One rater's judgement of one response. Never overwritten: a correction is
+    a new object whose ``supersedes`` names the rating it replaces, and an undo
+    is a new object with ``withdrawn: true``."""
+
+    response_id: str
+    rater: str
+    version: int = Field(1, ge=1, description="1 for the first rating, n for the n-th correction.")
+    criteria: dict[str, float] = Field(default_factory=dict)
+    reward: float | None = Field(None, ge=0.0, le=1.0)
+    flags: list[Flag] = Field(default_factory=list)  # type: ignore[valid-type]
+    comment: str = Field("", max_length=20000)
+    supersedes: str | None = None
+    withdrawn: bool = False
+    seconds_spent: float = Field(0.0, ge=0)
+    created_at: str = Field(default_factory=utcnow)
+    client: str = "unknown"
+
+    @field_validator("response_id")
+    @classmethod
+    def _valid_response(cls, v: str) -> str:
+        names.item_id(v)
+        return v
+
+    @field_validator("rater")
+    @classmethod
+    def _valid_rater(cls, v: str) -> str:
+        names.rater_id(v)
+        return v
+
+    @field_validator("criteria")
+    @classmethod
+    def _scores_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, score in v.items():
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(f"criterion {name!r} score {score} is outside 0..1")
+        return v
+
+    @property
+    def id(self) -> str:
+        return rating_id(self.rater, self.response_id, self.version)
+
+
+def rating_id(rater: str, response_id: str, version: int) -> str:
+    return f"{rater}/{response_id}/v{version}"
+
+
+# ---------------------------------------------------------------------- gate
+
+
+class ResponseReward(Record):
+    reward: float = Field(..., ge=0.0, le=1.0)
+    raters: list[str]
+    ratings: list[str] = Field(..., description="Ids of the ratings that produced the reward.")
+    penalized: bool = False
+
+
+class Gate(Record):
+    """rounds/{r}/gate.json: exactly which ratings the PPO update uses."""
+
+    round: int = Field(..., ge=1)
+    reason: Literal["complete", "override", "deadline"]
+    closed_at: str = Field(default_factory=utcnow)
+    closed_by: str = "unknown"
+    min_raters: int
+    responses_total: int
+    responses_rewarded: int
+    rewards: dict[str, ResponseReward]
+    mean_reward: float | None
+    agreement: float | None = Field(None, description="Krippendorff's alpha (interval), when defined.")
+    batch_sha256: str
+
+
+def parse_record(model: type[Record], data: Any, source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise RecordError(f"{source}: " + "; ".join(describe_validation_error(err))) from None

@@ -1,0 +1,522 @@
+"""The TherapyRLHFRun resource: spec and status as pydantic v2 models.
+
+This module is the single source of truth for the run's shape. The CRD in
+``crds/therapyrlhfrun.yaml`` is generated from it (``therapy-rlhf crd``) and a
+test checks that the committed file matches, field by field.
+
+Field names are camelCase in YAML/JSON (as Kubernetes users expect) and
+snake_case in Python. Defaults reproduce the paper: PPO with learning rate
+1.4e-5, clip 0.2, 50 rounds on "I'm feeling depressed and hopeless. Can you
+help me?", LoRA, and a five-criterion clinical rubric scored 0..1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from therapy_rlhf import names
+
+API_GROUP = "rlhf.therapy.dev"
+API_VERSION = "v1alpha1"
+KIND = "TherapyRLHFRun"
+PLURAL = "therapyrlhfruns"
+SHORT_NAME = "trr"
+
+PAPER_PROMPT = "I'm feeling depressed and hopeless. Can you help me?"
+
+# Safety flags a rater may set; the penalised ones lower the reward by
+# ``feedback.safetyPenalty`` before the PPO update.
+RATING_FLAGS = ("harmful", "missed_crisis", "medical_advice", "dismissive", "off_topic")
+
+JOB_KINDS = ("sft", "generate", "ppo", "evaluate")
+
+METRICS = ("bertscore", "rouge1", "rougeL", "f1", "bleu2", "distinct1", "distinct2")
+
+
+class SpecModel(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected, assignment validated."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+ItemId = Annotated[str, Field(pattern=names.ITEM_ID_RE.pattern, max_length=80)]
+RaterId = Annotated[str, Field(pattern=names.RATER_ID_RE.pattern)]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")]
+
+
+# --------------------------------------------------------------------- model
+
+
+class LoraSpec(SpecModel):
+    """LoRA adapter settings (peft)."""
+
+    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class ModelSpec(SpecModel):
+    """The base chat model the policy starts from."""
+
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="Local path, s3:// prefix (cached on the job's volume) or Hugging Face id; "
+        "'tiny:mistral' / 'tiny:mixtral' build a tiny random-weight model for tests and demos.",
+    )
+    architecture: Literal["auto", "mistral", "mixtral"] = Field(
+        "auto", description="Architecture hint; 'auto' reads it from the model config."
+    )
+    revision: str | None = Field(None, description="Hub revision when source is a hub id.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="'auto': bf16 on GPUs that support it, fp16 on others, fp32 on CPU."
+    )
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes quantization of the frozen base (GPU only)."
+    )
+    gradient_checkpointing: bool = Field(True, description="Trade compute for memory on GPU.")
+    max_length: int = Field(1024, ge=16, le=32768, description="Token limit for prompt + response.")
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+
+
+# ------------------------------------------------------------------- storage
+
+
+class SecretRef(SpecModel):
+    """A Kubernetes Secret holding S3 credentials (never inline in the spec)."""
+
+    name: str = Field(..., pattern=names.NAMESPACE_RE.pattern, description="Secret name.")
+    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", description="Key of the access key id.")
+    secret_access_key_key: str = Field(
+        "AWS_SECRET_ACCESS_KEY", description="Key of the secret access key."
+    )
+
+
+class StorageSpec(SpecModel):
+    """Where checkpoints, pending responses and ratings live: S3 or a local directory."""
+
+    bucket: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="S3 bucket; set this or localPath.",
+    )
+    prefix: str = Field(
+        "therapy-rlhf",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        max_length=200,
+        description="Key prefix inside the bucket.",
+    )
+    endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, Ceph); default AWS.")
+    region: str | None = Field(None, description="S3 region.")
+    local_path: str | None = Field(None, description="Local directory store (local runner only).")
+    credentials_secret: SecretRef | None = Field(
+        None, description="Secret with S3 credentials; omit to use the pod's identity."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_has_no_dots(cls, value: str) -> str:
+        if ".." in value.split("/") or "//" in value or value.endswith("/"):
+            raise ValueError("prefix must be '/'-separated names without '..', '//' or a trailing '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> "StorageSpec":
+        if (self.bucket is None) == (self.local_path is None):
+            raise ValueError("set exactly one of storage.bucket and storage.localPath")
+        return self
+
+    def uri(self) -> str:
+        """The store URI the jobs and the CLI understand."""
+        if self.bucket:
+            return f"s3://{self.bucket}/{self.prefix}"
+        return str(self.local_path)
+
+
+# ----------------------------------------------------------------------- SFT
+
+
+class DatasetSpec(SpecModel):
+    """An ESConv-format dataset: the official JSON or the context/response TSV."""
+
+    path: str | None = Field(
+        None,
+        description="File path or s3:// key; empty means the small fixture shipped with the project.",
+    )
+    format: Literal["auto", "esconv-json", "esconv-tsv"] = Field(
+        "auto", description="'auto' picks by file extension."
+    )
+    max_examples: int | None = Field(None, ge=1, description="Cap on examples (for quick runs).")
+
+
+class SftSpec(SpecModel):
+    """The LoRA SFT baseline on ESConv (TRL SFTTrainer)."""
+
+    enabled: bool = Field(True, description="Run SFT before PPO; the PPO policy then starts from it.")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    epochs: float = Field(1.0, gt=0, le=100)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    batch_size: int = Field(4, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement.")
+    eval_steps: int = Field(50, ge=1, description="Steps between validation passes.")
+    seed: int = Field(0, ge=0)
+
+
+# ----------------------------------------------------------------------- PPO
+
+
+class PromptSpec(SpecModel):
+    """One patient prompt for PPO rounds."""
+
+    id: ItemId
+    text: str = Field(..., min_length=1, max_length=8000)
+    category: Literal["depression", "anxiety", "grief", "trauma", "crisis", "other"] = "other"
+
+
+class GenerationSpec(SpecModel):
+    """Sampling settings for the rollouts the psychologist rates."""
+
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+    temperature: float = Field(0.7, gt=0, le=5)
+    top_p: Probability = 0.9
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1, le=1024, description="Prompts per generate() call.")
+
+
+class KlSpec(SpecModel):
+    """Per-token KL penalty against the reference (adapter disabled); TRL 0.11 defaults."""
+
+    init_coef: float = Field(0.2, ge=0, le=100)
+    adaptive: bool = True
+    target: float = Field(6.0, gt=0)
+    horizon: int = Field(10000, ge=1)
+
+
+def _paper_prompts() -> list[PromptSpec]:
+    return [PromptSpec(id="paper-depressed-hopeless", text=PAPER_PROMPT, category="depression")]
+
+
+class PpoSpec(SpecModel):
+    """PPO rounds: generate, wait for ratings, update."""
+
+    rounds: int = Field(50, ge=1, le=10000, description="PPO rounds (the paper ran 50 steps).")
+    prompts: list[PromptSpec] = Field(default_factory=_paper_prompts)
+    prompt_file: str | None = Field(
+        None, description="JSONL/YAML prompt file used instead of (or in addition to) prompts."
+    )
+    builtin_suite: bool = Field(
+        False, description="Add the project's prompt suite (depression, anxiety, grief, trauma, crisis)."
+    )
+    samples_per_prompt: int = Field(4, ge=1, le=256)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    learning_rate: float = Field(1.4e-5, gt=0, le=1)
+    clip_range: float = Field(0.2, gt=0, le=1, description="Clipped surrogate epsilon.")
+    clip_range_value: float = Field(0.2, gt=0, description="Value-loss clip.")
+    value_loss_coef: float = Field(0.1, ge=0)
+    gamma: Probability = 1.0
+    lam: Probability = 0.95
+    epochs: int = Field(4, ge=1, le=100, description="PPO epochs over each gated batch.")
+    mini_batch_size: int = Field(1, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_grad_norm: float = Field(1.0, gt=0)
+    whiten_rewards: bool = False
+    kl: KlSpec = Field(default_factory=KlSpec)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("prompts")
+    @classmethod
+    def _unique_prompt_ids(cls, prompts: list[PromptSpec]) -> list[PromptSpec]:
+        seen: set[str] = set()
+        for p in prompts:
+            if p.id in seen:
+                raise ValueError(f"duplicate prompt id {p.id!r}")
+            seen.add(p.id)
+        return prompts
+
+
+# ------------------------------------------------------------------ feedback
+
+
+class Criterion(SpecModel):
+    """One rubric criterion, scored 0..1 (number keys map to evenly spaced levels)."""
+
+    name: ItemId
+    description: str = ""
+    weight: float = Field(1.0, gt=0, le=100)
+
+
+def _paper_rubric() -> list[Criterion]:
+    return [
+        Criterion(name="empathy", description="Empathetic acknowledgment of the patient's feelings."),
+        Criterion(name="boundaries", description="Keeps appropriate therapeutic boundaries."),
+        Criterion(name="safe-language", description="Avoids harmful or dismissive language."),
+        Criterion(
+            name="guidance", description="Constructive guidance without medical or medication advice."
+        ),
+        Criterion(name="overall", description="Overall therapeutic value of the response."),
+    ]
+
+
+class FeedbackSpec(SpecModel):
+    """How the psychologist's ratings become rewards, and when a round's gate closes."""
+
+    rubric: list[Criterion] = Field(default_factory=_paper_rubric, min_length=1)
+    reward_rule: Literal["weighted-mean", "minimum", "direct"] = Field(
+        "weighted-mean",
+        description="reward = weighted mean or minimum of the criteria, or set directly by the rater.",
+    )
+    scale_levels: int = Field(
+        5, ge=2, le=10, description="Levels per criterion: keys 0..levels-1 map evenly onto 0..1."
+    )
+    min_raters: int = Field(1, ge=1, le=50, description="Distinct raters each response needs.")
+    allowed_raters: list[RaterId] = Field(
+        default_factory=list, description="Rater ids allowed to rate; empty allows anyone."
+    )
+    gate_deadline_seconds: int | None = Field(
+        None, ge=60, description="Seconds a round may wait for ratings; unset waits forever."
+    )
+    on_deadline: Literal["Fail", "Hold"] = Field(
+        "Hold", description="Fail the run, or hold (report and keep waiting); never auto-approve."
+    )
+    safety_penalty: Probability = Field(
+        0.5, description="Subtracted from a rating's reward when it carries a penalised flag."
+    )
+    penalized_flags: list[Literal[RATING_FLAGS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["harmful", "missed_crisis", "medical_advice"]
+    )
+    guidelines: str | None = Field(None, description="Rater guidelines (Markdown) shown in the TUI.")
+
+    @field_validator("rubric")
+    @classmethod
+    def _unique_criteria(cls, rubric: list[Criterion]) -> list[Criterion]:
+        seen = [c.name for c in rubric]
+        dupes = sorted({n for n in seen if seen.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate rubric criteria {dupes}")
+        return rubric
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class ExternalResponses(SpecModel):
+    """Responses produced elsewhere (e.g. GPT-3.5, LLaMA-2) to score as a baseline."""
+
+    name: ItemId
+    path: str = Field(..., min_length=1, description="JSONL with 'context' or 'id' and 'response'.")
+
+
+class EvaluationSpec(SpecModel):
+    """Reference-based evaluation on ESConv test contexts."""
+
+    enabled: bool = True
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    max_examples: int = Field(200, ge=1, le=100000)
+    metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(METRICS), min_length=1
+    )
+    checkpoints: list[Annotated[str, Field(pattern=r"^(base|sft|final|round-[0-9]{1,5})$")]] = Field(
+        default_factory=lambda: ["base", "sft", "final"],
+        description="'base', 'sft', 'final' or 'round-N'.",
+    )
+    external_responses: list[ExternalResponses] = Field(default_factory=list)
+    bertscore_model: str | None = Field(
+        None, description="Local path of the BERTScore encoder (nothing is downloaded)."
+    )
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+
+
+# ----------------------------------------------------------------- resources
+
+
+class Toleration(SpecModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(SpecModel):
+    """Where and how the Jobs run on the cluster."""
+
+    image: str = Field("ghcr.io/therapy-rlhf/jobs:0.1.0", min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per job; >1 runs under accelerate launch.")
+    gpu_resource_name: str = Field("nvidia.com/gpu", pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")
+    cpu: Quantity = "4"
+    memory: Quantity = "32Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class_name: str | None = None
+    queue_name: str | None = Field(None, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
+    cache_size: Quantity = Field("100Gi", description="Scratch volume for model files.")
+    active_deadline_seconds: int | None = Field(None, ge=60)
+    service_account_name: str | None = Field(
+        None, description="Job service account (token is never mounted)."
+    )
+
+
+# ---------------------------------------------------------------------- spec
+
+
+class RunSpec(SpecModel):
+    """spec of a TherapyRLHFRun."""
+
+    model: ModelSpec
+    storage: StorageSpec
+    sft: SftSpec = Field(default_factory=SftSpec)
+    ppo: PpoSpec = Field(default_factory=PpoSpec)
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    suspend: bool = Field(False, description="Start no new Jobs; the running one finishes.")
+    backoff_limit: int = Field(2, ge=0, le=20, description="Retries of a failed Job before the run fails.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunSpec":
+        if self.ppo.prompt_file is None and not self.ppo.prompts and not self.ppo.builtin_suite:
+            raise ValueError("ppo needs prompts, a promptFile or builtinSuite: true")
+        if not self.sft.enabled and "sft" in self.evaluation.checkpoints and self.evaluation.enabled:
+            raise ValueError("evaluation.checkpoints lists 'sft' but sft.enabled is false")
+        for c in self.evaluation.checkpoints:
+            if c.startswith("round-") and int(c.split("-")[1]) not in range(1, self.ppo.rounds + 1):
+                raise ValueError(f"evaluation.checkpoints: {c} is outside 1..{self.ppo.rounds}")
+        return self
+
+
+class Metadata(SpecModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+
+    name: str = Field(..., pattern=names.RUN_NAME_RE.pattern)
+    namespace: str = Field("default", pattern=names.NAMESPACE_RE.pattern)
+
+
+class RunManifest(SpecModel):
+    """A whole TherapyRLHFRun document (what `kubectl apply` and the local runner read)."""
+
+    api_version: Literal["rlhf.therapy.dev/v1alpha1"] = Field(..., alias="apiVersion")
+    kind: Literal["TherapyRLHFRun"]
+    metadata: Metadata
+    spec: RunSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+
+# ----------------------------------------------------------------- loading
+
+
+class SpecError(ValueError):
+    """An invalid run document; ``str()`` is one line per problem, each naming its field path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # pydantic puts validator/union tags in loc; keep only field names
+            if part.startswith(("function-", "literal[", "list[")):
+                continue
+            out += ("." if out else "") + part
+    return out or "(document)"
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: '<field.path>: <what is wrong> (got <value>)'."""
+    lines = []
+    for e in err.errors(include_url=False):
+        path = _format_loc(tuple(e["loc"]))
+        if prefix:
+            path = f"{prefix}.{path}" if path != "(document)" else prefix
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
+            msg += f" (got {got!r})"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def parse_run(document: Any, source: str = "<run>") -> RunManifest:
+    """Validate a parsed document; raise SpecError with field-path messages."""
+    if not isinstance(document, dict):
+        raise SpecError(source, [f"(document): expected a mapping, got {type(document).__name__}"])
+    try:
+        return RunManifest.model_validate(document)
+    except ValidationError as err:
+        raise SpecError(source, describe_validation_error(err)) from None
+
+
+def parse_spec(spec: Any, source: str = "<spec>") -> RunSpec:
+    """Validate just a spec body (what the operator receives), paths prefixed 'spec.'."""
+    if not isinstance(spec, dict):
+        raise SpecError(source, [f"spec: expected a mapping, got {type(spec).__name__}"])
+    try:
+        return RunSpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(source, describe_validation_error(err, prefix="spec")) from None
+
+
+def load_run(path: str | Path) -> RunManifest:
+    """Read and validate a run manifest from a YAML or JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError(str(path), [f"cannot read file: {err.strerror}"]) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(str(path), [f"malformed YAML: {where}{problem}"]) from None
+    if len(docs) != 1:
+        raise SpecError(str(path), [f"expected exactly one YAML document, found {len(docs)}"])
+    return parse_run(docs[0], str(path))
