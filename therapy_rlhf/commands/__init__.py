@@ -1,0 +1,1 @@
+"""One module per ``therapy-rlhf`` subcommand (see ``therapy_rlhf.cli``)."""

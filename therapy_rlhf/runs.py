@@ -1,0 +1,165 @@
+"""Runs as the store holds them: the frozen spec, the run list, per-round summaries.
+
+The CLI's ``status``, the TUI's start screen and the operator's round history
+all read runs through these functions, so they report the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from therapy_rlhf.layout import RunPaths, parse_run_root
+from therapy_rlhf.ratings import RoundState, agreement, aggregate, coverage, load_round, read_gate
+from therapy_rlhf.records import Gate
+from therapy_rlhf.spec import RunManifest, SpecError, parse_run
+from therapy_rlhf.store import AlreadyExists, NotFound, Store
+
+
+class FrozenSpecMismatch(ValueError):
+    """The store already holds a different frozen spec for this run."""
+
+
+def _canonical(manifest: RunManifest) -> dict:
+    doc = manifest.to_json_dict()
+    doc.pop("status", None)
+    doc["metadata"] = {"name": manifest.name, "namespace": manifest.namespace}
+    return doc
+
+
+def freeze_spec(store: Store, manifest: RunManifest) -> RunManifest:
+    """Write spec.json once; on a later start return the frozen one.
+
+    A run's training settings never change under it: if the stored spec
+    differs from ``manifest`` in anything but ``suspend``, the stored spec is
+    kept and FrozenSpecMismatch says which top-level fields differ.
+    """
+    paths = RunPaths(manifest.namespace, manifest.name)
+    doc = _canonical(manifest)
+    try:
+        store.create_json(paths.spec(), doc)
+        return manifest
+    except AlreadyExists:
+        pass
+    frozen = read_frozen_run(store, paths)
+    old, new = _canonical(frozen)["spec"], doc["spec"]
+    old.pop("suspend", None)
+    new.pop("suspend", None)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise FrozenSpecMismatch(
+            f"run {manifest.namespace}/{manifest.name} was started with a different spec "
+            f"(fields {', '.join('spec.' + c for c in changed)} differ from {store.describe(paths.spec())}); "
+            "start a new run under another name to change them"
+        )
+    return frozen
+
+
+def read_frozen_run(store: Store, paths: RunPaths) -> RunManifest:
+    source = store.describe(paths.spec())
+    try:
+        return parse_run(store.read_json(paths.spec()), source)
+    except NotFound:
+        raise NotFound(f"no run {paths.namespace}/{paths.run} in {store.uri} ({source} is missing)") from None
+
+
+def list_runs(store: Store) -> list[RunPaths]:
+    """Every run whose frozen spec is in the store."""
+    out = []
+    for key in store.list(""):
+        parsed = parse_run_root(key)
+        if parsed:
+            out.append(RunPaths(*parsed))
+    return out
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    responses: int
+    rated: int  # responses with >= minRaters raters
+    ratings: int  # latest ratings counted
+    raters: tuple[str, ...]
+    mean_reward: float | None
+    agreement: float | None
+    gate_closed: bool
+    updated: bool
+    waiting_since: str | None
+    batch_errors: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "round": self.round,
+            "responses": self.responses,
+            "rated": self.rated,
+            "ratings": self.ratings,
+            "raters": list(self.raters),
+            "meanReward": self.mean_reward,
+            "agreement": self.agreement,
+            "gateClosed": self.gate_closed,
+            "updated": self.updated,
+            "waitingSince": self.waiting_since,
+        }
+
+
+def summarize_round(store: Store, paths: RunPaths, manifest: RunManifest, round_no: int) -> RoundSummary:
+    """Counts and reward of one round; a closed round reports its frozen gate."""
+    fb = manifest.spec.feedback
+    state: RoundState = load_round(store, paths, round_no)
+    gate: Gate | None = read_gate(store, paths, round_no)
+    cov = coverage(state, fb.min_raters)
+    if gate is not None:
+        mean, alpha = gate.mean_reward, gate.agreement
+    else:
+        rewards = aggregate(state, fb)
+        mean = round(sum(r.reward for r in rewards.values()) / len(rewards), 4) if rewards else None
+        alpha = agreement(state, fb)
+    since = datetime.fromtimestamp(store.modified_at(paths.batch(round_no)), timezone.utc)
+    return RoundSummary(
+        round=round_no,
+        responses=cov.total,
+        rated=cov.complete,
+        ratings=cov.ratings,
+        raters=tuple(sorted({rater for _, rater in state.latest()})),
+        mean_reward=mean,
+        agreement=alpha,
+        gate_closed=gate is not None,
+        updated=store.exists(paths.policy_metrics(round_no)),
+        waiting_since=since.isoformat(timespec="seconds"),
+        batch_errors=len(state.batch_errors),
+    )
+
+
+def stored_rounds(store: Store, paths: RunPaths) -> list[int]:
+    """Rounds that have a batch, in order."""
+    rounds = []
+    prefix = paths.root + "/rounds/"
+    for key in store.list(prefix):
+        rest = key[len(prefix) :]
+        if rest.endswith("/batch.jsonl") and rest.count("/") == 1 and rest[:4].isdigit():
+            rounds.append(int(rest[:4]))
+    return sorted(rounds)
+
+
+def summarize_run(store: Store, paths: RunPaths) -> tuple[RunManifest, list[RoundSummary]]:
+    manifest = read_frozen_run(store, paths)
+    return manifest, [summarize_round(store, paths, manifest, r) for r in stored_rounds(store, paths)]
+
+
+def dump_manifest(manifest: RunManifest) -> str:
+    return json.dumps(_canonical(manifest), indent=2, sort_keys=True)
+
+
+__all__ = [
+    "FrozenSpecMismatch",
+    "RoundSummary",
+    "SpecError",
+    "dump_manifest",
+    "freeze_spec",
+    "list_runs",
+    "read_frozen_run",
+    "stored_rounds",
+    "summarize_round",
+    "summarize_run",
+]
