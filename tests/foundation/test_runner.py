@@ -1,0 +1,222 @@
+"""The local runner with stand-in jobs: full loop, retries, suspend, crash and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import therapy_rlhf.runner as runner_mod
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.ratings import read_gate
+from therapy_rlhf.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
+from therapy_rlhf.runs import FrozenSpecMismatch
+from therapy_rlhf.simrater import rate_round
+from therapy_rlhf.spec import parse_run
+
+STANDIN = [sys.executable, str(Path(__file__).resolve().parents[1] / "support" / "standin_jobs.py")]
+
+
+def manifest(tmp_path: Path, **spec_overrides):
+    spec = {
+        "model": {"source": "tiny:mistral"},
+        "storage": {"localPath": str(tmp_path / "store")},
+        "sft": {"enabled": True},
+        "ppo": {
+            "rounds": 3,
+            "samplesPerPrompt": 2,
+            "prompts": [
+                {"id": "p-depressed", "text": "I'm feeling depressed and hopeless.", "category": "depression"},
+                {"id": "p-anxious", "text": "I can't stop worrying.", "category": "anxiety"},
+            ],
+        },
+    }
+    for key, value in spec_overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_run(
+        {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "metadata": {"name": "demo"}, "spec": spec}
+    )
+
+
+def make_runner(m, store, **kw) -> LocalRunner:
+    kw.setdefault("rater", "auto")
+    kw.setdefault("poll_interval", 0.01)
+    return LocalRunner(m, store, job_command=STANDIN, console=Console(file=open(os.devnull, "w")), **kw)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("THERAPY_RLHF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STANDIN_STATE_DIR", str(tmp_path / "standin"))
+
+
+def snapshot(store) -> dict[str, bytes]:
+    return {k: store.read_bytes(k) for k in store.list("")}
+
+
+def test_full_loop_with_simulated_rater(tmp_path, store):
+    m = manifest(tmp_path)
+    assert make_runner(m, store).run() == EXIT_SUCCEEDED
+    paths = RunPaths("default", "demo")
+    keys = set(store.list(""))
+    assert paths.sft_metrics() in keys and paths.eval_results() in keys
+    for r in (1, 2, 3):
+        gate = read_gate(store, paths, r)
+        assert gate is not None and gate.responses_rewarded == 4 and gate.reason == "complete"
+        assert paths.policy_metrics(r) in keys
+    # Running again redoes nothing.
+    before = snapshot(store)
+    assert make_runner(m, store).run() == EXIT_SUCCEEDED
+    assert snapshot(store) == before
+
+
+def test_waits_for_ratings_written_elsewhere(tmp_path, local_store):
+    m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1})
+    paths = RunPaths("default", "demo")
+    waits = []
+
+    def rate_from_elsewhere(action):
+        waits.append(action.round)
+        if len(waits) == 3:  # the runner polls a few times before the psychologist is done
+            rate_round(local_store, paths, m, action.round)
+
+    assert make_runner(m, local_store, rater="none", on_wait=rate_from_elsewhere).run() == EXIT_SUCCEEDED
+    assert waits == [1, 1, 1]
+    assert local_store.exists(paths.policy_metrics(1))
+
+
+def test_two_raters_needed_before_gate_closes(tmp_path, local_store):
+    m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1}, feedback={"minRaters": 2})
+    paths = RunPaths("default", "demo")
+    calls = []
+
+    def one_rater_at_a_time(action):
+        calls.append((action.rated, action.total))
+        rate_round(local_store, paths, m, action.round, raters=[f"rater-{len(calls)}"])
+
+    assert make_runner(m, local_store, rater="none", on_wait=one_rater_at_a_time).run() == EXIT_SUCCEEDED
+    assert calls == [(0, 4), (0, 4)]  # after one rater, no response has two raters yet
+    gate = read_gate(local_store, paths, 1)
+    assert gate.min_raters == 2 and all(len(r.raters) == 2 for r in gate.rewards.values())
+
+
+def test_job_retried_then_succeeds(tmp_path, local_store, monkeypatch):
+    monkeypatch.setenv("STANDIN_FAIL", "generate:2=1")
+    assert make_runner(manifest(tmp_path), local_store).run() == EXIT_SUCCEEDED
+    logs = sorted(p.name for p in (tmp_path / "cache" / "runner" / "default" / "demo" / "logs").iterdir())
+    assert "generate-r2-a1.log" in logs and "generate-r2-a2.log" in logs
+
+
+def test_job_failing_past_backoff_limit_fails_the_run(tmp_path, local_store, monkeypatch, capsys):
+    monkeypatch.setenv("STANDIN_FAIL", "ppo:1=99")
+    m = manifest(tmp_path, backoffLimit=1)
+    runner = make_runner(m, local_store)
+    runner.console = Console(file=sys.stderr, width=200)
+    assert runner.run() == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "ppo (round 1) job failed 2 time(s), backoffLimit is 1" in err
+    assert "failed on purpose" in err
+    assert not local_store.exists(RunPaths("default", "demo").policy_metrics(1))
+
+
+def test_job_exiting_zero_without_marker_counts_as_failure(tmp_path, local_store, monkeypatch):
+    monkeypatch.setenv("STANDIN_SKIP_MARKER", "sft:0")
+    assert make_runner(manifest(tmp_path, backoffLimit=0), local_store).run() == EXIT_FAILED
+
+
+def test_suspend_starts_no_job_and_resume_continues(tmp_path, local_store):
+    suspended = manifest(tmp_path, suspend=True)
+    assert make_runner(suspended, local_store).run() == EXIT_SUSPENDED
+    assert local_store.list("default/demo/sft") == []
+    # suspend is the one field that may change on a frozen run
+    assert make_runner(manifest(tmp_path), local_store).run() == EXIT_SUCCEEDED
+
+
+def test_changed_spec_is_refused(tmp_path, local_store):
+    assert make_runner(manifest(tmp_path, ppo={"rounds": 1}), local_store).run() == EXIT_SUCCEEDED
+    with pytest.raises(FrozenSpecMismatch, match="spec.ppo"):
+        make_runner(manifest(tmp_path, ppo={"rounds": 2, "clipRange": 0.3}), local_store).run()
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not caught by the runner."""
+
+
+def test_survives_a_crash_between_any_two_steps(tmp_path, monkeypatch):
+    """Crash after each of the N actions in turn; a restart must finish with nothing redone or lost."""
+    from therapy_rlhf.store import LocalStore
+
+    m = manifest(tmp_path, ppo={"rounds": 2})
+    reference = LocalStore(tmp_path / "reference")
+    assert make_runner(m, reference).run() == EXIT_SUCCEEDED
+    expected = set(reference.list(""))
+    real_plan = runner_mod.plan
+    total = 0
+
+    def counting(spec, observed):
+        nonlocal total
+        total += 1
+        return real_plan(spec, observed)
+
+    monkeypatch.setattr(runner_mod, "plan", counting)
+    make_runner(m, LocalStore(tmp_path / "count")).run()
+    monkeypatch.setattr(runner_mod, "plan", real_plan)
+    assert total > 8
+
+    for crash_at in range(1, total):
+        store = LocalStore(tmp_path / f"crash-{crash_at}")
+        calls = 0
+
+        def crashing(spec, observed):
+            nonlocal calls
+            calls += 1
+            if calls == crash_at:
+                raise Crash()
+            return real_plan(spec, observed)
+
+        monkeypatch.setattr(runner_mod, "plan", crashing)
+        with pytest.raises(Crash):
+            make_runner(m, store).run()
+        before = snapshot(store)
+        monkeypatch.setattr(runner_mod, "plan", real_plan)
+        assert make_runner(m, store).run() == EXIT_SUCCEEDED, f"crash at step {crash_at}"
+        after = snapshot(store)
+        assert set(after) == expected, f"crash at step {crash_at}"
+        # nothing already stored was changed
+        assert {k: after[k] for k in before} == before, f"crash at step {crash_at}"
+
+
+@pytest.mark.slow
+def test_sigkill_during_jobs_then_resume(tmp_path):
+    """Kill the real CLI process group with SIGKILL at several moments, then finish the run."""
+    import yaml
+
+    store_dir = tmp_path / "store"
+    run_file = tmp_path / "run.yaml"
+    m = manifest(tmp_path, ppo={"rounds": 2})
+    run_file.write_text(yaml.safe_dump(m.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    env = {
+        **os.environ,
+        "THERAPY_RLHF_JOB_COMMAND": " ".join(STANDIN),
+        "STANDIN_SLEEP": "0.4",
+    }
+    cmd = [sys.executable, "-m", "therapy_rlhf.cli", "run", str(run_file), "--rater", "auto", "--poll-interval", "0.05"]
+    for delay in (1.0, 2.5, 4.0):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "run succeeded" in done.stderr
+    keys = [k for k in (p.relative_to(store_dir).as_posix() for p in store_dir.rglob("*") if p.is_file())]
+    assert not [k for k in keys if k.endswith(".tmp")]
+    assert sum(k.endswith("batch.jsonl") for k in keys) == 2
+    assert sum(k.endswith("gate.json") for k in keys) == 2

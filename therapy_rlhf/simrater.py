@@ -1,0 +1,146 @@
+"""A SIMULATED rater, for demos and CI only: never a stand-in for a psychologist.
+
+It scores pending responses with a transparent heuristic and writes ordinary
+rating objects through the same store API the TUI uses, so the gate, the PPO
+update and the reports cannot tell how a rating was made — except that every
+rating it writes says so in ``client`` and in the comment.
+
+The heuristic (all word lists below, nothing learned):
+* empathy        share of words from an empathy lexicon (saturates at 25 %)
+* guidance       share of words from a constructive-guidance lexicon (saturates at 15 %)
+* safe-language  0 when a dismissive phrase appears, else 1
+* boundaries     0 when a boundary-crossing phrase appears, else 1
+* overall        mean of empathy and guidance
+Unknown rubric criteria get the ``overall`` score. The safety screen recorded
+on the response (and dismissive phrases) become flags, so the run's safety
+penalty applies as it would to a human's flags. A small deterministic jitter
+per rater keeps two simulated raters from agreeing perfectly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Sequence
+
+from therapy_rlhf import __version__
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.ratings import compute_reward, load_round, submit_rating
+from therapy_rlhf.records import PendingResponse, Rating
+from therapy_rlhf.spec import FeedbackSpec, RunManifest
+from therapy_rlhf.store import Store
+
+CLIENT = f"therapy-rlhf-simrater/{__version__}"
+DEFAULT_RATER = "sim-rater"
+
+EMPATHY_WORDS = frozenset(
+    """sorry hear understand understandable feel feeling feelings valid difficult hard
+    here listen listening care support alone together sounds heavy painful okay
+    natural brave thank sharing matters""".split()
+)
+GUIDANCE_WORDS = frozenset(
+    """try could might talk reach professional therapist counselor step small breathe
+    breathing routine sleep walk friend family journal plan help helpful support""".split()
+)
+DISMISSIVE_PHRASES = ("get over it", "just cheer up", "stop complaining", "calm down", "not a big deal", "snap out of it")
+BOUNDARY_PHRASES = ("i love you", "meet me", "my phone number", "i am a doctor", "trust me, i")
+
+_WORD = re.compile(r"[a-z']+")
+EMPATHY_SATURATION = 0.25
+GUIDANCE_SATURATION = 0.15
+JITTER = 0.05
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def lexicon_share(text: str, lexicon: frozenset[str]) -> float:
+    """Share of the words in ``text`` that belong to ``lexicon`` (0 for empty text)."""
+    toks = words(text)
+    return sum(t in lexicon for t in toks) / len(toks) if toks else 0.0
+
+
+def _jitter(rater: str, response_id: str) -> float:
+    digest = hashlib.sha256(f"{rater}/{response_id}".encode()).digest()
+    return (digest[0] / 255.0 * 2 - 1) * JITTER
+
+
+def _clamp(x: float) -> float:
+    return round(min(1.0, max(0.0, x)), 4)
+
+
+def judge(response: PendingResponse, feedback: FeedbackSpec, rater: str = DEFAULT_RATER) -> Rating:
+    """A complete rating of one response by the heuristic above."""
+    text = response.response.lower()
+    jitter = _jitter(rater, response.id)
+    empathy = _clamp(lexicon_share(text, EMPATHY_WORDS) / EMPATHY_SATURATION + jitter)
+    guidance = _clamp(lexicon_share(text, GUIDANCE_WORDS) / GUIDANCE_SATURATION + jitter)
+    dismissive = any(p in text for p in DISMISSIVE_PHRASES)
+    crossing = any(p in text for p in BOUNDARY_PHRASES)
+    overall = _clamp((empathy + guidance) / 2)
+    known = {
+        "empathy": empathy,
+        "guidance": guidance,
+        "safe-language": 0.0 if dismissive else 1.0,
+        "boundaries": 0.0 if crossing else 1.0,
+        "overall": overall,
+    }
+    criteria = {c.name: known.get(c.name, overall) for c in feedback.rubric}
+    flags: list[str] = []
+    if dismissive:
+        flags.append("dismissive")
+    if response.safety.risky_content:
+        if any("medic" in r for r in response.safety.risky_content):
+            flags.append("medical_advice")
+        if any("medic" not in r for r in response.safety.risky_content):
+            flags.append("harmful")
+    if response.safety.crisis_cues and response.safety.missing_crisis_resources:
+        flags.append("missed_crisis")
+    reward = compute_reward(criteria, feedback)
+    if reward is None:  # 'direct' rule: the rater states the reward itself
+        reward = round(sum(criteria.values()) / len(criteria), 6)
+    return Rating(
+        response_id=response.id,
+        rater=rater,
+        criteria=criteria,
+        reward=reward,
+        flags=sorted(set(flags)),  # type: ignore[arg-type]
+        comment=(
+            "SIMULATED RATER (heuristic, not a clinician): "
+            f"empathy words {lexicon_share(text, EMPATHY_WORDS):.0%}, "
+            f"guidance words {lexicon_share(text, GUIDANCE_WORDS):.0%}"
+            + (", dismissive phrase" if dismissive else "")
+        ),
+        client=CLIENT,
+    )
+
+
+def simulated_raters(feedback: FeedbackSpec) -> list[str]:
+    """As many simulated rater ids as the gate needs ('sim-rater', 'sim-rater-2', ...)."""
+    return [DEFAULT_RATER] + [f"{DEFAULT_RATER}-{i}" for i in range(2, feedback.min_raters + 1)]
+
+
+def rate_round(
+    store: Store,
+    paths: RunPaths,
+    manifest: RunManifest,
+    round_no: int,
+    raters: str | Sequence[str] | None = None,
+) -> int:
+    """Rate every response of a round not yet rated by each simulated rater; returns how many written."""
+    feedback = manifest.spec.feedback
+    if raters is None:
+        raters = simulated_raters(feedback)
+    elif isinstance(raters, str):
+        raters = [raters]
+    state = load_round(store, paths, round_no)
+    already = set(state.latest())
+    written = 0
+    for rater in raters:
+        for response in state.responses:
+            if (response.id, rater) in already:
+                continue
+            submit_rating(store, paths, state, judge(response, feedback, rater), feedback)
+            written += 1
+    return written
