@@ -464,6 +464,17 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(document)"
 
 
+# Human wording for the patterns users meet most, instead of a bare regex.
+PATTERN_RULES = {
+    names.RUN_NAME_RE.pattern: "must be a DNS-1123 label of at most 40 characters "
+    "(lower-case letters, digits and '-', starting and ending alphanumeric)",
+    names.NAMESPACE_RE.pattern: "must be a DNS-1123 label (lower-case letters, digits and '-')",
+    names.RATER_ID_RE.pattern: "must be 1-40 characters of lower-case letters, digits and '-'",
+    names.ITEM_ID_RE.pattern: "must be 1-80 characters of lower-case letters, digits, '-', '_' or '.', "
+    "starting alphanumeric",
+}
+
+
 def describe_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem: '<field.path>: <what is wrong> (got <value>)'."""
     lines = []
@@ -476,6 +487,9 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> list[st
             msg = "unknown field"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "string_pattern_mismatch":
+            pattern = (e.get("ctx") or {}).get("pattern", "")
+            msg = PATTERN_RULES.get(pattern, msg)
         got = e.get("input")
         if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
             msg += f" (got {got!r})"
