@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -144,6 +145,25 @@ def read_batch(store: Store, paths: RunPaths, round_no: int) -> tuple[list[Pendi
     return responses, errors, hashlib.sha256(data).hexdigest()
 
 
+# Rating objects are small and many (responses x raters x versions) and on S3
+# each is one GET, so a round's ratings are fetched concurrently to keep a gate
+# poll short (below botocore's default pool of 10 connections).
+READ_WORKERS = 8
+
+
+def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreError | None]]:
+    def fetch(key: str) -> tuple[str, object, StoreError | None]:
+        try:
+            return key, store.read_json(key), None
+        except StoreError as err:
+            return key, None, err
+
+    if len(keys) < 2:
+        return [fetch(k) for k in keys]
+    with ThreadPoolExecutor(min(READ_WORKERS, len(keys))) as pool:
+        return list(pool.map(fetch, keys))
+
+
 def load_round(store: Store, paths: RunPaths, round_no: int) -> RoundState:
     """Read a round's batch and every rating object; garbage is reported, not trusted."""
     responses, batch_errors, digest = read_batch(store, paths, round_no)
@@ -151,14 +171,19 @@ def load_round(store: Store, paths: RunPaths, round_no: int) -> RoundState:
     ratings: list[Rating] = []
     garbage: list[str] = []
     ids = {r.id for r in responses}
+    keyed: dict[str, tuple[str, str, int]] = {}
     for key in store.list(prefix):
         parsed = parse_rating_key(key[len(prefix) :])
         if parsed is None:
             garbage.append(f"{store.describe(key)}: not a rating key")
-            continue
-        rater, response_id, version = parsed
+        else:
+            keyed[key] = parsed
+    for key, data, error in _read_all(store, list(keyed)):
+        rater, response_id, version = keyed[key]
         try:
-            rating = parse_record(Rating, store.read_json(key), store.describe(key))
+            if error is not None:
+                raise error
+            rating = parse_record(Rating, data, store.describe(key))
         except (RecordError, StoreError) as err:
             garbage.append(str(err))
             continue

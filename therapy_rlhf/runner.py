@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from rich.console import Console
+from rich.text import Text
 
 from therapy_rlhf import phases
 from therapy_rlhf.layout import RunPaths
@@ -183,7 +184,7 @@ class LocalRunner:
             for line in self._child.stdout:
                 log.write(line)
                 tail.append(line.rstrip())
-                self.console.print(f"  [dim]{action.kind}>[/] {line.rstrip()}", markup=False, highlight=False)
+                self.console.print(Text.assemble((f"  {action.kind}> ", "dim"), line.rstrip()), highlight=False)
             code = self._child.wait()
             self._child = None
         elapsed = time.monotonic() - started

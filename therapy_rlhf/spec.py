@@ -12,6 +12,7 @@ help me?", LoRA, and a five-criterion clinical rubric scored 0..1.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -406,8 +407,12 @@ class RunSpec(SpecModel):
     def _consistent(self) -> "RunSpec":
         if self.ppo.prompt_file is None and not self.ppo.prompts and not self.ppo.builtin_suite:
             raise ValueError("ppo needs prompts, a promptFile or builtinSuite: true")
-        if not self.sft.enabled and "sft" in self.evaluation.checkpoints and self.evaluation.enabled:
-            raise ValueError("evaluation.checkpoints lists 'sft' but sft.enabled is false")
+        if not self.sft.enabled and "sft" in self.evaluation.checkpoints:
+            if "checkpoints" not in self.evaluation.model_fields_set:
+                # The default list names 'sft'; without SFT there is nothing to compare.
+                self.evaluation.checkpoints = [c for c in self.evaluation.checkpoints if c != "sft"]
+            elif self.evaluation.enabled:
+                raise ValueError("evaluation.checkpoints lists 'sft' but sft.enabled is false")
         for c in self.evaluation.checkpoints:
             if c.startswith("round-") and int(c.split("-")[1]) not in range(1, self.ppo.rounds + 1):
                 raise ValueError(f"evaluation.checkpoints: {c} is outside 1..{self.ppo.rounds}")
@@ -451,6 +456,9 @@ class SpecError(ValueError):
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -459,6 +467,11 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         else:
             # pydantic puts validator/union tags in loc; keep only field names
             if part.startswith(("function-", "literal[", "list[")):
+                continue
+            if not _PLAIN_KEY.match(part):
+                # a user-supplied key (unknown field, map key): quoted, so the
+                # path stays one unambiguous line whatever the key holds
+                out += f"[{part!r}]"
                 continue
             out += ("." if out else "") + part
     return out or "(document)"

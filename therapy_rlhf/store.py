@@ -49,7 +49,7 @@ def check_key(key: str) -> str:
         or not key
         or key.startswith("/")
         or any(bad in key for bad in _KEY_FORBIDDEN)
-        or any(part in ("", ".", "..") for part in key.rstrip("/").split("/"))
+        or any(part in ("", ".", "..") for part in key.split("/"))
     ):
         raise ValueError(f"invalid store key {key!r}")
     return key
@@ -249,8 +249,9 @@ class S3Store(Store):
                 )
             return self._client
 
-    def _key(self, key: str) -> str:
-        check_key(key.rstrip("/") or "x")
+    def _key(self, key: str, *, prefix: bool = False) -> str:
+        # An object key must be a full key; only a listing prefix may be empty or end in '/'.
+        check_key((key.rstrip("/") or "x") if prefix else key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, key: str, fn, *args, **kwargs):
@@ -295,7 +296,7 @@ class S3Store(Store):
         return True
 
     def list(self, prefix: str) -> list[str]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        full = self._key(prefix, prefix=True) if prefix else (f"{self.prefix}/" if self.prefix else "")
         if prefix.endswith("/") and not full.endswith("/"):
             full += "/"
         strip = len(self.prefix) + 1 if self.prefix else 0

@@ -1,0 +1,229 @@
+"""The planner's transition table: one row per branch of therapy_rlhf/planner.py.
+
+Each row is (spec overrides, what was observed) -> (action, phase, round, reason).
+A final check parses planner.py and fails if it uses a reason or an action
+that no row expects, so a new branch cannot land untested.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from therapy_rlhf import phases
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.observe import observe_store
+from therapy_rlhf.planner import (
+    CloseGate,
+    Fail,
+    Finish,
+    JobObservation,
+    Observed,
+    RoundObservation,
+    StartJob,
+    Suspend,
+    WaitForJob,
+    WaitForRatings,
+    plan,
+)
+from therapy_rlhf.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.ratings import close_gate, load_round, submit_rating
+from therapy_rlhf.spec import RunSpec
+
+PLANNER_SOURCE = Path(__file__).resolve().parents[2] / "therapy_rlhf" / "planner.py"
+
+
+def spec(**over) -> RunSpec:
+    doc = {"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/s"}, "ppo": {"rounds": 2}}
+    for key, value in over.items():
+        if isinstance(value, dict):
+            doc[key] = {**doc.get(key, {}), **value}
+        else:
+            doc[key] = value
+    return RunSpec.model_validate(doc)
+
+
+NO_SFT = {"sft": {"enabled": False}, "evaluation": {"checkpoints": ["base", "final"]}}
+NO_EVAL = {"evaluation": {"enabled": False}}
+
+
+def done_round(r: int) -> RoundObservation:
+    return RoundObservation(r, batch=True, gate=True, policy=True)
+
+
+def awaiting(r: int, rated: int = 0, total: int = 8, since: float | None = 1000.0) -> RoundObservation:
+    return RoundObservation(r, batch=True, rated=rated, total=total, complete=rated == total, awaiting_since=since)
+
+
+def job(kind, r, state, attempt=1, failures=0, reason=""):
+    return {(kind, r): JobObservation(kind, r, attempt, state, failures, reason)}
+
+
+DEADLINE = {"feedback": {"gateDeadlineSeconds": 3600, "onDeadline": "Fail"}}
+HOLD = {"feedback": {"gateDeadlineSeconds": 3600, "onDeadline": "Hold"}}
+SFT_DONE = {"sft_done": True}
+R1 = {1: done_round(1)}
+ALL = {1: done_round(1), 2: done_round(2)}
+
+# name, spec overrides, observed, expected action, phase, round, reason
+TABLE = [
+    # --- SFT on / off
+    ("fresh run starts sft", {}, Observed(), StartJob("sft", 0, 1), phases.SFT, 0, phases.R_JOB_STARTED),
+    ("sft off starts generate 1", NO_SFT, Observed(), StartJob("generate", 1, 1), phases.GENERATING, 1, phases.R_JOB_STARTED),
+    ("sft running", {}, Observed(jobs=job("sft", 0, "running")), WaitForJob("sft", 0, 1), phases.SFT, 0, phases.R_JOB_RUNNING),
+    ("sft done starts generate 1", {}, Observed(**SFT_DONE), StartJob("generate", 1, 1), phases.GENERATING, 1, phases.R_JOB_STARTED),
+    # --- job failure and backoff (backoffLimit 2 -> 3 attempts)
+    ("failed sft retried", {}, Observed(jobs=job("sft", 0, "failed", 1, 1, "OOM")), StartJob("sft", 0, 2), phases.SFT, 0, phases.R_JOB_RETRYING),
+    ("failed twice retried", {}, Observed(jobs=job("sft", 0, "failed", 2, 2, "OOM")), StartJob("sft", 0, 3), phases.SFT, 0, phases.R_JOB_RETRYING),
+    ("failed past backoffLimit fails run", {}, Observed(jobs=job("sft", 0, "failed", 3, 3, "OOM")), Fail, phases.FAILED, 0, phases.R_JOB_FAILED),
+    ("backoffLimit 0 fails at once", {"backoffLimit": 0}, Observed(**SFT_DONE, jobs=job("generate", 1, "failed", 1, 1)), Fail, phases.FAILED, 1, phases.R_JOB_FAILED),
+    ("succeeded but marker missing retried", {}, Observed(**SFT_DONE, jobs=job("generate", 1, "succeeded")), StartJob("generate", 1, 2), phases.GENERATING, 1, phases.R_JOB_RETRYING),
+    ("marker missing past limit fails", {"backoffLimit": 1}, Observed(**SFT_DONE, jobs=job("generate", 1, "succeeded", 2, 1)), Fail, phases.FAILED, 1, phases.R_JOB_OUTPUT_MISSING),
+    # --- suspend and resume
+    ("suspended before sft", {"suspend": True}, Observed(), Suspend(), phases.SUSPENDED, 0, phases.R_SUSPENDED),
+    ("suspended lets the running job finish", {"suspend": True}, Observed(**SFT_DONE, jobs=job("generate", 1, "running")), WaitForJob("generate", 1, 1), phases.GENERATING, 1, phases.R_JOB_RUNNING),
+    ("suspended before ppo", {"suspend": True}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}), Suspend(), phases.SUSPENDED, 1, phases.R_SUSPENDED),
+    ("suspended failed job is not retried", {"suspend": True}, Observed(**SFT_DONE, jobs=job("generate", 1, "failed", 1, 1)), Suspend(), phases.SUSPENDED, 1, phases.R_SUSPENDED),
+    ("resumed (suspend false) retries", {}, Observed(**SFT_DONE, jobs=job("generate", 1, "failed", 1, 1)), StartJob("generate", 1, 2), phases.GENERATING, 1, phases.R_JOB_RETRYING),
+    # --- the gate
+    ("waiting for ratings", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("suspend does not skip a gate", {"suspend": True}, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("gate complete closes", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 8)}), CloseGate(1, "complete"), phases.AWAITING_RATINGS, 1, phases.R_GATE_CLOSED),
+    ("override with ratings closes", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 2)}, close_gate_requested=True), CloseGate(1, "override"), phases.AWAITING_RATINGS, 1, phases.R_GATE_OVERRIDDEN),
+    ("override without ratings waits", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 0)}, close_gate_requested=True), WaitForRatings(1, 0, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("deadline not yet passed", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1000.0 + 3600), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("deadline passed, Fail", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1000.0 + 3601), Fail, phases.FAILED, 1, phases.R_GATE_DEADLINE_EXCEEDED),
+    ("deadline passed, Hold", HOLD, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1000.0 + 3601), WaitForRatings(1, 3, 8, True), phases.AWAITING_RATINGS, 1, phases.R_GATE_DEADLINE_EXCEEDED),
+    ("no deadline waits forever", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1e12), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("unknown wait start is never overdue", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 3, since=None)}, now=1e12), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("complete gate wins over the deadline", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 8)}, now=1e12), CloseGate(1, "complete"), phases.AWAITING_RATINGS, 1, phases.R_GATE_CLOSED),
+    # --- PPO update and the next round
+    ("gated round starts ppo", {}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}), StartJob("ppo", 1, 1), phases.UPDATING, 1, phases.R_JOB_STARTED),
+    ("ppo running", {}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}, jobs=job("ppo", 1, "running", 2)), WaitForJob("ppo", 1, 2), phases.UPDATING, 1, phases.R_JOB_RUNNING),
+    ("ppo failed past limit", {}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}, jobs=job("ppo", 1, "failed", 3, 3)), Fail, phases.FAILED, 1, phases.R_JOB_FAILED),
+    ("round 1 updated starts generate 2", {}, Observed(**SFT_DONE, rounds=R1), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
+    ("a stale job of an earlier step is ignored", {}, Observed(**SFT_DONE, rounds=R1, jobs=job("generate", 1, "failed", 3, 3)), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
+    # --- evaluation on / off, finish
+    ("all rounds done starts evaluate", {}, Observed(**SFT_DONE, rounds=ALL), StartJob("evaluate", 0, 1), phases.EVALUATING, 0, phases.R_JOB_STARTED),
+    ("evaluate failed retried", {}, Observed(**SFT_DONE, rounds=ALL, jobs=job("evaluate", 0, "failed", 1, 1)), StartJob("evaluate", 0, 2), phases.EVALUATING, 0, phases.R_JOB_RETRYING),
+    ("evaluation done finishes", {}, Observed(**SFT_DONE, eval_done=True, rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
+    ("evaluation off finishes", NO_EVAL, Observed(**SFT_DONE, rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
+    ("sft and evaluation off", {**NO_SFT, "evaluation": {"enabled": False}}, Observed(rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
+    ("finished run ignores suspend", {"suspend": True}, Observed(**SFT_DONE, eval_done=True, rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
+]
+
+
+@pytest.mark.parametrize("name,over,observed,action,phase,round_no,reason", TABLE, ids=[row[0] for row in TABLE])
+def test_transition(name, over, observed, action, phase, round_no, reason):
+    decision = plan(spec(**over), observed)
+    if isinstance(action, type):
+        assert isinstance(decision.action, action), decision
+    else:
+        assert decision.action == action, decision
+    assert (decision.phase, decision.round, decision.reason) == (phase, round_no, reason), decision
+    assert decision.message and "\n" not in decision.message
+
+
+def test_fail_reasons_say_what_happened():
+    d = plan(spec(), Observed(jobs=job("sft", 0, "failed", 3, 3, "CUDA out of memory")))
+    assert "sft job failed 3 time(s), backoffLimit is 2: CUDA out of memory" == d.action.reason
+    d = plan(spec(backoffLimit=0), Observed(**SFT_DONE, jobs=job("generate", 1, "succeeded")))
+    assert "output is missing from the store" in d.action.reason and "(round 1)" in d.action.reason
+    d = plan(spec(**DEADLINE), Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1e9))
+    assert d.action.reason == "round 1 gate deadline of 3600s passed with 3/8 rated"
+    d = plan(spec(**HOLD), Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1e9))
+    assert "deadline passed; holding" in d.message
+    d = plan(spec(), Observed(**SFT_DONE, rounds={1: awaiting(1, 0)}, close_gate_requested=True))
+    assert "nothing is rated yet" in d.message
+
+
+def test_retry_count_uses_the_spec_limit():
+    """Attempts 1..backoffLimit+1 are allowed, the next failure fails the run."""
+    for limit in range(0, 5):
+        s = spec(backoffLimit=limit)
+        for failures in range(1, limit + 3):
+            d = plan(s, Observed(jobs=job("sft", 0, "failed", failures, failures)))
+            if failures <= limit:
+                assert d.action == StartJob("sft", 0, failures + 1)
+            else:
+                assert isinstance(d.action, Fail)
+
+
+def test_table_covers_every_branch_of_the_planner():
+    source = PLANNER_SOURCE.read_text()
+    used_reasons = set(re.findall(r"phases\.(R_[A-Z_]+)", source))
+    covered = {name for name, value in vars(phases).items() if name.startswith("R_") and value in {row[6] for row in TABLE}}
+    assert used_reasons <= covered, f"untested reasons: {sorted(used_reasons - covered)}"
+    tree = ast.parse(source)
+    constructed = {
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id[0].isupper()
+    } - {"Decision", "RoundObservation", "Observed"}
+    kinds = {(row[3] if isinstance(row[3], type) else type(row[3])).__name__ for row in TABLE}
+    assert constructed <= kinds, f"untested actions: {sorted(constructed - kinds)}"
+    gate_reasons = {row[3].reason for row in TABLE if isinstance(row[3], CloseGate)}
+    assert gate_reasons == {"complete", "override"}
+
+
+# ------------------------------------------------- resuming from the store
+
+
+def _batch(store, paths, r, n=2):
+    items = [PendingResponse(id=f"r{r:04d}-{i}", round=r, prompt_id="p", prompt="x", response="y") for i in range(n)]
+    store.write_bytes(paths.batch(r), dump_batch(items))
+
+
+def test_resume_from_store_markers(store):
+    """observe_store + plan picks up exactly where the stored markers end."""
+    s = spec(ppo={"rounds": 3})
+    paths = RunPaths("default", "demo")
+
+    def step():
+        observed, _ = observe_store(store, paths, s, now=1e12)
+        return plan(s, observed)
+
+    assert step().action == StartJob("sft", 0, 1)
+    store.write_json(f"{paths.sft_adapter()}/adapter_config.json", {})
+    assert step().action == StartJob("sft", 0, 1)  # adapter without marker: sft not done
+    store.write_json(paths.sft_metrics(), {})
+    assert step().action == StartJob("generate", 1, 1)
+    _batch(store, paths, 1)
+    d = step()
+    assert d.action == WaitForRatings(1, 0, 2, False) and d.phase == phases.AWAITING_RATINGS
+    state = load_round(store, paths, 1)
+    for rid in state.response_ids:
+        submit_rating(store, paths, state, Rating(response_id=rid, rater="dr-lee", reward=0.5,
+                                                  criteria={c.name: 0.5 for c in s.feedback.rubric}), s.feedback)
+    assert step().action == CloseGate(1, "complete")
+    close_gate(store, paths, 1, s.feedback)
+    assert step().action == StartJob("ppo", 1, 1)
+    store.write_json(paths.policy_metrics(1), {})
+    assert step().action == StartJob("generate", 2, 1)
+    for r in (2, 3):
+        _batch(store, paths, r)
+        store.write_json(paths.gate(r), {})
+        store.write_json(paths.policy_metrics(r), {})
+    assert step().action == StartJob("evaluate", 0, 1)
+    store.write_json(paths.eval_results(), {})
+    assert isinstance(step().action, Finish)
+
+
+def test_observe_store_reads_only_the_awaiting_round(store):
+    s = spec(ppo={"rounds": 4}, feedback={"minRaters": 1})
+    paths = RunPaths("default", "demo")
+    store.write_json(paths.sft_metrics(), {})
+    _batch(store, paths, 1, 3)
+    observed, state = observe_store(store, paths, s, now=5.0)
+    ro = observed.round(1)
+    assert (ro.batch, ro.gate, ro.rated, ro.total, ro.complete) == (True, False, 0, 3, False)
+    assert ro.awaiting_since == pytest.approx(store.modified_at(paths.batch(1)))
+    assert state is not None and state.round == 1 and observed.now == 5.0
+    assert 2 not in observed.rounds or not observed.round(2).batch
+    # override and job observations pass straight through
+    jobs = job("generate", 2, "running")
+    observed, _ = observe_store(store, paths, s, jobs=jobs, close_gate_requested=True)
+    assert observed.close_gate_requested and observed.jobs == jobs

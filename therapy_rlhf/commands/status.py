@@ -1,0 +1,157 @@
+"""therapy-rlhf status [RUN]: the runs in a store, or one run's rounds.
+
+Everything is read from the store (the same functions the TUI and the
+operator use), so it works on a laptop, on the raters' bastion and next to a
+cluster alike. The "at" column is what the shared planner makes of the
+store's markers: the step the run is at (or would start next).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from therapy_rlhf.commands._target import add_store_arguments, one_line, resolve
+
+NAME = "status"
+HELP = "Show the runs in a store, or one run's rounds: rated counts, mean rewards, rater agreement."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run", nargs="?", metavar="RUN", help="NAME, NAMESPACE/NAME or a manifest file; omit to list runs."
+    )
+    add_store_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+
+
+def _where(store, paths, manifest) -> dict:
+    """Phase and next step the planner derives from the store's markers."""
+    from therapy_rlhf.observe import observe_store
+    from therapy_rlhf.planner import plan
+
+    observed, _ = observe_store(store, paths, manifest.spec)
+    decision = plan(manifest.spec, observed)
+    done_rounds = sum(1 for ro in observed.rounds.values() if ro.policy)
+    return {
+        "phase": decision.phase,
+        "round": decision.round,
+        "roundsDone": done_rounds,
+        "rounds": manifest.spec.ppo.rounds,
+        "sftDone": observed.sft_done,
+        "evalDone": observed.eval_done,
+        "detail": decision.message,
+    }
+
+
+def _list(store, as_json: bool) -> int:
+    from rich.table import Table
+
+    from therapy_rlhf.runs import list_runs, read_frozen_run
+
+    rows = []
+    for paths in list_runs(store):
+        entry = {"namespace": paths.namespace, "name": paths.run}
+        try:
+            manifest = read_frozen_run(store, paths)
+            entry.update(model=manifest.spec.model.source, **_where(store, paths, manifest))
+        except Exception as err:  # one broken run must not hide the others
+            entry.update(error=one_line(err).removeprefix("error: "))
+        rows.append(entry)
+    if as_json:
+        print(json.dumps({"store": store.uri, "runs": rows}, indent=2))
+        return 0
+    console = _console()
+    if not rows:
+        console.print(f"no runs in {store.uri}")
+        return 0
+    table = Table(title=f"runs in {store.uri}")
+    for col in ("namespace", "run", "model", "rounds done", "at", "detail"):
+        table.add_column(col)
+    for e in rows:
+        if "error" in e:
+            table.add_row(e["namespace"], e["name"], "", "", "[red]unreadable[/]", e["error"])
+            continue
+        table.add_row(e["namespace"], e["name"], e["model"], f"{e['roundsDone']}/{e['rounds']}", e["phase"], e["detail"])
+    console.print(table)
+    return 0
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output (scripts, CI logs) gets wide tables instead of 80-column wrapping.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _one(store, paths, as_json: bool) -> int:
+    from rich.table import Table
+
+    from therapy_rlhf.runs import summarize_run
+
+    manifest, rounds = summarize_run(store, paths)
+    where = _where(store, paths, manifest)
+    fb = manifest.spec.feedback
+    if as_json:
+        doc = {
+            "store": store.uri,
+            "namespace": paths.namespace,
+            "name": paths.run,
+            "model": manifest.spec.model.source,
+            "minRaters": fb.min_raters,
+            **where,
+            "history": [{**r.to_dict(), "batchErrors": r.batch_errors} for r in rounds],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    console = _console()
+    console.print(f"[bold]{paths.namespace}/{paths.run}[/]  model {manifest.spec.model.source}  store {store.uri}")
+    steps = []
+    if manifest.spec.sft.enabled:
+        steps.append(f"sft {'done' if where['sftDone'] else 'not done'}")
+    steps.append(f"rounds {where['roundsDone']}/{where['rounds']} updated")
+    if manifest.spec.evaluation.enabled:
+        steps.append(f"evaluation {'done' if where['evalDone'] else 'not done'}")
+    console.print(f"at [bold]{where['phase']}[/]: {where['detail']}  ({', '.join(steps)})")
+    if not rounds:
+        console.print("no rounds generated yet")
+        return 0
+    table = Table(title=f"rounds (a response is rated when it has >= {fb.min_raters} rater{'s' if fb.min_raters > 1 else ''})")
+    for col, just in (("round", "right"), ("rated", "right"), ("ratings", "right"), ("raters", "left"),
+                      ("mean reward", "right"), ("agreement (α)", "right"), ("gate", "left"), ("updated", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rounds:
+        table.add_row(
+            str(r.round),
+            f"{r.rated}/{r.responses}",
+            str(r.ratings),
+            ", ".join(r.raters) or "-",
+            _fmt(r.mean_reward),
+            _fmt(r.agreement),
+            "closed" if r.gate_closed else "open",
+            "yes" if r.updated else "no",
+        )
+    console.print(table)
+    bad = sum(r.batch_errors for r in rounds)
+    if bad:
+        console.print(f"[yellow]warning: {bad} unreadable line(s) in stored batches (skipped)[/]")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from therapy_rlhf.spec import SpecError
+    from therapy_rlhf.store import StoreError
+
+    try:
+        store, paths = resolve(args, args.run)
+        if paths is None:
+            return _list(store, args.json)
+        return _one(store, paths, args.json)
+    except (SpecError, StoreError, ValueError) as err:
+        print(one_line(err), file=sys.stderr)
+        return 1
