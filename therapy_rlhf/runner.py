@@ -52,10 +52,15 @@ RaterMode = Literal["auto", "tui", "none"]
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_SUSPENDED = 3
+EXIT_PAUSED = 4  # the rater closed the scoring TUI before the gate closed
 EXIT_INTERRUPTED = 130
 
 JOB_COMMAND_ENV = "THERAPY_RLHF_JOB_COMMAND"
 LOG_TAIL_LINES = 20
+
+
+class RunnerError(RuntimeError):
+    """The runner cannot go on (a one-line reason)."""
 
 
 def default_job_command() -> list[str]:
@@ -120,12 +125,17 @@ class LocalRunner:
                         f"{gate.responses_rewarded}/{gate.responses_total} rewarded, mean reward {gate.mean_reward:.3f}"
                     )
                 elif isinstance(action, WaitForRatings):
-                    self.wait_for_ratings(action, frozen)
+                    if not self.wait_for_ratings(action, frozen):
+                        self.say(
+                            f"round {action.round}: scoring closed at {action.rated}/{action.total} rated; "
+                            "run the same command again to continue rating"
+                        )
+                        return EXIT_PAUSED
                     polls += 1
                     if self.max_polls is not None and polls >= self.max_polls:
                         return EXIT_SUSPENDED
                 elif isinstance(action, WaitForJob):  # jobs run synchronously here
-                    raise RuntimeError(f"unexpected running job {action}")
+                    raise RunnerError(f"unexpected running job {action}")
                 elif isinstance(action, Suspend):
                     self.say("suspended (spec.suspend is true): no new jobs; set it to false and run again")
                     return EXIT_SUSPENDED
@@ -135,6 +145,9 @@ class LocalRunner:
                 elif isinstance(action, Fail):
                     self.say(f"[bold red]run failed[/]: {action.reason}")
                     return EXIT_FAILED
+        except RunnerError as err:
+            self.say(f"[bold red]error[/]: {err}")
+            return EXIT_FAILED
         except KeyboardInterrupt:
             self.stop_child()
             self.say("stopped; run the same command again to continue where the run was")
@@ -210,7 +223,8 @@ class LocalRunner:
                 os.killpg(child.pid, signal.SIGKILL)
 
     # --------------------------------------------------------------- ratings
-    def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> None:
+    def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> bool:
+        """Let ratings arrive; False when the rater chose to stop (TUI closed)."""
         if self.rater == "auto":
             from therapy_rlhf.simrater import rate_round
 
@@ -218,12 +232,21 @@ class LocalRunner:
             self.say(f"round {action.round}: SIMULATED rater wrote {written} rating(s) (demo/CI only)")
             if written == 0:
                 time.sleep(self.poll_interval)  # nothing to add: ratings must come from elsewhere
-            return
+            return True
         if self.rater == "tui":
             from therapy_rlhf.tui import launch
 
-            launch(self.store.uri, self.rater_id, (self.paths.namespace, self.paths.run), action.round)
-            return
+            storage = frozen.spec.storage
+            if storage.endpoint and self.store.uri.startswith("s3://"):
+                os.environ.setdefault("AWS_ENDPOINT_URL", storage.endpoint)
+            code = launch(self.store.uri, self.rater_id, (self.paths.namespace, self.paths.run), action.round)
+            if code != 0:
+                raise RunnerError(f"the scoring TUI could not start (exit {code})")
+            # Back from the TUI: go on only if the gate can close now.
+            observed, _ = observe_store(self.store, self.paths, frozen.spec, now=time.time())
+            ro = observed.round(action.round)
+            return ro.complete or ro.gate
         if self.on_wait is not None:
             self.on_wait(action)
         time.sleep(self.poll_interval)
+        return True

@@ -220,3 +220,33 @@ def test_sigkill_during_jobs_then_resume(tmp_path):
     assert not [k for k in keys if k.endswith(".tmp")]
     assert sum(k.endswith("batch.jsonl") for k in keys) == 2
     assert sum(k.endswith("gate.json") for k in keys) == 2
+
+
+def test_tui_mode_continues_when_the_rater_completes_the_round(tmp_path, local_store, monkeypatch):
+    """--rater tui: the runner opens the app at each gate and goes on once the round is rated."""
+    import therapy_rlhf.tui as tui
+
+    m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 2})
+    paths = RunPaths("default", "demo")
+    opened = []
+
+    def psychologist_rates_everything(store_uri, rater, run, round_no):
+        opened.append((store_uri, rater, run, round_no))
+        rate_round(local_store, paths, m, round_no, raters=[rater])
+        return 0
+
+    monkeypatch.setattr(tui, "launch", psychologist_rates_everything)
+    assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_SUCCEEDED
+    assert opened == [(local_store.uri, "alice", ("default", "demo"), 1), (local_store.uri, "alice", ("default", "demo"), 2)]
+
+
+def test_tui_mode_stops_when_the_rater_quits_early(tmp_path, local_store, monkeypatch):
+    import therapy_rlhf.tui as tui
+    from therapy_rlhf.runner import EXIT_PAUSED
+
+    m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1})
+    monkeypatch.setattr(tui, "launch", lambda *a: 0)  # quits without rating
+    assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_PAUSED
+    assert not local_store.exists(RunPaths("default", "demo").gate(1))
+    monkeypatch.setattr(tui, "launch", lambda *a: 2)  # the app refused to start (bad rater id, ...)
+    assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_FAILED

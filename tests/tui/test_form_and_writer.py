@@ -1,0 +1,76 @@
+"""The key rules of the rating form and the writer's retry queue, without the UI."""
+
+from __future__ import annotations
+
+import pytest
+
+from therapy_rlhf.ratings import RatingError, load_round
+from therapy_rlhf.spec import FeedbackSpec
+from therapy_rlhf.tui.catalog import open_round
+from therapy_rlhf.tui.form import REWARD_ROW, RatingForm
+from therapy_rlhf.tui.writer import RatingWriter
+
+from .conftest import WrappedStore, make_run
+from .helpers import DEMO
+
+
+def test_digits_score_and_advance():
+    form = RatingForm(FeedbackSpec())
+    assert form.current == "empathy"
+    for d in (4, 3, 2, 1, 0):
+        form.score(d)
+    assert form.missing() == []
+    assert form.base_reward() == pytest.approx(0.5)
+    form.toggle_flag("harmful")
+    assert form.effective() == (0.0, True)
+
+
+def test_direct_rule_rates_the_reward_first():
+    form = RatingForm(FeedbackSpec(reward_rule="direct", scale_levels=3))
+    assert form.current == REWARD_ROW
+    form.score(1)
+    assert form.base_reward() == 0.5
+    rating = form.to_rating("r1", "alice", 3.0, "t")
+    assert rating.reward == 0.5 and rating.criteria == {}
+    with pytest.raises(RatingError):
+        form.score(3)  # outside a 3-level scale
+
+
+def test_minimum_rule_and_incomplete_form():
+    form = RatingForm(FeedbackSpec(reward_rule="minimum"))
+    form.score(4)
+    with pytest.raises(RatingError, match="score boundaries"):
+        form.to_rating("r1", "alice", 0, "t")
+    for d in (3, 1, 4, 4):
+        form.score(d)
+    assert form.base_reward() == 0.25
+
+
+def test_writer_keeps_a_failed_rating_queued_until_it_is_stored(local_store):
+    make_run(local_store, n=2)
+    flaky = WrappedStore(local_store, fail_creates=2)
+    session = open_round(flaky, "default", "demo", "alice")
+    events = []
+    writer = RatingWriter(events.append, backoff=(0.01,))
+    form = RatingForm(session.feedback)
+    for d in (4, 4, 4, 4, 4):
+        form.score(d)
+    job = writer.submit(session, form.to_rating("r0001-p0-s0", "alice", 1.0, "t"))
+    writer._write(job)
+    assert [e.kind for e in events] == ["failed"] and writer.pending() == [job]
+    assert "simulated outage" in job.error
+    assert writer.drain(timeout=5)
+    assert [e.kind for e in events] == ["failed", "failed", "saved"]
+    assert len(load_round(local_store, DEMO, 1).ratings) == 1
+
+
+def test_writer_reports_a_rejected_rating(local_store):
+    make_run(local_store, n=1)
+    session = open_round(local_store, "default", "demo", "alice")
+    events = []
+    writer = RatingWriter(events.append)
+    from therapy_rlhf.records import Rating
+
+    writer.submit(session, Rating(response_id="r0001-p0-s0", rater="alice", criteria={"nope": 1.0}, reward=1.0))
+    assert writer.drain(timeout=5)
+    assert events[0].kind == "rejected" and "unknown rubric criteria" in events[0].job.error
