@@ -1,0 +1,229 @@
+"""The ``generate`` job: sample responses from the current policy for the expert to rate.
+
+    python -m therapy_rlhf.jobs generate --run-config examples/tiny-local.yaml --round 1 --store /tmp/store
+
+For round r the policy is the base model with the adapter
+``RunPaths.policy_for_round(r, sft.enabled)`` (the SFT adapter in round 1, or
+the base itself when SFT is off; round r-1's PPO adapter afterwards). Each
+prompt is rendered with the tokenizer's chat template and sampled
+``ppo.samplesPerPrompt`` times, ``generation.batchSize`` prompts per
+``generate()`` call. Sampling is seeded with ``generation.seed + round`` (and
+the batch's index), so a retried job reproduces the same batch on the same
+hardware. The exact prompt and response token ids are kept: the PPO update
+scores those tokens, not a re-tokenisation of the text.
+
+Every response passes the safety screen (``safety.py``); the findings go on
+the record for the rater to see. The job writes ``rounds/{r}/batch.jsonl``
+once, as one whole object, which is also its completion marker; an existing
+batch is never replaced (ratings refer to it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from therapy_rlhf import names
+from therapy_rlhf.jobs import models, prompts, safety
+from therapy_rlhf.jobs.common import JobContext, JobError
+from therapy_rlhf.records import GenerationSettings, PendingResponse, dump_batch
+from therapy_rlhf.spec import PromptSpec
+from therapy_rlhf.store import AlreadyExists
+
+BASE_POLICY = "base"  # ``policy`` of responses sampled from the base model itself
+MAX_ID = 80
+
+
+def response_id(round_no: int, prompt_id: str, sample: int) -> str:
+    """``r0001-<prompt_id>-s00``; a long prompt id is shortened with a hash so ids stay unique and valid."""
+    head, tail = f"r{round_no:04d}-", f"-s{sample:02d}"
+    room = MAX_ID - len(head) - len(tail)
+    if len(prompt_id) > room:
+        digest = hashlib.sha256(prompt_id.encode()).hexdigest()[:8]
+        prompt_id = prompt_id[: room - 9].rstrip("._-") + "-" + digest
+    return names.item_id(head + prompt_id + tail)
+
+
+def batch_seed(base_seed: int, round_no: int, batch_index: int) -> int:
+    """The seed of one generate() call: generation.seed + round, spread per batch."""
+    return (base_seed + round_no) * 1_000_003 + batch_index
+
+
+@dataclass
+class Rollout:
+    prompt: PromptSpec
+    sample: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str
+
+
+def _trim(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Cut a generated row after its first EOS (kept: stopping is an action the policy took)."""
+    out = []
+    for tok in ids:
+        if tok in eos_ids:
+            out.append(tok)
+            break
+        if tok == pad_id and pad_id not in eos_ids:
+            break
+        out.append(tok)
+    return out
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+def sample_responses(
+    model: Any,
+    tokenizer: Any,
+    prompt_list: list[PromptSpec],
+    *,
+    samples_per_prompt: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    round_no: int,
+    device: str,
+    max_length: int,
+    log: Any = None,
+) -> tuple[list[Rollout], dict[str, float]]:
+    """Sample every prompt ``samples_per_prompt`` times; returns the rollouts and throughput stats."""
+    import torch
+
+    eos_ids = _eos_ids(model, tokenizer)
+    rendered = [
+        tokenizer(models.format_chat(tokenizer, [{"role": "user", "content": p.text}]), add_special_tokens=False)[
+            "input_ids"
+        ]
+        for p in prompt_list
+    ]
+    limit = max_length - max_new_tokens
+    if limit < 1:
+        raise JobError(f"model.maxLength {max_length} leaves no room for a prompt with maxNewTokens {max_new_tokens}")
+    for p, ids in zip(prompt_list, rendered):
+        if len(ids) > limit:
+            raise JobError(
+                f"prompt {p.id!r} is {len(ids)} tokens: with maxNewTokens {max_new_tokens} it exceeds model.maxLength {max_length}"
+            )
+    rollouts: list[Rollout] = []
+    new_tokens = 0
+    started = time.perf_counter()
+    model.eval()
+    for b, first in enumerate(range(0, len(prompt_list), batch_size)):
+        chunk = list(range(first, min(first + batch_size, len(prompt_list))))
+        width = max(len(rendered[i]) for i in chunk)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(rendered[i])) + rendered[i] for i in chunk], device=device)
+        attention = torch.tensor([[0] * (width - len(rendered[i])) + [1] * len(rendered[i]) for i in chunk], device=device)
+        torch.manual_seed(batch_seed(seed, round_no, b))
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=samples_per_prompt,
+                pad_token_id=pad,
+            )
+        generated = out[:, width:].tolist()
+        for row, ids in enumerate(generated):
+            prompt_index = chunk[row // samples_per_prompt]
+            response = _trim(ids, eos_ids, pad)
+            new_tokens += len(response)
+            rollouts.append(
+                Rollout(
+                    prompt=prompt_list[prompt_index],
+                    sample=row % samples_per_prompt,
+                    prompt_ids=rendered[prompt_index],
+                    response_ids=response,
+                    text=tokenizer.decode(response, skip_special_tokens=True).strip(),
+                )
+            )
+        if log:
+            log("batch %d: %d prompts x %d samples", b + 1, len(chunk), samples_per_prompt)
+    seconds = time.perf_counter() - started
+    stats = {
+        "responses": len(rollouts),
+        "new_tokens": new_tokens,
+        "generation_seconds": round(seconds, 3),
+        "tokens_per_second": round(new_tokens / max(seconds, 1e-9), 1),
+    }
+    return rollouts, stats
+
+
+def build_records(rollouts: list[Rollout], round_no: int, policy_key: str, settings: GenerationSettings) -> list[PendingResponse]:
+    return [
+        PendingResponse(
+            id=response_id(round_no, r.prompt.id, r.sample),
+            round=round_no,
+            prompt_id=r.prompt.id,
+            prompt=r.prompt.text,
+            response=r.text,
+            prompt_token_ids=r.prompt_ids,
+            response_token_ids=r.response_ids,
+            policy=policy_key,
+            generation=settings,
+            safety=safety.screen(r.prompt.text, r.text),
+        )
+        for r in rollouts
+    ]
+
+
+def main(ctx: JobContext) -> None:
+    spec, paths, round_no = ctx.spec, ctx.paths, ctx.round
+    key = paths.batch(round_no)
+    if ctx.store.exists(key):
+        ctx.progress("%s already exists: nothing to do (a batch is never replaced)", ctx.store.describe(key))
+        return
+    prompt_list = prompts.load_prompts(spec.ppo)
+    ids = [response_id(round_no, p.id, k) for p in prompt_list for k in range(spec.ppo.samples_per_prompt)]
+    if len(set(ids)) != len(ids):
+        raise JobError("two prompts map to the same response id; shorten the prompt ids")
+    adapter = paths.policy_for_round(round_no, spec.sft.enabled)
+    import torch
+
+    torch.manual_seed(spec.ppo.seed)  # a fresh LoRA (no SFT) is initialised the same way on a retry
+    model, tokenizer, _ = models.load_policy(ctx, adapter, trainable=False)
+    ctx.begin_work()
+
+    gen = spec.ppo.generation
+    settings = GenerationSettings(
+        temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, seed=gen.seed + round_no
+    )
+    rollouts, stats = sample_responses(
+        model,
+        tokenizer,
+        prompt_list,
+        samples_per_prompt=spec.ppo.samples_per_prompt,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        max_new_tokens=gen.max_new_tokens,
+        batch_size=gen.batch_size,
+        seed=gen.seed,
+        round_no=round_no,
+        device=ctx.device,
+        max_length=spec.model.max_length,
+        log=ctx.progress,
+    )
+    records = build_records(rollouts, round_no, adapter or BASE_POLICY, settings)
+    flagged = sum(1 for r in records if r.safety.risky_content or r.safety.missing_crisis_resources)
+    ctx.progress(
+        "generated %d responses, %d new tokens in %.2fs (%.1f tokens/s); %d flagged by the safety screen",
+        stats["responses"], stats["new_tokens"], stats["generation_seconds"], stats["tokens_per_second"], flagged,
+    )
+    if not ctx.is_main_process:
+        return
+    try:
+        ctx.store.create_bytes(key, dump_batch(records))
+    except AlreadyExists:
+        raise JobError(f"{ctx.store.describe(key)} was written by another attempt meanwhile; keeping that one") from None
+    ctx.progress("wrote %s (%d responses)", ctx.store.describe(key), len(records))

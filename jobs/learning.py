@@ -1,0 +1,151 @@
+"""Does the PPO update learn? The whole round loop in one process, with the simulated rater.
+
+Each round runs the real pieces in order: the ``generate`` job's ``main``,
+the simulated rater's judgement of every response written through
+``ratings.submit_rating``, ``ratings.close_gate``, and the ``ppo`` job's
+``main``; adapters, value heads and KL state travel through the store exactly
+as they do between Kubernetes Jobs. The curve is the mean simulated reward of
+each round's fresh batch, i.e. of what the policy says *before* that round's
+update.
+
+The control keeps everything but the link between text and reward: every
+round, the rater's judgements are dealt out to the batch's responses in a
+random order (same rewards, same mean, no information about which text earned
+them). A policy that learns from the rewards should climb; the control should
+not.
+
+Used by ``tests/jobs/test_learning.py`` and ``bench/ppo_learning.py``; the
+settings live in the run spec (``learning_manifest``), not in code.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from therapy_rlhf import simrater
+from therapy_rlhf.jobs import generate, ppo
+from therapy_rlhf.jobs.common import JobContext, make_logger
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.ratings import close_gate, load_round, submit_rating
+from therapy_rlhf.spec import RunManifest, parse_run
+from therapy_rlhf.store import Store
+
+LEARNING_PROMPTS = [
+    {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?", "category": "depression"},
+    {"id": "anxious-exams", "text": "My exams are next week and I can't stop panicking.", "category": "anxiety"},
+    {"id": "grief-father", "text": "My father died last month and I still can't accept it.", "category": "grief"},
+    {"id": "lonely-move", "text": "I moved to a new city and I feel so alone.", "category": "other"},
+]
+
+
+def learning_manifest(store_dir: str | Path, name: str = "learning", **ppo_overrides: Any) -> RunManifest:
+    """The run the learning check uses: tiny Mistral, no SFT, an empathy-only rubric.
+
+    What makes PPO visible within a few CPU minutes is all here: short
+    responses (one empathic word moves the reward a lot), a learning rate far
+    above the paper's 1.4e-5 (which assumes a 7B model and 50 rounds), LoRA
+    on the output head as well as attention, and a reward that is the empathy
+    criterion alone.
+    """
+    ppo_spec = {
+        "rounds": 15,
+        "prompts": LEARNING_PROMPTS,
+        "samplesPerPrompt": 16,
+        "generation": {"maxNewTokens": 8, "temperature": 1.0, "topP": 1.0, "batchSize": 4, "seed": 0},
+        "learningRate": 3e-3,
+        "epochs": 4,
+        "miniBatchSize": 16,
+        "kl": {"initCoef": 0.05, "adaptive": True},
+        "seed": 0,
+    }
+    ppo_spec.update(ppo_overrides)
+    doc = {
+        "apiVersion": "rlhf.therapy.dev/v1alpha1",
+        "kind": "TherapyRLHFRun",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "model": {
+                "source": "tiny:mistral",
+                "maxLength": 256,
+                "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["q_proj", "v_proj", "o_proj", "lm_head"]},
+            },
+            "storage": {"localPath": str(store_dir)},
+            "sft": {"enabled": False},
+            "ppo": ppo_spec,
+            "feedback": {"rubric": [{"name": "empathy", "description": "Empathetic acknowledgment."}]},
+            "evaluation": {"enabled": False, "checkpoints": ["base"]},
+        },
+    }
+    return parse_run(doc, "learning_manifest")
+
+
+@dataclass
+class RoundResult:
+    round: int
+    mean_reward: float  # the rater's judgement of this round's batch (before any shuffling)
+    stdev: float
+    kl: float  # from the update
+    seconds: float
+
+
+def rate(store: Store, manifest: RunManifest, round_no: int, shuffle: random.Random | None) -> list[float]:
+    """Have the simulated rater judge the batch; with ``shuffle``, deal the judgements out at random."""
+    paths = RunPaths(manifest.namespace, manifest.name)
+    feedback = manifest.spec.feedback
+    state = load_round(store, paths, round_no)
+    judged = [simrater.judge(r, feedback) for r in state.responses]
+    rewards = [j.reward for j in judged]
+    order = list(range(len(judged)))
+    if shuffle is not None:
+        shuffle.shuffle(order)
+    for response, j in zip(state.responses, (judged[i] for i in order)):
+        submit_rating(store, paths, state, j.model_copy(update={"response_id": response.id}), feedback)
+    close_gate(store, paths, round_no, feedback, closed_by="learning-check")
+    return rewards  # type: ignore[return-value]
+
+
+def run_loop(
+    manifest: RunManifest,
+    store: Store,
+    rounds: int,
+    *,
+    shuffle_seed: int | None = None,
+    cache_dir: Path | None = None,
+    report: Callable[[RoundResult], None] | None = None,
+) -> list[RoundResult]:
+    """Run ``rounds`` rounds in process; ``shuffle_seed`` turns on the shuffled-reward control."""
+    quiet = make_logger()
+    quiet.setLevel(logging.WARNING)
+    shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else None
+    results = []
+    for r in range(1, rounds + 1):
+        started = time.perf_counter()
+        for kind, module in (("generate", generate), ("ppo", ppo)):
+            ctx = JobContext(kind=kind, manifest=manifest, round=r, store=store, log=quiet)
+            if cache_dir is not None:
+                ctx.cache_dir = cache_dir
+            try:
+                module.main(ctx)
+            finally:
+                ctx.close()
+            if kind == "generate":
+                rewards = rate(store, manifest, r, shuffle)
+        metrics = store.read_json(RunPaths(manifest.namespace, manifest.name).policy_metrics(r))
+        result = RoundResult(
+            round=r,
+            mean_reward=statistics.fmean(rewards),
+            stdev=statistics.pstdev(rewards),
+            kl=metrics["kl"],
+            seconds=time.perf_counter() - started,
+        )
+        results.append(result)
+        if report:
+            report(result)
+    return results
+

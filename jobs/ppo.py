@@ -1,0 +1,210 @@
+"""The ``ppo`` job: one PPO update of the policy from the round's gated expert rewards.
+
+    python -m therapy_rlhf.jobs ppo --run-config examples/tiny-local.yaml --round 1 --store /tmp/store
+
+Inputs, all checked before anything is loaded or written:
+
+* ``rounds/{r}/batch.jsonl``: the responses and their exact token ids;
+* ``rounds/{r}/gate.json``: the frozen per-response rewards. Its
+  ``batch_sha256`` must be the digest of the batch (a batch changed after the
+  gate closed is refused). The safety penalty is already in these rewards
+  (``ratings.effective_reward``), so it is not applied again here;
+* the checkpoint the batch was sampled from (``policy_for_round``): every
+  response's ``policy`` must name it, so the update is on-policy;
+* round r-1's ``metrics.json`` for the adaptive KL coefficient, which carries
+  over rounds like TRL's controller state within one training run.
+
+The update itself is ``ppo_trainer.ppo_update``. Outputs under
+``rounds/{r}/policy/``: the LoRA adapter, ``value_head.safetensors`` and, LAST,
+``metrics.json`` (the round's marker). Any bad input ends the job with one
+``error:`` line and nothing written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from therapy_rlhf.jobs import models
+from therapy_rlhf.jobs.common import JobContext, JobError
+from therapy_rlhf.jobs.generate import BASE_POLICY
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.records import Gate, PendingResponse, RecordError, parse_batch, parse_record
+from therapy_rlhf.store import NotFound, Store, StoreError
+
+
+@dataclass
+class Inputs:
+    responses: list[PendingResponse]  # the rewarded ones, in batch order
+    rewards: list[float]
+    gate: Gate
+    batch_sha256: str
+    policy_key: str | None  # adapter prefix the batch was sampled from (None = base)
+    kl_coef: float
+
+
+def _read(store: Store, key: str, what: str) -> bytes:
+    try:
+        return store.read_bytes(key)
+    except NotFound:
+        raise JobError(f"{what} missing: {store.describe(key)} does not exist") from None
+
+
+def read_inputs(store: Store, paths: RunPaths, round_no: int, sft_enabled: bool, init_kl_coef: float) -> Inputs:
+    """Read and cross-check the batch, the gate and the KL state (JobError on any problem)."""
+    batch_key, gate_key = paths.batch(round_no), paths.gate(round_no)
+    data = _read(store, batch_key, f"round {round_no}'s batch")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JobError(f"{store.describe(batch_key)} is not UTF-8 text") from None
+    responses, errors = parse_batch(text, store.describe(batch_key))
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise JobError(errors[0] + more)
+    if not responses:
+        raise JobError(f"{store.describe(batch_key)} holds no responses")
+    try:
+        gate = parse_record(Gate, store.read_json(_existing(store, gate_key, round_no)), store.describe(gate_key))
+    except (RecordError, StoreError) as err:
+        raise JobError(f"invalid gate: {err}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if gate.round != round_no:
+        raise JobError(f"{store.describe(gate_key)} is for round {gate.round}, not round {round_no}")
+    if gate.batch_sha256 != digest:
+        raise JobError(
+            f"{store.describe(gate_key)} does not match the batch: it froze sha256 {gate.batch_sha256[:12]}..., "
+            f"batch.jsonl is {digest[:12]}..."
+        )
+    by_id = {r.id: r for r in responses}
+    if not gate.rewards:
+        raise JobError(f"{store.describe(gate_key)} rewards no response: there is nothing to learn from")
+    for rid, reward in gate.rewards.items():
+        if rid not in by_id:
+            raise JobError(f"{store.describe(gate_key)} rewards {rid!r}, which is not in the batch")
+        if not math.isfinite(reward.reward) or not 0.0 <= reward.reward <= 1.0:
+            raise JobError(f"{store.describe(gate_key)}: reward of {rid!r} is {reward.reward}, outside 0..1")
+        if not reward.ratings or not reward.raters:
+            raise JobError(f"{store.describe(gate_key)}: reward of {rid!r} names no ratings")
+    if gate.responses_rewarded != len(gate.rewards):
+        raise JobError(
+            f"{store.describe(gate_key)} says {gate.responses_rewarded} responses are rewarded but lists {len(gate.rewards)}"
+        )
+    policy_key = paths.policy_for_round(round_no, sft_enabled)
+    rewarded = [r for r in responses if r.id in gate.rewards]
+    for r in rewarded:
+        if r.round != round_no:
+            raise JobError(f"response {r.id!r} belongs to round {r.round}, not round {round_no}")
+        if (r.policy or BASE_POLICY) != (policy_key or BASE_POLICY):
+            raise JobError(
+                f"response {r.id!r} was sampled from {r.policy or BASE_POLICY!r} but round {round_no} "
+                f"updates {policy_key or BASE_POLICY!r}"
+            )
+        if not r.prompt_token_ids or not r.response_token_ids:
+            raise JobError(f"response {r.id!r} has no prompt or response token ids (not written by the generate job)")
+    return Inputs(
+        responses=rewarded,
+        rewards=[gate.rewards[r.id].reward for r in rewarded],
+        gate=gate,
+        batch_sha256=digest,
+        policy_key=policy_key,
+        kl_coef=previous_kl_coef(store, paths, round_no, init_kl_coef),
+    )
+
+
+def _existing(store: Store, key: str, round_no: int) -> str:
+    if not store.exists(key):
+        raise JobError(f"round {round_no}'s gate is not closed: {store.describe(key)} does not exist")
+    return key
+
+
+def previous_kl_coef(store: Store, paths: RunPaths, round_no: int, init: float) -> float:
+    """The KL coefficient round r-1's controller ended with (the spec's initial value in round 1)."""
+    if round_no == 1:
+        return init
+    key = paths.policy_metrics(round_no - 1)
+    try:
+        value = store.read_json(key).get("kl_coef_next")
+    except NotFound:
+        raise JobError(f"checkpoint missing from the store: {store.describe(key)} does not exist") from None
+    except (StoreError, AttributeError):
+        raise JobError(f"{store.describe(key)} is not a metrics object") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise JobError(f"{store.describe(key)} has no valid kl_coef_next (got {value!r})")
+    return float(value)
+
+
+def check_token_ids(responses: list[PendingResponse], vocab_size: int) -> None:
+    for r in responses:
+        bad = [t for t in r.prompt_token_ids + r.response_token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise JobError(f"response {r.id!r} has token id {bad[0]} outside this model's vocabulary of {vocab_size}")
+
+
+def main(ctx: JobContext) -> None:
+    import torch
+
+    from therapy_rlhf.jobs import ppo_trainer
+    from therapy_rlhf.jobs.value_head import load_or_init
+
+    spec, paths, round_no = ctx.spec, ctx.paths, ctx.round
+    if ctx.store.exists(paths.policy_metrics(round_no)):
+        ctx.progress("%s already exists: round %d is updated", ctx.store.describe(paths.policy_metrics(round_no)), round_no)
+        return
+    inputs = read_inputs(ctx.store, paths, round_no, spec.sft.enabled, spec.ppo.kl.init_coef)
+    ctx.progress(
+        "gate: %d rewarded responses of %d, mean reward %.4f; KL coefficient %.4f",
+        len(inputs.responses), inputs.gate.responses_total, sum(inputs.rewards) / len(inputs.rewards), inputs.kl_coef,
+    )
+    torch.manual_seed(spec.ppo.seed + round_no)
+    policy, tokenizer, adapter_dir = models.load_policy(ctx, inputs.policy_key, trainable=True)
+    check_token_ids(inputs.responses, policy.get_input_embeddings().num_embeddings)
+    # A PPO checkpoint carries its critic; the SFT adapter or the base start a fresh one.
+    hidden = policy.config.hidden_size
+    head_dir = adapter_dir if round_no > 1 else None
+    try:
+        value_head, loaded = load_or_init(head_dir, hidden, spec.ppo.seed + round_no)
+    except ValueError as err:
+        raise JobError(f"value head of {inputs.policy_key}: {err}") from None
+    if round_no > 1 and not loaded:
+        raise JobError(f"checkpoint {inputs.policy_key} has no value head (value_head.safetensors)")
+    ctx.begin_work()
+
+    samples = [
+        ppo_trainer.Sample(r.prompt_token_ids, r.response_token_ids, reward)
+        for r, reward in zip(inputs.responses, inputs.rewards)
+    ]
+    stats = ppo_trainer.ppo_update(
+        policy,
+        value_head,
+        samples,
+        spec.ppo,
+        inputs.kl_coef,
+        pad_id=tokenizer.pad_token_id,
+        device=ctx.device,
+        seed=spec.ppo.seed + round_no,
+        log=ctx.progress,
+    )
+    ctx.progress(
+        "update: policy loss %.4f, value loss %.4f, KL %.4f, clip fraction %.3f, %.1f tokens/s",
+        stats["policy_loss"], stats["value_loss"], stats["kl"], stats["clip_fraction"], stats["train_tokens_per_second"],
+    )
+    out = ctx.scratch("policy")
+    # The base weights are frozen: never copy an embedding or output layer into the adapter.
+    policy.save_pretrained(str(out), save_embedding_layers=False)
+    value_head.save(out)
+    ctx.upload_dir(out, paths.policy_prefix(round_no))
+    ctx.write_metrics(
+        paths.policy_metrics(round_no),
+        {
+            **stats,
+            "started_from": inputs.policy_key or BASE_POLICY,
+            "gate_sha256": inputs.batch_sha256,
+            "gate_reason": inputs.gate.reason,
+            "learning_rate": spec.ppo.learning_rate,
+            "epochs": spec.ppo.epochs,
+            "clip_range": spec.ppo.clip_range,
+            **models.count_parameters(policy),
+        },
+    )

@@ -1,0 +1,121 @@
+"""The evaluation report: a Markdown table like the paper's Table 1 and the reward curve.
+
+``results_table(results)`` renders ``eval/results.json`` as Markdown (one row
+per system; BERTScore, ROUGE-1 and F1 first as in the paper, then ROUGE-L,
+BLEU-2 and Distinct-1/2). ``reward_curve(store, paths, rounds)`` reads every
+closed round's ``gate.json`` and ``plot_reward_curve`` draws the mean reward
+per round with the spread across responses (like the paper's Figure 2).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.ratings import read_gate
+from therapy_rlhf.store import Store
+
+COLUMNS = [
+    ("bertscore", "BERTScore"),
+    ("rouge1", "ROUGE-1"),
+    ("f1", "F1"),
+    ("rougeL", "ROUGE-L"),
+    ("bleu2", "BLEU-2"),
+    ("distinct1", "Dist-1"),
+    ("distinct2", "Dist-2"),
+]
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown table of every system's scores (only the metrics that were computed)."""
+    systems = results.get("systems", [])
+    present = [(k, title) for k, title in COLUMNS if any(k in s.get("scores", {}) for s in systems)]
+    head = "| Model | " + " | ".join(t for _, t in present) + " | n |"
+    rule = "|---|" + "---:|" * len(present) + "---:|"
+    rows = []
+    for s in systems:
+        cells = [f"{s['scores'][k]:.4f}" if k in s.get("scores", {}) else "-" for k, _ in present]
+        rows.append(f"| {s['label']} | " + " | ".join(cells) + f" | {s.get('n', '-')} |")
+    return "\n".join([head, rule, *rows])
+
+
+def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> str:
+    """The whole eval/report.md."""
+    lines = [
+        f"# Evaluation of {results.get('run', 'run')}",
+        "",
+        f"Reference-based metrics on {results.get('examples', 0)} ESConv test contexts "
+        f"from `{results.get('dataset', '?')}` (greedy decoding, at most "
+        f"{results.get('max_new_tokens', '?')} new tokens; BERTScore encoder `{results.get('bertscore_model', '-')}`).",
+        "",
+        results_table(results),
+        "",
+    ]
+    curve = results.get("reward_curve") or []
+    if curve:
+        lines += ["## Expert reward per PPO round", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"| {p['round']} | {p['mean']:.3f} | {p['std']:.3f} | {p['min']:.3f} | {p['max']:.3f} | {p['n']} |"
+            for p in curve
+        ]
+        lines.append("")
+    if curve_key:
+        lines += [f"Reward curve: `{curve_key}`", ""]
+    return "\n".join(lines)
+
+
+def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, float]]:
+    """Mean, spread and count of the gated rewards of each closed round."""
+    points = []
+    for r in range(1, rounds + 1):
+        gate = read_gate(store, paths, r)
+        if gate is None:
+            continue
+        rewards = [rr.reward for rr in gate.rewards.values()]
+        if not rewards:
+            continue
+        points.append(
+            {
+                "round": r,
+                "mean": round(statistics.fmean(rewards), 6),
+                "std": round(statistics.pstdev(rewards), 6),
+                "min": round(min(rewards), 6),
+                "max": round(max(rewards), 6),
+                "n": len(rewards),
+            }
+        )
+    return points
+
+
+def plot_reward_curve(points: list[dict[str, float]], out: Path, title: str = "Expert reward per PPO round") -> Path:
+    """PNG: mean reward per round, a band of +-1 std and the min..max range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    if points:
+        xs = [p["round"] for p in points]
+        mean = [p["mean"] for p in points]
+        lo = [max(0.0, p["mean"] - p["std"]) for p in points]
+        hi = [min(1.0, p["mean"] + p["std"]) for p in points]
+        ax.fill_between(xs, [p["min"] for p in points], [p["max"] for p in points], color="C0", alpha=0.12, label="min..max")
+        ax.fill_between(xs, lo, hi, color="C0", alpha=0.3, label="mean +- std")
+        ax.plot(xs, mean, marker="o", label="mean reward")
+        ax.set_xticks(xs)
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no rated rounds yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("PPO round")
+    ax.set_ylabel("reward (0..1)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

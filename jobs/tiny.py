@@ -1,0 +1,186 @@
+"""Tiny random-weight Mistral / Mixtral models for tests and the local default.
+
+``build_tiny(arch, out_dir)`` writes a model directory that transformers
+loads like any checkpoint: the real ``MistralForCausalLM`` /
+``MixtralForCausalLM`` classes with a few small layers (Mixtral keeps real
+top-2-of-4 expert routing), a byte-level BPE tokenizer trained with the
+``tokenizers`` library on ESConv-format text, and a Mistral-style chat template.
+
+Every job of a run must see the SAME tiny model, so everything is
+deterministic: the tokenizer is trained on the fixture text shipped inside
+this package (never on data that may or may not exist on a machine), weights
+come from a fixed seed, and ``tiny_model_dir`` caches the result under a hash
+of the whole recipe.
+
+    therapy-rlhf tiny-model --arch mixtral /tmp/tiny-mixtral
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+ARCHITECTURES = ("mistral", "mixtral")
+# Bump when the recipe changes in a way the hash below would not see.
+RECIPE_VERSION = 1
+SEED = 1234
+VOCAB_SIZE = 2048
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]"]
+
+# Mistral-style: [INST] user [/INST] assistant</s>. A system message is folded
+# into the first user turn, as Mistral's own template does. The rendering of a
+# conversation without its last assistant turn is a prefix of the full one,
+# which TRL's prompt/completion SFT relies on.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% elif message['role'] == 'user' %}[INST] {{ ns.system }}{{ message['content'] }} [/INST]"
+    "{% set ns.system = '' %}"
+    "{% elif message['role'] == 'assistant' %} {{ message['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    sliding_window=None,
+)
+MIXTRAL_EXTRA = dict(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.01)
+
+
+def corpus_texts() -> list[str]:
+    """Text the tokenizer is trained on: the packaged ESConv-format fixtures and prompt suite."""
+    from therapy_rlhf.jobs import data, prompts
+
+    texts: list[str] = []
+    for conv in data.load_fixture_conversations():
+        texts.extend(turn.content for turn in conv.turns)
+        texts.append(conv.situation)
+    texts.extend(p.text for p in prompts.builtin_suite())
+    return [t for t in texts if t]
+
+
+def _recipe(arch: str) -> dict:
+    import tokenizers
+    import torch
+    import transformers
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
+    return {
+        "arch": arch,
+        "config": {**COMMON, **(MIXTRAL_EXTRA if arch == "mixtral" else {})},
+        "vocab_size": VOCAB_SIZE,
+        "special": SPECIAL_TOKENS,
+        "template": CHAT_TEMPLATE,
+        "seed": SEED,
+        "recipe": RECIPE_VERSION,
+        "corpus": hashlib.sha256("\n".join(corpus_texts()).encode()).hexdigest(),
+        # weight initialisation may change between releases
+        "versions": [torch.__version__, transformers.__version__, tokenizers.__version__],
+    }
+
+
+def recipe_hash(arch: str) -> str:
+    return hashlib.sha256(json.dumps(_recipe(arch), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_tokenizer():
+    """A byte-level BPE tokenizer (never an unknown byte) with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_texts(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["[INST]", "[/INST]"],
+        model_max_length=COMMON["max_position_embeddings"],
+        padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny(arch: str, out_dir: str | Path) -> Path:
+    """Write a tiny ``arch`` model + tokenizer to out_dir (which must not exist or be empty)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
+
+    hf_logging.disable_progress_bar()
+    recipe = _recipe(arch)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty")
+    tokenizer = train_tokenizer()
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config_cls, model_cls = (MistralConfig, MistralForCausalLM) if arch == "mistral" else (MixtralConfig, MixtralForCausalLM)
+    config = config_cls(**recipe["config"], **ids)
+    torch.manual_seed(SEED)
+    model = model_cls(config).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "tiny_recipe.json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def tiny_model_dir(arch: str, cache_root: str | Path) -> Path:
+    """The cached tiny model for ``arch``, built once per recipe (safe under concurrency)."""
+    final = Path(cache_root) / "tiny" / f"{arch}-{recipe_hash(arch)}"
+    if (final / "tiny_recipe.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build_tiny(arch, tmp)
+        try:
+            os.rename(tmp, final)  # atomic; loses the race harmlessly if another job built it
+        except OSError:
+            if not (final / "tiny_recipe.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def fixture_path(name: str) -> Path:
+    """A file shipped in ``therapy_rlhf/jobs/fixtures``."""
+    return Path(str(resources.files("therapy_rlhf.jobs") / "fixtures" / name))

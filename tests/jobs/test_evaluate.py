@@ -1,0 +1,146 @@
+"""The evaluate job: checkpoints and external systems scored, report + plot, results last."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from therapy_rlhf.cli import main as cli_main
+from therapy_rlhf.jobs import data, evaluate, models
+from therapy_rlhf.jobs.common import JobContext, JobError
+from therapy_rlhf.jobs.report import results_table
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.records import Gate, ResponseReward
+from therapy_rlhf.spec import DatasetSpec, load_run
+
+PATHS = RunPaths("default", "tiny-test")
+N = 4
+
+
+def _store_adapter(ctx, prefix, marker, bump):
+    """A LoRA adapter that differs from the base, stored with its marker."""
+    torch.manual_seed(0)
+    policy, _, _ = models.load_policy(ctx, None, trainable=True)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, bump)
+    out = ctx.scratch("adapter-" + prefix.replace("/", "-"))
+    policy.save_pretrained(str(out))
+    ctx.store.put_dir(out, prefix)
+    ctx.store.write_json(marker, {"done": True})
+
+
+def _gate(round_no, rewards):
+    return Gate(
+        round=round_no,
+        reason="complete",
+        min_raters=1,
+        responses_total=len(rewards),
+        responses_rewarded=len(rewards),
+        rewards={f"r{round_no:04d}-p-{i}": ResponseReward(reward=r, raters=["sim"], ratings=[f"sim/x/v1"]) for i, r in enumerate(rewards)},
+        mean_reward=sum(rewards) / len(rewards),
+        batch_sha256="0" * 64,
+    ).model_dump(mode="json")
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_store, capsys):
+    refs = data.load_dataset_spec(DatasetSpec(), "test")[:N]
+    ext = tmp_path / "gpt.jsonl"
+    ext.write_text(
+        "\n".join(
+            [json.dumps({"id": refs[0].id, "response": refs[0].response}), "",
+             json.dumps({"context": refs[1].context[-1]["content"], "response": refs[1].response}),
+             json.dumps({"id": "not-an-example", "response": "ignored"})]
+        )
+        + "\n"
+    )
+    manifest = load_run(
+        make_run(
+            {
+                "ppo": {"rounds": 2},
+                "evaluation": {
+                    "maxExamples": N,
+                    "maxNewTokens": 6,
+                    "checkpoints": ["base", "sft", "round-1", "final"],
+                    "externalResponses": [{"name": "gpt-3-5", "path": str(ext)}],
+                },
+            }
+        )
+    )
+    setup = JobContext(kind="setup", manifest=manifest, round=0, store=local_store)
+    _store_adapter(setup, PATHS.sft_adapter(), PATHS.sft_metrics(), 0.5)
+    _store_adapter(setup, PATHS.policy_prefix(1), PATHS.policy_metrics(1), 1.0)
+    _store_adapter(setup, PATHS.policy_prefix(2), PATHS.policy_metrics(2), 2.0)
+    setup.close()
+    local_store.write_json(PATHS.gate(1), _gate(1, [0.2, 0.4]))
+    local_store.write_json(PATHS.gate(2), _gate(2, [0.5, 0.7, 0.9]))
+
+    ctx = JobContext(kind="evaluate", manifest=manifest, round=0, store=local_store)
+    evaluate.main(ctx)
+    ctx.close()
+
+    root = local_store.root
+    results = json.loads((root / PATHS.eval_results()).read_text())
+    assert results["examples"] == N and results["example_ids"] == [e.id for e in refs]
+    by_name = {s["name"]: s for s in results["systems"]}
+    assert list(by_name) == ["base", "sft", "round-1", "final", "gpt-3-5"]
+    assert by_name["final"]["source"] == PATHS.policy_prefix(2)
+    gpt = by_name["gpt-3-5"]
+    assert gpt["n"] == 2 and gpt["scores"]["f1"] == 1.0 and gpt["scores"]["rouge1"] == 1.0
+    assert gpt["scores"]["bertscore"] == pytest.approx(1.0, abs=1e-4)
+    for s in results["systems"]:
+        assert set(s["scores"]) == {"bertscore", "rouge1", "rougeL", "f1", "bleu2", "distinct1", "distinct2"}
+        assert all(0.0 <= v <= 1.0 for v in s["scores"].values())
+    answers = {name: [smp["responses"][name] for smp in results["samples"]] for name in ("base", "sft", "final")}
+    assert answers["base"] != answers["sft"] != answers["final"]  # each checkpoint really answered
+    assert results["reward_curve"] == [
+        {"round": 1, "mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4, "n": 2},
+        {"round": 2, "mean": 0.7, "std": pytest.approx(0.163299, abs=1e-6), "min": 0.5, "max": 0.9, "n": 3},
+    ]
+    report = (root / PATHS.eval_report()).read_text()
+    assert results_table(results) in report and "| PPO (final) |" in report and "| gpt-3-5 |" in report
+    png = (root / PATHS.eval_reward_curve()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    mtimes = {k: (root / k).stat().st_mtime for k in (PATHS.eval_report(), PATHS.eval_reward_curve(), PATHS.eval_results())}
+    assert mtimes[PATHS.eval_results()] >= max(mtimes.values())
+
+    capsys.readouterr()
+    assert cli_main(["report", "tiny-test", "--store", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| Model | BERTScore | ROUGE-1 | F1 | ROUGE-L | BLEU-2 | Dist-1 | Dist-2 | n |" in out
+    assert f"Reward curve: {root}/{PATHS.eval_reward_curve()}" in out
+
+
+def test_external_responses_that_match_nothing(tmp_path):
+    refs = data.load_dataset_spec(DatasetSpec(), "test")[:3]
+    ext = tmp_path / "x.jsonl"
+    ext.write_text(json.dumps({"id": "zzz", "response": "hi"}) + "\n")
+    with pytest.raises(JobError, match="no line matches an evaluation example"):
+        evaluate.read_external(str(ext), refs)
+    ext.write_text('{"id": "a", "response": "hi"}\n{"id": \n')
+    with pytest.raises(JobError, match="line 2: not valid JSON"):
+        evaluate.read_external(str(ext), refs)
+
+
+def test_report_command_without_results(tmp_path, capsys):
+    assert cli_main(["report", "tiny-test", "--store", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no evaluation results" in err[0]
+
+
+def test_report_command_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from therapy_rlhf.cli import main; "
+        f"rc = main(['report', 'x', '--store', {str(tmp_path)!r}]); "
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules); print(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
