@@ -1,0 +1,29 @@
+# The jobs on CPU, for CI (kind) and demos with the tiny model: the same entrypoint
+# as images/jobs.Dockerfile, a CPU build of torch, no bitsandbytes. Also carries the
+# CLI, so the e2e test runs the simulated rater (`therapy-rlhf rate --auto`) from it.
+#   docker build -f images/jobs-cpu.Dockerfile -t therapy-rlhf/jobs-cpu:e2e .
+FROM python:3.11-slim
+
+ARG TORCH_VERSION=2.6.0
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/var/cache/therapy-rlhf/huggingface \
+    HF_HUB_OFFLINE=1 \
+    THERAPY_RLHF_CACHE=/var/cache/therapy-rlhf
+
+RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY therapy_rlhf ./therapy_rlhf
+COPY operator ./operator
+COPY jobs ./jobs
+COPY tui ./tui
+RUN pip install ".[jobs]" && rm -rf /src
+
+RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin trainer
+USER 1000:1000
+WORKDIR /tmp
+ENTRYPOINT []
+CMD ["python", "-m", "therapy_rlhf.jobs", "--help"]

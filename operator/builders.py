@@ -1,0 +1,263 @@
+"""Pure builders: a run and a planner step in, a Kubernetes manifest (a dict) out.
+
+Nothing here talks to a cluster, so every field of every Job can be checked by
+unit tests. Names are deterministic -- (run, kind, round, attempt) -- so an
+operator restarted mid-run finds the Job it already created (a create that
+answers 409 is adopted) instead of starting a duplicate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest
+
+from therapy_rlhf.operator import config as cfg
+
+MANAGED_BY = "therapy-rlhf-operator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RUN = f"{API_GROUP}/run"
+LABEL_KIND = f"{API_GROUP}/job-kind"
+LABEL_ROUND = f"{API_GROUP}/round"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_CLOSE_GATE = f"{API_GROUP}/close-gate"
+
+# Job kinds that train and so may run data-parallel under `accelerate launch`;
+# generate and evaluate are inference and run as one process over all GPUs.
+DISTRIBUTED_KINDS = ("sft", "ppo")
+NON_ROOT_UID = 1000
+
+
+def job_name(run: str, kind: str, round_no: int, attempt: int) -> str:
+    """'{run}-{kind}-r{round}-a{attempt}': run names are capped at 40 chars, so this fits 63."""
+    return f"{run}-{kind}-r{round_no}-a{attempt}"
+
+
+def configmap_name(run: str) -> str:
+    return f"{run}-run-config"
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """The run as the controlling owner: deleting it garbage-collects its children."""
+    meta = owner.get("metadata", {})
+    if not meta.get("uid"):
+        raise ValueError(f"run {meta.get('name')!r} has no metadata.uid; cannot own children")
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def run_labels(run: str) -> dict[str, str]:
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_RUN: run}
+
+
+def job_labels(run: str, kind: str, round_no: int, attempt: int) -> dict[str, str]:
+    return {
+        **run_labels(run),
+        LABEL_KIND: kind,
+        LABEL_ROUND: str(round_no),
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def manifest_json(manifest: RunManifest) -> str:
+    """The frozen manifest as the Jobs read it (same canonical form as the store's spec.json)."""
+    from therapy_rlhf.runs import dump_manifest
+
+    return dump_manifest(manifest)
+
+
+def build_configmap(manifest: RunManifest, owner: dict[str, Any]) -> dict[str, Any]:
+    """The frozen run manifest, mounted into every Job as its --run-config file."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(manifest.name),
+            "namespace": manifest.namespace,
+            "labels": run_labels(manifest.name),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "data": {cfg.RUN_CONFIG_FILE: manifest_json(manifest)},
+    }
+
+
+def job_command(manifest: RunManifest, kind: str, round_no: int, config: cfg.OperatorConfig) -> list[str]:
+    """The job entrypoint, under `accelerate launch` with one process per GPU when asked."""
+    args = [
+        kind,
+        "--run-config", f"{cfg.RUN_CONFIG_DIR}/{cfg.RUN_CONFIG_FILE}",
+        "--round", str(round_no),
+        "--store", manifest.spec.storage.uri(),
+    ]
+    gpus = manifest.spec.resources.gpus
+    if gpus > 1 and kind in DISTRIBUTED_KINDS:
+        return ["accelerate", "launch", "--num_processes", str(gpus), "--module", "therapy_rlhf.jobs", *args]
+    return [config.python, "-m", "therapy_rlhf.jobs", *args]
+
+
+def _env(manifest: RunManifest, config: cfg.OperatorConfig) -> list[dict[str, Any]]:
+    storage = manifest.spec.storage
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "THERAPY_RLHF_CACHE", "value": cfg.CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{cfg.CACHE_DIR}/huggingface"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        # The root filesystem is read-only and uid 1000 has no home: libraries that
+        # write caches under $HOME (matplotlib, triton) get the writable /tmp.
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
+    secret = storage.credentials_secret
+    if secret is not None:
+        # Credentials never appear in the Job manifest: the kubelet resolves them.
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+    env.extend({"name": k, "value": v} for k, v in sorted(config.job_env.items()))
+    return env
+
+
+def _resources(manifest: RunManifest) -> dict[str, Any]:
+    res = manifest.spec.resources
+    amounts = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"memory": res.memory}
+    if res.gpus > 0:
+        # Extended resources must be equal in requests and limits.
+        amounts[res.gpu_resource_name] = str(res.gpus)
+        limits[res.gpu_resource_name] = str(res.gpus)
+    return {"requests": amounts, "limits": limits}
+
+
+def build_job(
+    manifest: RunManifest,
+    kind: str,
+    round_no: int,
+    attempt: int,
+    owner: dict[str, Any],
+    config: cfg.OperatorConfig | None = None,
+) -> dict[str, Any]:
+    """The Job for one attempt of one planner step."""
+    config = config or cfg.OperatorConfig()
+    res = manifest.spec.resources
+    name = job_name(manifest.name, kind, round_no, attempt)
+    labels = job_labels(manifest.name, kind, round_no, attempt)
+    job_meta_labels = dict(labels)
+    if res.queue_name:
+        job_meta_labels[LABEL_QUEUE] = res.queue_name
+    container = {
+        "name": kind,
+        "image": res.image,
+        "imagePullPolicy": res.image_pull_policy,
+        "command": job_command(manifest, kind, round_no, config),
+        "env": _env(manifest, config),
+        "resources": _resources(manifest),
+        # The job's one-line "error: ..." becomes the pod's termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "run-config", "mountPath": cfg.RUN_CONFIG_DIR, "readOnly": True},
+            {"name": "cache", "mountPath": cfg.CACHE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # Jobs talk to the object store only, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NON_ROOT_UID,
+            "runAsGroup": NON_ROOT_UID,
+            "fsGroup": NON_ROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "run-config",
+                "configMap": {
+                    "name": configmap_name(manifest.name),
+                    "items": [{"key": cfg.RUN_CONFIG_FILE, "path": cfg.RUN_CONFIG_FILE}],
+                },
+            },
+            {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_json_dict() for t in res.tolerations]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    if res.service_account_name:
+        pod_spec["serviceAccountName"] = res.service_account_name
+    job_spec: dict[str, Any] = {
+        # Retries are the operator's: each attempt is a new Job (a new name), counted
+        # against spec.backoffLimit, so a pod failure must end this Job at once.
+        "backoffLimit": 0,
+        "completions": 1,
+        "parallelism": 1,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if config.job_ttl_seconds > 0:
+        job_spec["ttlSecondsAfterFinished"] = config.job_ttl_seconds
+    if res.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = res.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": manifest.namespace,
+            "labels": job_meta_labels,
+            "annotations": {f"{API_GROUP}/spec-sha256": _digest(manifest)},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": job_spec,
+    }
+
+
+def _digest(manifest: RunManifest) -> str:
+    import hashlib
+
+    return hashlib.sha256(manifest_json(manifest).encode("utf-8")).hexdigest()
+
+
+def describe(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')}"
+
+
+__all__ = [
+    "ANNOTATION_CLOSE_GATE",
+    "LABEL_ATTEMPT",
+    "LABEL_KIND",
+    "LABEL_MANAGED_BY",
+    "LABEL_ROUND",
+    "LABEL_RUN",
+    "MANAGED_BY",
+    "build_configmap",
+    "build_job",
+    "configmap_name",
+    "job_command",
+    "job_name",
+    "owner_reference",
+]

@@ -1,0 +1,375 @@
+"""One reconcile of one run: observe, ask the shared planner, carry out its decision.
+
+Observation = the run's Jobs (by label) + the store's markers and rating
+coverage (``therapy_rlhf.observe.observe_store``). The decision comes from
+``therapy_rlhf.planner.plan`` -- the same state machine the local runner uses;
+this module only maps its actions onto Kubernetes objects and the status.
+
+Every failure of the surroundings (invalid spec, missing Secret, unreachable
+store, no permission) ends the reconcile with a condition and an Event, never
+an exception: kopf would otherwise retry in a tight loop, and nothing is lost
+by waiting for the next timer tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from therapy_rlhf import phases
+from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.observe import observe_store
+from therapy_rlhf.planner import CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
+from therapy_rlhf.ratings import RatingError, close_gate
+from therapy_rlhf.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run, summarize_round
+from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
+from therapy_rlhf.store import Store, StoreError
+
+from therapy_rlhf.operator import builders, kube, metrics
+from therapy_rlhf.operator.conditions import Outcome, build_status, is_transition, ready_reason
+from therapy_rlhf.operator.config import OperatorConfig
+from therapy_rlhf.operator.jobstate import job_state, observe_jobs
+from therapy_rlhf.operator.storeaccess import StoreCache, StoreConfigError
+
+# Events: (type, reason, message) -> posted by the caller (kopf.event in production).
+EmitFn = Callable[[str, str, str], None]
+# Re-plans after a gate closes in one pass, so the PPO Job starts in the same tick.
+MAX_STEPS_PER_PASS = 3
+
+
+@dataclass
+class RunMemory:
+    """What the operator remembers about one run between reconciles (lost on restart: all cached)."""
+
+    configmap_ok: bool = False
+    spec_mismatch_reported: str = ""
+    garbage_reported: dict[int, int] = field(default_factory=dict)  # round -> objects reported
+    summaries: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    gate_closed_at: dict[int, float] = field(default_factory=dict)
+    # The last outcome an Event was posted for: handlers may see a status not yet patched.
+    last_event: tuple = ()
+    active_job: str = ""
+    # (store keys, Observed, RoundState) of the last observation; see _observe.
+    observation: tuple | None = None
+    # (live spec checked, frozen manifest); see _frozen.
+    frozen: tuple[str, RunManifest] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class OperatorState:
+    """Process-wide: the API client, store clients, per-run memory."""
+
+    def __init__(self, api: kube.KubeApi, config: OperatorConfig):
+        self.api = api
+        self.config = config
+        self.stores = StoreCache()
+        self._runs: dict[str, RunMemory] = {}
+        self._lock = threading.Lock()
+
+    def memory(self, uid: str) -> RunMemory:
+        with self._lock:
+            return self._runs.setdefault(uid, RunMemory())
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._runs.pop(uid, None)
+        metrics.record_phase(uid, None)
+
+
+@dataclass
+class Result:
+    """The status to write and annotations to drop (applied by the kopf wrapper)."""
+
+    status: dict[str, Any] | None
+    remove_annotations: list[str] = field(default_factory=list)
+
+
+def _manifest(body: dict[str, Any], config: OperatorConfig) -> RunManifest:
+    meta = body["metadata"]
+    spec = parse_spec(config.apply_defaults(body.get("spec")), f"{KIND} {meta.get('namespace')}/{meta.get('name')}")
+    return RunManifest.model_validate(
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": spec.to_json_dict(),
+        }
+    )
+
+
+def reconcile(
+    body: dict[str, Any], state: OperatorState, emit: EmitFn, logger: logging.Logger, now: float | None = None
+) -> Result:
+    meta = body.get("metadata") or {}
+    uid = meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"
+    memory = state.memory(uid)
+    # Timer, create/resume and field handlers may overlap: one reconcile per run at a time.
+    with memory.lock:
+        result = _reconcile(body, state, memory, emit, logger, time.time() if now is None else now)
+    status = result.status if result.status is not None else body.get("status") or {}
+    metrics.record_phase(uid, status.get("phase") or phases.PENDING)
+    return result
+
+
+def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logger, now: float) -> Result:
+    meta = body.get("metadata") or {}
+    previous = dict(body.get("status") or {})
+    generation = meta.get("generation")
+    if previous.get("phase") == phases.SUCCEEDED:
+        return Result(None)
+    # A run that failed for a reason other than its spec stays failed; an invalid
+    # spec is re-checked so that fixing it starts the run.
+    if previous.get("phase") == phases.FAILED and ready_reason(previous) != phases.R_INVALID_SPEC:
+        return Result(None)
+
+    def finish(outcome: Outcome, severity: str = "Normal", **fields: Any) -> Result:
+        key = (outcome.phase, outcome.round, outcome.reason, outcome.message if outcome.blocked else "")
+        due = is_transition(previous, outcome) or (outcome.blocked and previous.get("message") != outcome.message)
+        # JobStarted is announced by the JobCreated Event, which names the Job.
+        if due and key != memory.last_event and outcome.reason != phases.R_JOB_STARTED:
+            memory.last_event = key
+            emit("Warning" if outcome.blocked or outcome.phase == phases.FAILED else severity, outcome.reason, outcome.message)
+        return Result(build_status(outcome, previous, generation, now, **fields))
+
+    def blocked(reason: str, message: str) -> Result:
+        logger.warning(message)
+        phase = previous.get("phase") or phases.PENDING
+        return finish(Outcome(phase, previous.get("round") or 0, reason, message, blocked=True))
+
+    # 1. The spec, validated by the same model the CLI uses.
+    try:
+        live = _manifest(body, state.config)
+    except SpecError as err:
+        message = "; ".join(err.problems)
+        return finish(Outcome(phases.FAILED, 0, phases.R_INVALID_SPEC, f"invalid spec: {message}"))
+    if live.spec.storage.bucket is None:
+        return finish(
+            Outcome(
+                phases.FAILED, 0, phases.R_INVALID_SPEC,
+                "invalid spec: spec.storage.localPath is for the local runner; a run on a cluster needs spec.storage.bucket",
+            )
+        )
+    paths = RunPaths(live.namespace, live.name)
+
+    # 2. The store (credentials from the referenced Secret) and the frozen spec.
+    try:
+        store = state.stores.store_for(live, state.api)
+        manifest = _frozen(store, live, memory, emit)
+    except kube.NotFound as err:
+        return blocked(phases.R_SECRET_MISSING, f"credentials Secret not found: {err}")
+    except kube.Forbidden as err:
+        return blocked(phases.R_FORBIDDEN, f"no permission: {err}")
+    except StoreConfigError as err:
+        return blocked(phases.R_SECRET_MISSING, str(err))
+    except (kube.KubeError, StoreError) as err:
+        return blocked(phases.R_STORE_UNAVAILABLE, f"store unavailable: {err}")
+    # suspend is the one field that may change after the start.
+    spec = manifest.spec.model_copy(update={"suspend": live.spec.suspend})
+
+    # 3. Observe, plan, act -- repeated only after a gate closes.
+    owner = {"metadata": {"name": meta.get("name"), "uid": meta.get("uid")}}
+    override = (meta.get("annotations") or {}).get(builders.ANNOTATION_CLOSE_GATE) == "true"
+    remove: list[str] = []
+    try:
+        _ensure_configmap(state.api, manifest, owner, memory)
+        for _ in range(MAX_STEPS_PER_PASS):
+            observed, awaiting = _observe(store, paths, spec, memory, override)
+            decision = plan(spec, observed)
+            # Job states matter only for a step whose marker is missing; a run awaiting
+            # ratings costs no Kubernetes API call per tick, however many runs wait.
+            if not isinstance(decision.action, (WaitForRatings, CloseGate)):
+                jobs = state.api.list_jobs(live.namespace, live.name)
+                _count_finished(jobs)
+                observed = replace(observed, jobs=observe_jobs(jobs, live.name))
+                decision = plan(spec, observed)
+            if not isinstance(decision.action, CloseGate):
+                break
+            gate = _close_gate(store, paths, spec, decision, now, emit, logger)
+            memory.gate_closed_at[decision.action.round] = time.time()
+            metrics.GATE_WAIT.observe(max(0.0, time.time() - (observed.round(decision.action.round).awaiting_since or now)))
+            if decision.action.reason == "override":
+                override = False
+                remove.append(builders.ANNOTATION_CLOSE_GATE)
+            logger.info("gate of round %d closed (%s): mean reward %s", gate.round, gate.reason, gate.mean_reward)
+        active = _act(decision, state, manifest, owner, memory, emit, logger, previous)
+        if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
+            memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
+            emit(
+                "Warning", "GarbageRatings",
+                f"round {awaiting.round}: {len(awaiting.garbage)} object(s) in the ratings prefix are not valid "
+                f"ratings and are ignored; first: {awaiting.garbage[0]}",
+            )
+        fields = _status_fields(store, paths, manifest, observed, awaiting, active, memory)
+    except kube.Forbidden as err:
+        return blocked(phases.R_FORBIDDEN, f"no permission: {err}")
+    except (kube.KubeError, StoreError) as err:
+        reason = phases.R_STORE_UNAVAILABLE if isinstance(err, StoreError) else "KubernetesApiError"
+        return blocked(reason, str(err))
+    result = finish(Outcome(decision.phase, decision.round, decision.reason, decision.message), **fields)
+    result.remove_annotations = remove
+    return result
+
+
+def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: bool):
+    """observe_store, skipped while the run's keys are unchanged.
+
+    Every object in the layout is written whole and never rewritten (ratings and
+    corrections are new keys, gate.json is created once), so an unchanged key
+    listing means an unchanged observation: an idle run awaiting ratings costs
+    one LIST per tick instead of reading every rating again.
+    """
+    now = time.time()
+    keys = tuple(store.list(paths.root + "/"))
+    cached = memory.observation
+    if cached is not None and cached[0] == keys:
+        return replace(cached[1], close_gate_requested=override, now=now), cached[2]
+    observed, awaiting = observe_store(store, paths, spec, close_gate_requested=override, now=now)
+    memory.observation = (keys, observed, awaiting)
+    return observed, awaiting
+
+
+def _frozen(store: Store, live: RunManifest, memory: RunMemory, emit: EmitFn) -> RunManifest:
+    # The frozen spec never changes: while the live spec is the one last checked
+    # against it, skip the store round trips (a conditional PUT and a GET per tick).
+    key = live.spec.model_copy(update={"suspend": False}).model_dump_json()
+    if memory.frozen is not None and memory.frozen[0] == key:
+        return memory.frozen[1]
+    frozen = _freeze(store, live, memory, emit)
+    memory.frozen = (key, frozen)
+    return frozen
+
+
+def _freeze(store: Store, live: RunManifest, memory: RunMemory, emit: EmitFn) -> RunManifest:
+    try:
+        return freeze_spec(store, live)
+    except FrozenSpecMismatch as err:
+        # The run keeps training with what it started with; say so once per change.
+        if memory.spec_mismatch_reported != str(err):
+            memory.spec_mismatch_reported = str(err)
+            emit("Warning", "SpecChangeIgnored", str(err))
+        return read_frozen_run(store, RunPaths(live.namespace, live.name))
+
+
+def _ensure_configmap(api: kube.KubeApi, manifest: RunManifest, owner, memory: RunMemory) -> None:
+    if memory.configmap_ok:
+        return
+    cm = builders.build_configmap(manifest, owner)
+    try:
+        api.create_configmap(cm)
+    except kube.Conflict:
+        existing = api.read_configmap(manifest.namespace, cm["metadata"]["name"])
+        if (existing.get("data") or {}) != cm["data"]:
+            # Restore the frozen manifest if someone edited the ConfigMap.
+            api.patch_configmap(manifest.namespace, cm["metadata"]["name"], {"data": cm["data"]})
+    memory.configmap_ok = True
+
+
+def _close_gate(store, paths, spec, decision: Decision, now, emit: EmitFn, logger):
+    action: CloseGate = decision.action  # type: ignore[assignment]
+    closed_by = "operator" if action.reason == "complete" else f"operator ({builders.ANNOTATION_CLOSE_GATE} annotation)"
+    try:
+        gate = close_gate(store, paths, action.round, spec.feedback, reason=action.reason, closed_by=closed_by)
+    except RatingError as err:
+        raise StoreError(str(err)) from None
+    reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
+    emit(
+        "Normal", reason,
+        f"round {gate.round} gate closed ({gate.reason}): {gate.responses_rewarded}/{gate.responses_total} "
+        f"responses rewarded, mean reward {gate.mean_reward}",
+    )
+    return gate
+
+
+def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous):
+    """Carry out the planner's action; returns (Job name, action) of the active Job, or None."""
+    action = decision.action
+    if isinstance(action, WaitForJob):
+        memory.active_job = builders.job_name(manifest.name, action.kind, action.round, action.attempt)
+        return memory.active_job, action
+    if not isinstance(action, StartJob):
+        memory.active_job = ""
+        return None
+    job = builders.build_job(manifest, action.kind, action.round, action.attempt, owner, state.config)
+    name = job["metadata"]["name"]
+    if name in ((previous.get("activeJob") or {}).get("name"), memory.active_job):
+        # Status says this Job was running, yet it is gone and its output is missing.
+        emit("Warning", "JobMissing", f"Job {name} disappeared before finishing (deleted by hand?); re-creating it")
+    try:
+        state.api.create_job(job)
+    except kube.Conflict:
+        # Created by an earlier incarnation of the operator: adopt it.
+        logger.info("Job %s already exists; adopting it", name)
+        memory.active_job = name
+        return name, action
+    memory.active_job = name
+    metrics.JOBS_CREATED.labels(kind=action.kind).inc()
+    if action.kind == "ppo" and action.round in memory.gate_closed_at:
+        metrics.GATE_TO_PPO.observe(time.time() - memory.gate_closed_at.pop(action.round))
+    emit("Normal", "JobCreated", f"created Job {name}: {decision.message}")
+    logger.info("created Job %s", name)
+    return name, action
+
+
+def _count_finished(jobs: list[dict[str, Any]]) -> None:
+    for job in jobs:
+        st, _ = job_state(job)
+        if st != "running":
+            labels = (job.get("metadata") or {}).get("labels") or {}
+            uid = (job.get("metadata") or {}).get("uid") or (job.get("metadata") or {}).get("name")
+            metrics.record_job_finished(uid, labels.get(builders.LABEL_KIND, "unknown"), st == "succeeded")
+
+
+def _status_fields(store, paths, manifest, observed, awaiting, active, memory: RunMemory) -> dict[str, Any]:
+    rounds = []
+    reward = None
+    rated = None
+    for r, ro in sorted(observed.rounds.items()):
+        if not ro.batch:
+            continue
+        # Finished rounds never change: summarise them once. The awaiting round is
+        # re-read only when its ratings change.
+        ratings = len(awaiting.ratings) if awaiting is not None and awaiting.round == r else None
+        key = (ro.gate, ro.policy, ro.rated, ro.total, ratings)
+        cached = memory.summaries.get(r)
+        if cached is None or cached[0] != key:
+            summary = summarize_round(store, paths, manifest, r).to_dict()
+            if ro.policy:
+                summary["checkpoint"] = paths.policy_prefix(r)
+            memory.summaries[r] = (key, summary)
+        summary = memory.summaries[r][1]
+        rounds.append(summary)
+        if summary.get("gateClosed") and summary.get("meanReward") is not None:
+            reward = summary["meanReward"]
+        rated = f"{summary['rated']}/{summary['responses']}"
+    evaluation = None
+    if observed.eval_done:
+        evaluation = _evaluation(store, paths)
+    active_job = None
+    if active is not None:
+        name, action = active
+        active_job = {"name": name, "kind": action.kind, "round": action.round, "attempt": action.attempt}
+    return {"rounds": rounds, "reward": reward, "rated": rated, "activeJob": active_job, "evaluation": evaluation}
+
+
+# Keep the status small: results larger than this are referenced, not copied.
+MAX_EVAL_SUMMARY_BYTES = 8192
+
+
+def _evaluation(store: Store, paths: RunPaths) -> dict[str, Any]:
+    import json
+
+    summary: dict[str, Any] = {"results": store.describe(paths.eval_results()), "report": store.describe(paths.eval_report())}
+    try:
+        results = store.read_json(paths.eval_results())
+    except StoreError as err:
+        summary["error"] = str(err)
+        return summary
+    if isinstance(results, dict) and len(json.dumps(results)) <= MAX_EVAL_SUMMARY_BYTES:
+        summary["summary"] = results
+    return summary
+
+
+__all__ = ["OperatorState", "Result", "RunMemory", "reconcile"]

@@ -1,0 +1,212 @@
+"""Job and ConfigMap manifests from the pure builders: no cluster needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubernetes.client import ApiClient, V1ConfigMap, V1Job
+
+from therapy_rlhf.spec import parse_run
+
+from therapy_rlhf.operator import builders
+from therapy_rlhf.operator.config import OperatorConfig
+
+OWNER = {"metadata": {"name": "demo", "uid": "0f6b1c3e-1111-2222-3333-444455556666"}}
+
+
+def manifest(**resources):
+    return parse_run(
+        {
+            "apiVersion": "rlhf.therapy.dev/v1alpha1",
+            "kind": "TherapyRLHFRun",
+            "metadata": {"name": "demo", "namespace": "team-a"},
+            "spec": {
+                "model": {"source": "tiny:mistral"},
+                "storage": {
+                    "bucket": "rlhf-bucket",
+                    "prefix": "runs",
+                    "endpoint": "http://minio.storage:9000",
+                    "region": "eu-west-1",
+                    "credentialsSecret": {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
+                },
+                "resources": resources,
+            },
+        }
+    )
+
+
+def validate_schema(obj: dict) -> None:
+    """Against Kubernetes' own JSON schema, strictly (an unknown field is an error)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(obj, "1.30.0", strict=True)
+
+
+def deserialize(obj: dict, model):
+    """Through the kubernetes client's own models: a field it does not know is a typo."""
+    client = ApiClient()
+
+    class Resp:
+        data = json.dumps(obj)
+
+    return client.deserialize(Resp(), model)
+
+
+def env_of(job: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_job_command_identity_and_labels():
+    job = builders.build_job(manifest(gpus=1), "ppo", 3, 2, OWNER)
+    assert job["metadata"]["name"] == "demo-ppo-r3-a2"
+    assert job["metadata"]["namespace"] == "team-a"
+    labels = job["metadata"]["labels"]
+    assert labels == {
+        "app.kubernetes.io/managed-by": "therapy-rlhf-operator",
+        "rlhf.therapy.dev/run": "demo",
+        "rlhf.therapy.dev/job-kind": "ppo",
+        "rlhf.therapy.dev/round": "3",
+        "rlhf.therapy.dev/attempt": "2",
+    }
+    assert job["spec"]["template"]["metadata"]["labels"] == labels
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == [
+        "python", "-m", "therapy_rlhf.jobs", "ppo", "--run-config", "/etc/therapy-rlhf/run.json",
+        "--round", "3", "--store", "s3://rlhf-bucket/runs",
+    ]
+    assert container["image"] == "ghcr.io/therapy-rlhf/jobs:0.1.0"
+    ref = job["metadata"]["ownerReferences"][0]
+    assert ref == {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "name": "demo",
+                   "uid": OWNER["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    assert isinstance(deserialize(job, "V1Job"), V1Job)
+    validate_schema(job)
+
+
+@pytest.mark.parametrize("kind, launcher", [("sft", True), ("ppo", True), ("generate", False), ("evaluate", False)])
+def test_several_gpus_run_training_under_accelerate(kind, launcher):
+    job = builders.build_job(manifest(gpus=4, gpuResourceName="amd.com/gpu"), kind, 0 if kind in ("sft", "evaluate") else 1, 1, OWNER)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    if launcher:
+        assert command[:6] == ["accelerate", "launch", "--num_processes", "4", "--module", "therapy_rlhf.jobs"]
+    else:
+        assert command[:3] == ["python", "-m", "therapy_rlhf.jobs"]
+    assert container["resources"]["limits"]["amd.com/gpu"] == "4"
+    assert container["resources"]["requests"]["amd.com/gpu"] == "4"
+
+
+def test_no_gpu_request_when_gpus_is_zero():
+    container = builders.build_job(manifest(gpus=0), "generate", 1, 1, OWNER)["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"]["requests"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+
+
+def test_store_settings_and_credentials_come_from_the_secret():
+    env = env_of(builders.build_job(manifest(), "generate", 1, 1, OWNER))
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
+    assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "id"}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "secret"}}
+    assert env["THERAPY_RLHF_CACHE"] == "/var/cache/therapy-rlhf"
+    extra = env_of(builders.build_job(manifest(), "generate", 1, 1, OWNER, OperatorConfig(job_env={"HF_HUB_OFFLINE": "1"})))
+    assert extra["HF_HUB_OFFLINE"] == "1"
+
+
+def test_scheduling_and_limits_pass_through():
+    job = builders.build_job(
+        manifest(
+            gpus=2, cpu="8", memory="64Gi", nodeSelector={"gpu": "a100"},
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            priorityClassName="training", queueName="gpu-queue", activeDeadlineSeconds=7200,
+            cacheSize="200Gi", serviceAccountName="trainer", imagePullPolicy="Always",
+        ),
+        "sft", 0, 1, OWNER, OperatorConfig(job_ttl_seconds=600),
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "training"
+    assert pod["serviceAccountName"] == "trainer"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["spec"]["activeDeadlineSeconds"] == 7200
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+    assert job["spec"]["backoffLimit"] == 0  # retries are new attempts, counted by the planner
+    container = pod["containers"][0]
+    assert container["resources"]["requests"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert container["imagePullPolicy"] == "Always"
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["emptyDir"]["sizeLimit"] == "200Gi"
+    assert isinstance(deserialize(job, "V1Job"), V1Job)
+    validate_schema(job)
+
+
+def test_no_queue_label_deadline_or_selector_unless_asked():
+    job = builders.build_job(manifest(), "sft", 0, 1, OWNER)
+    pod = job["spec"]["template"]["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    assert "activeDeadlineSeconds" not in job["spec"]
+    assert not {"nodeSelector", "tolerations", "priorityClassName", "serviceAccountName"} & set(pod)
+
+
+def test_jobs_are_locked_down():
+    pod = builders.build_job(manifest(), "ppo", 1, 1, OWNER)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    # Read-only root: every path a job writes is a volume.
+    assert set(mounts) == {"/etc/therapy-rlhf", "/var/cache/therapy-rlhf", "/tmp"}
+    assert mounts["/etc/therapy-rlhf"]["readOnly"] is True
+
+
+def test_configmap_holds_the_frozen_manifest():
+    m = manifest()
+    cm = builders.build_configmap(m, OWNER)
+    assert cm["metadata"]["name"] == "demo-run-config"
+    doc = json.loads(cm["data"]["run.json"])
+    assert doc["metadata"] == {"name": "demo", "namespace": "team-a"}
+    assert parse_run(doc).spec == m.spec
+    assert isinstance(deserialize(cm, "V1ConfigMap"), V1ConfigMap)
+    validate_schema(cm)
+    volume = builders.build_job(m, "sft", 0, 1, OWNER)["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+
+
+def test_names_are_deterministic_and_fit_kubernetes_limits():
+    longest = "r" * 40
+    assert builders.job_name("demo", "sft", 0, 1) == builders.job_name("demo", "sft", 0, 1)
+    assert len(builders.job_name(longest, "evaluate", 9999, 99)) <= 63
+    assert len(builders.configmap_name(longest)) <= 63
+
+
+def test_owner_without_uid_is_refused():
+    with pytest.raises(ValueError, match="no metadata.uid"):
+        builders.build_job(manifest(), "sft", 0, 1, {"metadata": {"name": "demo"}})
+
+
+def test_installation_defaults_fill_only_what_the_run_leaves_out():
+    config = OperatorConfig(default_image="registry.local/jobs:1", default_s3_endpoint="http://minio:9000",
+                            default_s3_region="us-east-1", default_credentials_secret="rlhf-s3")
+    spec = {"model": {"source": "tiny:mistral"}, "storage": {"bucket": "b", "region": "eu-west-1"}}
+    out = config.apply_defaults(spec)
+    assert out["resources"]["image"] == "registry.local/jobs:1"
+    assert out["storage"] == {"bucket": "b", "region": "eu-west-1", "endpoint": "http://minio:9000",
+                              "credentialsSecret": {"name": "rlhf-s3"}}
+    assert spec == {"model": {"source": "tiny:mistral"}, "storage": {"bucket": "b", "region": "eu-west-1"}}
+    own = config.apply_defaults({"resources": {"image": "mine:2"}, "storage": {"localPath": "/x"}})
+    assert own == {"resources": {"image": "mine:2"}, "storage": {"localPath": "/x"}}
+
+
+def test_config_from_env(monkeypatch):
+    monkeypatch.setenv("THERAPY_RLHF_INTERVAL", "1.5")
+    monkeypatch.setenv("THERAPY_RLHF_JOB_ENV", "HF_HUB_OFFLINE=1,FOO=a=b")
+    monkeypatch.setenv("THERAPY_RLHF_DEFAULT_IMAGE", "img:1")
+    c = OperatorConfig.from_env()
+    assert c.interval == 1.5 and c.job_env == {"HF_HUB_OFFLINE": "1", "FOO": "a=b"} and c.default_image == "img:1"
+    monkeypatch.setenv("THERAPY_RLHF_INTERVAL", "soon")
+    with pytest.raises(ValueError, match="THERAPY_RLHF_INTERVAL must be a number"):
+        OperatorConfig.from_env()
