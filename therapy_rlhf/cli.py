@@ -36,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"therapy-rlhf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"therapy_rlhf.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"therapy_rlhf.commands.{name}":
-                continue  # a command that has not landed yet
-            raise
+        module = importlib.import_module(f"therapy_rlhf.commands.{name}")
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
