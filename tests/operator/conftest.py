@@ -115,7 +115,8 @@ class Cluster:
         self.started: dict[str, asyncio.Task] = {}
         self.runs_seen: dict[str, str] = {}  # uid -> name
         self.job_log: list[str] = []  # names of Jobs, in creation order, as first seen
-        self.paused = False  # while True, new Jobs stay pending (not started)
+        self.paused = False  # while True, new Jobs stay pending (not started)...
+        self.released: set[str] = set()  # ...except these, let through one by one with release()
         self._tasks: list[asyncio.Task] = []
         self.operator: tuple[threading.Thread, threading.Event] | None = None
 
@@ -252,10 +253,19 @@ class Cluster:
     async def _sync_jobs(self) -> None:
         for job in await self.jobs():
             name = job["metadata"]["name"]
-            if name in self.started or self.paused or job.get("status", {}).get("conditions"):
+            held = self.paused and name not in self.released
+            if name in self.started or held or job.get("status", {}).get("conditions"):
                 continue
             self.job_log.append(name)
             self.started[name] = asyncio.create_task(self._run_job(job))
+
+    def release(self, name: str) -> None:
+        """While paused, let exactly this Job run; the next one stays pending.
+
+        (Toggling ``paused`` off and on again races the operator: the next Job
+        can be created and started inside that window.)
+        """
+        self.released.add(name)
 
     async def _run_job(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]

@@ -94,9 +94,9 @@ async def test_restart_in_every_phase_adopts_and_never_duplicates(cluster, run_s
         if phase == phases.AWAITING_RATINGS:
             rate_round(run_store, paths, read_frozen_run(run_store, paths), round_no)
         else:
-            cluster.paused = False  # let the pending Job run, then hold the next one
-            await cluster.wait_for(lambda: _job_finished(cluster, run["status"]["activeJob"]["name"]), 30, f"the Job of {phase} {round_no}: {run['status'].get('activeJob')} {cluster.job_log}")
-            cluster.paused = True
+            active = run["status"]["activeJob"]["name"]
+            cluster.release(active)  # let the pending Job run; the next one stays pending
+            await cluster.wait_for(lambda: _job_finished(cluster, active), 30, f"the Job of {phase} {round_no}: {active} {cluster.job_log}")
     cluster.paused = False
     run = await cluster.wait_phase("demo", phases.SUCCEEDED)
     names = job_names(await cluster.jobs())
