@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import logging
 import os
 import platform
@@ -53,31 +52,9 @@ RUNS = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NS}/{PLURAL}"
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-
-class Emulator(kmock.KubernetesEmulator):
-    """Names from generateName (kopf's Events) and a static resourceVersion (kopf's patches test it)."""
-
-    async def _handle(self, request):
-        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("resourceVersion", "1")
-        return await super()._handle(request)
-
-
-def register(emulator) -> None:
-    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    emulator.resources[f"{API_GROUP}/{API_VERSION}/{PLURAL}"] = kmock.ResourceInfo(
-        kind=KIND, namespaced=True, verbs=verbs, subresources={"status"}
-    )
-    for key, kind, namespaced in (
-        ("batch/v1/jobs", "Job", True), ("v1/configmaps", "ConfigMap", True), ("v1/secrets", "Secret", True),
-        ("v1/events", "Event", True), ("v1/namespaces", "Namespace", False),
-        ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
-    ):
-        emulator.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs)
+# The same emulator set-up as the operator tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from kube_emulator import Emulator, register_resources, write_kubeconfig  # noqa: E402
 
 
 def spec_for(bucket: str, endpoint: str, responses: int) -> dict:
@@ -153,7 +130,7 @@ async def main_async(args) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="operator-bench-"))
 
     async with Emulator() as emulator, kmock.Server(emulator) as server, aiohttp.ClientSession() as http:
-        register(emulator)
+        register_resources(emulator)
         url = str(server.url).rstrip("/")
 
         async def api(method, path, body=None):
@@ -163,12 +140,7 @@ async def main_async(args) -> str:
         await api("POST", f"/api/v1/namespaces/{NS}/secrets", {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
             "data": {k: base64.b64encode(b"bench").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
-        kubeconfig = tmp / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "bench",
-            "clusters": [{"name": "bench", "cluster": {"server": url}}],
-            "users": [{"name": "bench", "user": {"token": "bench"}}],
-            "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}]}))
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig", url)
         env = dict(os.environ, KUBECONFIG=str(kubeconfig))
         env.pop("KUBERNETES_SERVICE_HOST", None)
         if args.interval:

@@ -48,58 +48,16 @@ import prometheus_client  # noqa: E402,F401
 
 import therapy_rlhf.operator.handlers  # noqa: E402,F401
 
-STANDIN = Path(__file__).resolve().parents[1] / "support" / "standin_jobs.py"
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+sys.path.insert(0, str(SUPPORT))
+from kube_emulator import Emulator, register_resources, write_kubeconfig  # noqa: E402
+
+STANDIN = SUPPORT / "standin_jobs.py"
 NAMESPACE = "default"
 RUNS = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
 JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 SECRET_NAME = "s3-creds"
 JOB_ENTRYPOINT = ["python", "-m", "therapy_rlhf.jobs"]
-
-
-class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus what kopf's Events need: names from ``generateName``."""
-
-    async def _handle(self, request):
-        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
-            meta.setdefault("uid", str(uuid.uuid4()))
-            # Static: kopf's JSON patches test it, and the emulator never changes it.
-            meta.setdefault("resourceVersion", "1")
-        return await super()._handle(request)
-
-
-def register_resources(emulator: kmock.KubernetesEmulator) -> None:
-    """What the emulator serves; kopf waits silently without namespaces, events and CRDs."""
-    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    emulator.resources[f"{API_GROUP}/{API_VERSION}/{PLURAL}"] = kmock.ResourceInfo(
-        kind=KIND, namespaced=True, verbs=verbs, shortnames={"trr"}, subresources={"status"}, singular="therapyrlhfrun"
-    )
-    emulator.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, verbs=verbs, subresources={"status"})
-    emulator.resources["v1/configmaps"] = kmock.ResourceInfo(kind="ConfigMap", namespaced=True, verbs=verbs)
-    emulator.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=verbs)
-    emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
-    emulator.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=verbs)
-    emulator.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-        kind="CustomResourceDefinition", namespaced=False, verbs=verbs
-    )
-
-
-def write_kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-                "users": [{"name": "tester", "user": {"token": "emulated"}}],
-                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
-                "current-context": "emulator",
-            }
-        )
-    )
-    return path
 
 
 class Cluster:
