@@ -30,3 +30,4 @@ e2e-kind: venv
 
 crd: venv
 	$(BIN)/therapy-rlhf crd --output crds/therapyrlhfrun.yaml
+	cp crds/therapyrlhfrun.yaml charts/therapy-rlhf/files/therapyrlhfrun.yaml  # the chart ships a copy

@@ -62,6 +62,9 @@ class Example:
     response: str
     strategy: str | None = None
     meta: dict = field(default_factory=dict)
+    # The conversation this example comes from; examples of one conversation share
+    # context, so a train/validation split keeps them on one side. "" = unknown.
+    conversation: str = ""
 
     def prompt_messages(self) -> list[dict[str, str]]:
         return [dict(m) for m in self.context]
@@ -153,6 +156,7 @@ def conversation_examples(conv: Conversation, conv_id: str) -> list[Example]:
                 response=turn.content,
                 strategy=turn.strategy,
                 meta={"emotion_type": conv.emotion_type, "problem_type": conv.problem_type},
+                conversation=conv_id,
             )
         )
     return out
@@ -162,8 +166,13 @@ def conversation_examples(conv: Conversation, conv_id: str) -> list[Example]:
 
 
 def parse_esconv_tsv(text: str, source: str) -> list[Example]:
-    """The context/response TSV -> examples (the last turn of each line is the reference)."""
+    """The context/response TSV -> examples (the last turn of each line is the reference).
+
+    The TSV has no conversation ids; its lines run through each conversation in
+    order, so a line whose last turn index does not grow starts a new one.
+    """
     out = []
+    conversation, last_index = 0, -1
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -178,12 +187,17 @@ def parse_esconv_tsv(text: str, source: str) -> list[Example]:
             speaker = "seeker" if m["speaker"] == "0" else "supporter"
             turns.append(Turn(speaker, _clean(m["text"] or ""), m["strategy"]))
         last = turns[-1]
+        index = int(m["index"])  # of the last turn
+        if index <= last_index:
+            conversation += 1
+        last_index = index
         if last.speaker != "supporter":
             raise DataError(f"{source}: line {lineno}: the last turn must be the supporter's (speaker 1)")
         context = _messages(turns[:-1])
         if not context or not last.content:
             continue  # nothing the seeker said yet, or an empty reference
-        out.append(Example(id=f"l{lineno:05d}", context=context, response=last.content, strategy=last.strategy))
+        out.append(Example(id=f"l{lineno:05d}", context=context, response=last.content, strategy=last.strategy,
+                           conversation=f"c{conversation:05d}"))
     return out
 
 

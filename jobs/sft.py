@@ -27,13 +27,28 @@ RESPONSE_TOKEN_RESERVE = 128
 
 
 def split_examples(examples: list[data.Example], fraction: float, seed: int) -> tuple[list, list]:
-    """Shuffle deterministically and hold out ``fraction`` (at least one of each side)."""
+    """Hold out about ``fraction`` of the examples, whole conversations at a time.
+
+    Examples of one conversation share their context, so splitting inside a
+    conversation would put validation text into training. Conversations are
+    shuffled deterministically and moved to validation until it has its share;
+    both sides get at least one example. A dataset of a single conversation
+    can only be split by example.
+    """
     if len(examples) < 2:
         raise JobError(f"sft needs at least 2 examples for a train/validation split, the dataset has {len(examples)}")
-    order = list(examples)
+    groups: dict[str, list[data.Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.conversation or ex.id, []).append(ex)
+    if len(groups) == 1:
+        groups = {ex.id: [ex] for ex in examples}
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
-    n_val = min(len(order) - 1, max(1, round(len(order) * fraction)))
-    return order[n_val:], order[:n_val]
+    want = max(1, round(len(examples) * fraction))
+    val: list[data.Example] = []
+    while order[1:] and len(val) < want:
+        val.extend(order.pop(0))
+    return [ex for group in order for ex in group], val
 
 
 def to_records(examples: list[data.Example], tokenizer: Any, max_length: int) -> list[dict]:
@@ -94,7 +109,10 @@ def main(ctx: JobContext) -> None:
         raise JobError("sft.enabled is false in this run; there is nothing for the sft job to do")
     examples = data.load_dataset_spec(sft.dataset, "train")
     train_ex, val_ex = split_examples(examples, sft.validation_fraction, sft.seed)
-    ctx.progress("dataset: %d examples (%d train, %d validation)", len(examples), len(train_ex), len(val_ex))
+    ctx.progress(
+        "dataset: %d examples (%d train, %d validation from %d held-out conversations)",
+        len(examples), len(train_ex), len(val_ex), len({e.conversation or e.id for e in val_ex}),
+    )
 
     model, tokenizer = models.load_base_model(spec.model, ctx.device, ctx.cache_dir)
     dtype = model.dtype

@@ -186,7 +186,9 @@ class SftSpec(SpecModel):
     learning_rate: float = Field(2e-4, gt=0, le=1)
     batch_size: int = Field(4, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the examples held out for validation, whole conversations at a time."
+    )
     early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement.")
     eval_steps: int = Field(50, ge=1, description="Steps between validation passes.")
     seed: int = Field(0, ge=0)

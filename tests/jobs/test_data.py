@@ -67,6 +67,26 @@ def test_tsv_line_to_example(tmp_path):
     assert ex.strategy == "Questions"
 
 
+def test_tsv_lines_are_grouped_into_conversations(tmp_path):
+    # Turn indices grow through a conversation; a line whose last index does not starts the next one.
+    lines = [
+        "1.0 0 0 I feel anxious. EOS 1.0 1 1 [Other] I hear you.",
+        "1.0 0 0 I feel anxious. EOS 1.0 1 1 [Other] I hear you. EOS 1.0 0 2 Work. EOS 1.0 1 3 [Questions] What about it?",
+        "1.0 0 2 Work. EOS 1.0 1 3 [Questions] What about it? EOS 1.0 0 4 Deadlines. EOS 1.0 1 5 [Other] That is hard.",
+        "1.0 0 0 I lost my dog. EOS 1.0 1 1 [Other] I am so sorry.",
+        "1.0 0 0 Hi EOS 1.0 1 1 [Other] Hello.",
+    ]
+    path = tmp_path / "x.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    examples = data.load_examples(str(path))
+    assert [e.conversation for e in examples] == ["c00000"] * 3 + ["c00001", "c00002"]
+
+
+def test_json_examples_carry_their_conversation():
+    examples = data.load_dataset_spec(DatasetSpec(), "train")
+    assert all(e.conversation and e.id.startswith(e.conversation + "-t") for e in examples)
+
+
 @pytest.mark.parametrize(
     "name, text, needle",
     [
@@ -117,6 +137,8 @@ def test_real_failed_esconv_json(esconv_dir):
 def test_real_tsv(esconv_dir, name, rows):
     examples = data.load_examples(str(esconv_dir / name))
     assert 0.8 * rows < len(examples) <= rows
+    # ESConv's test and dev splits hold about 200 conversations of about 14 supporter replies each.
+    assert 150 < len({e.conversation for e in examples}) < 300
     _check_alternating(examples)
     assert all(e.strategy for e in examples)
 

@@ -61,11 +61,30 @@ def test_split_is_deterministic_and_never_empty():
     train, val = sft.split_examples(examples, 0.1, seed=3)
     again = sft.split_examples(examples, 0.1, seed=3)
     assert [e.id for e in train] == [e.id for e in again[0]]
-    assert len(val) == round(len(examples) * 0.1) and not {e.id for e in train} & {e.id for e in val}
+    assert len(train) + len(val) == len(examples) and not {e.id for e in train} & {e.id for e in val}
+    assert round(len(examples) * 0.1) <= len(val) < len(examples) // 2
     tr, va = sft.split_examples(examples[:2], 0.01, seed=0)
     assert len(tr) == 1 and len(va) == 1
     with pytest.raises(JobError, match="at least 2 examples"):
         sft.split_examples(examples[:1], 0.1, seed=0)
+
+
+def test_split_keeps_each_conversation_on_one_side():
+    # Examples of one conversation share context: none may be on both sides.
+    examples = data.load_dataset_spec(DatasetSpec(), "train")
+    assert len({e.conversation for e in examples}) < len(examples)  # the fixture has multi-reply conversations
+    for seed in range(5):
+        train, val = sft.split_examples(examples, 0.2, seed=seed)
+        assert not {e.conversation for e in train} & {e.conversation for e in val}, seed
+        assert val and train
+
+
+def test_split_of_a_single_conversation_falls_back_to_examples():
+    examples = [e for e in data.load_dataset_spec(DatasetSpec(), "train")]
+    one = [e for e in examples if e.conversation == examples[0].conversation]
+    assert len(one) >= 2
+    train, val = sft.split_examples(one, 0.5, seed=0)
+    assert train and val and len(train) + len(val) == len(one)
 
 
 def test_early_stopping_keeps_the_best_adapter(make_run, local_store):
