@@ -11,19 +11,25 @@ Inputs, all checked before anything is loaded or written:
   (``ratings.effective_reward``), so it is not applied again here;
 * the checkpoint the batch was sampled from (``policy_for_round``): every
   response's ``policy`` must name it, so the update is on-policy;
-* round r-1's ``metrics.json`` for the adaptive KL coefficient, which carries
-  over rounds like TRL's controller state within one training run.
+* round r-1's ``metrics.json`` for the adaptive KL coefficient and round
+  r-1's ``optimizer.pt`` (Adam's moments), which carry over rounds like
+  TRL's controller and optimizer state within one training run.
 
 The update itself is ``ppo_trainer.ppo_update``. Outputs under
 ``rounds/{r}/policy/``: the LoRA adapter, ``value_head.safetensors`` and, LAST,
-``metrics.json`` (the round's marker). Any bad input ends the job with one
-``error:`` line and nothing written.
+``metrics.json`` (the round's marker); ``rounds/{r}/optimizer.pt`` before it.
+Any bad input ends the job with one ``error:`` line and nothing written.
+
+With several GPUs the job runs under ``accelerate launch`` (one process per
+GPU): the update is data parallel (``ppo_trainer.Shard``) and rank 0 writes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
+import os
 from dataclasses import dataclass
 
 from therapy_rlhf.jobs import models
@@ -142,11 +148,36 @@ def check_token_ids(responses: list[PendingResponse], vocab_size: int) -> None:
             raise JobError(f"response {r.id!r} has token id {bad[0]} outside this model's vocabulary of {vocab_size}")
 
 
-def main(ctx: JobContext) -> None:
+def read_optimizer_state(store: Store, paths: RunPaths, round_no: int) -> dict | None:
+    """Round r-1's saved Adam state; None in round 1, or where round r-1 saved none
+    (written before optimizer states were kept): the optimizer then starts fresh."""
     import torch
 
-    from therapy_rlhf.jobs import ppo_trainer
-    from therapy_rlhf.jobs.value_head import load_or_init
+    if round_no == 1:
+        return None
+    key = paths.optimizer_state(round_no - 1)
+    try:
+        data = store.read_bytes(key)
+    except NotFound:
+        return None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt file
+        raise JobError(f"{store.describe(key)} is not a saved optimizer state: {str(err).splitlines()[0][:200]}") from None
+
+
+def join_process_group(device: str) -> bool:
+    """Under accelerate launch/torchrun (WORLD_SIZE > 1), join the ranks' process group."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def main(ctx: JobContext) -> None:
+    import torch
 
     spec, paths, round_no = ctx.spec, ctx.paths, ctx.round
     if ctx.store.exists(paths.policy_metrics(round_no)):
@@ -157,6 +188,22 @@ def main(ctx: JobContext) -> None:
         "gate: %d rewarded responses of %d, mean reward %.4f; KL coefficient %.4f",
         len(inputs.responses), inputs.gate.responses_total, sum(inputs.rewards) / len(inputs.rewards), inputs.kl_coef,
     )
+    optimizer_state = read_optimizer_state(ctx.store, paths, round_no)
+    joined = join_process_group(ctx.device)
+    try:
+        _update(ctx, inputs, optimizer_state)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> None:
+    import torch
+
+    from therapy_rlhf.jobs import ppo_trainer
+    from therapy_rlhf.jobs.value_head import load_or_init
+
+    spec, paths, round_no = ctx.spec, ctx.paths, ctx.round
     torch.manual_seed(spec.ppo.seed + round_no)
     policy, tokenizer, adapter_dir = models.load_policy(ctx, inputs.policy_key, trainable=True)
     check_token_ids(inputs.responses, policy.get_input_embeddings().num_embeddings)
@@ -169,6 +216,21 @@ def main(ctx: JobContext) -> None:
         raise JobError(f"value head of {inputs.policy_key}: {err}") from None
     if round_no > 1 and not loaded:
         raise JobError(f"checkpoint {inputs.policy_key} has no value head (value_head.safetensors)")
+    value_head.to(ctx.device)
+    try:
+        optimizer = ppo_trainer.make_optimizer(
+            ppo_trainer.trainable_parameters(policy, value_head), spec.ppo.learning_rate, optimizer_state
+        )
+    except ValueError as err:
+        raise JobError(f"{ctx.store.describe(paths.optimizer_state(round_no - 1))} does not fit this policy: {err}") from None
+    shard = ppo_trainer.Shard.current()
+    if optimizer_state:
+        how = f"Adam resumed after {ppo_trainer.optimizer_steps(optimizer)} steps"
+    elif round_no > 1:
+        how = f"fresh Adam ({ctx.store.describe(paths.optimizer_state(round_no - 1))} does not exist)"
+    else:
+        how = "fresh Adam"
+    ctx.progress("optimizer: %s; %d data-parallel rank(s)", how, shard.world)
     ctx.begin_work()
 
     samples = [
@@ -185,6 +247,8 @@ def main(ctx: JobContext) -> None:
         device=ctx.device,
         seed=spec.ppo.seed + round_no,
         log=ctx.progress,
+        optimizer=optimizer,
+        shard=shard,
     )
     ctx.progress(
         "update: policy loss %.4f, value loss %.4f, KL %.4f, clip fraction %.3f, %.1f tokens/s",
@@ -195,11 +259,16 @@ def main(ctx: JobContext) -> None:
     policy.save_pretrained(str(out), save_embedding_layers=False)
     value_head.save(out)
     ctx.upload_dir(out, paths.policy_prefix(round_no))
+    if ctx.is_main_process:
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        ctx.store.write_bytes(paths.optimizer_state(round_no), buffer.getvalue())
     ctx.write_metrics(
         paths.policy_metrics(round_no),
         {
             **stats,
             "started_from": inputs.policy_key or BASE_POLICY,
+            "optimizer_resumed": optimizer_state is not None,
             "gate_sha256": inputs.batch_sha256,
             "gate_reason": inputs.gate.reason,
             "learning_rate": spec.ppo.learning_rate,

@@ -15,6 +15,16 @@ wants a reward model it can call), so this is the loop of TRL 0.11's
    clipped to ``maxGradNorm``;
 4. the adaptive KL controller steps once per batch.
 
+The Adam state carries over rounds (``make_optimizer`` takes the state the
+previous round saved), as it does over steps in one TRL training run: a fresh
+Adam would make the first steps of every round sign-like steps of size lr.
+
+Data parallel (``Shard``): under ``accelerate launch``/``torchrun`` every rank
+holds the whole policy; the no-gradient forward of step 1 and the gradient
+passes of step 3 are split between ranks by sample, and the gradients are
+summed over ranks before each optimizer step, so every rank takes the same
+step as one process would over the whole minibatch.
+
 Sequences are prompt + response, right-padded (so position ids stay those of
 generation); the logits at position p predict the token at p + 1, hence the
 response token at ``start + t`` is scored by the logits and value at
@@ -51,6 +61,79 @@ class Forward:
     logprobs: torch.Tensor  # [B, T]
     values: torch.Tensor | None  # [B, T]
     entropy: torch.Tensor | None  # [B, T]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel update: rank ``rank`` of ``world``."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> "Shard":
+        """The torch.distributed process group's rank and size (one process when there is none)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def mine(self, indices: list[int]) -> list[int]:
+        return indices[self.rank :: self.world]
+
+    def sum(self, tensors: list[torch.Tensor]) -> None:
+        """Sum tensors over all ranks, in place (one collective per dtype)."""
+        if self.world == 1 or not tensors:
+            return
+        import torch.distributed as dist
+
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def trainable_parameters(policy: nn.Module, value_head: ValueHead) -> list[nn.Parameter]:
+    """The parameters PPO trains, in a fixed order (the optimizer state is saved by index)."""
+    return [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, state: dict | None = None) -> torch.optim.Adam:
+    """Adam over ``params``, resuming ``state`` (a previous round's ``state_dict``) when given.
+
+    Raises ValueError when the saved state does not fit these parameters.
+    """
+    optimizer = torch.optim.Adam(params, lr=lr)
+    if state is None:
+        return optimizer
+    try:
+        groups, saved = state["param_groups"], state["state"]
+        n_saved = sum(len(g["params"]) for g in groups)
+    except (KeyError, TypeError):
+        raise ValueError("not an Adam state_dict (no param_groups/state)") from None
+    if n_saved != len(params):
+        raise ValueError(f"it holds {n_saved} parameters, this policy trains {len(params)}")
+    for index, param_state in saved.items():
+        shape = tuple(param_state["exp_avg"].shape)
+        if shape != tuple(params[int(index)].shape):
+            raise ValueError(f"parameter {index} has shape {shape} there, {tuple(params[int(index)].shape)} here")
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr  # the spec's, not whatever was saved
+    return optimizer
+
+
+def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """Optimizer steps taken so far, over all rounds (0 for a fresh optimizer)."""
+    steps = [int(s["step"]) for s in optimizer.state.values() if "step" in s]
+    return max(steps, default=0)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -119,8 +202,15 @@ def ppo_update(
     device: str,
     seed: int,
     log: Callable[..., None] = lambda *a: None,
+    optimizer: torch.optim.Optimizer | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run one PPO update in place on ``policy`` (its trainable LoRA) and ``value_head``.
+
+    ``optimizer`` must be over ``trainable_parameters(policy, value_head)``
+    (``make_optimizer``; a fresh Adam when None); it is stepped in place, so
+    the caller can save its state. ``shard`` is this process's part of a
+    data-parallel update (default: the current process group, if any).
 
     Returns the update's statistics, including ``kl_coef`` (used for this
     batch's rewards) and ``kl_coef_next`` (after the controller's step).
@@ -138,23 +228,25 @@ def ppo_update(
     tokens = int(mask.sum())
     timings: dict[str, float] = {}
 
-    # 1. rollout and reference statistics, no gradients
+    # 1. rollout and reference statistics, no gradients; each rank fills its
+    #    samples' rows and the sum over ranks completes every tensor
     t0 = time.perf_counter()
-    old_logprobs, old_values, ref_logprobs, entropy = [], [], [], []
+    shard = shard or Shard.current()
+    old_logprobs_t = torch.zeros((n, width), device=device)
+    old_values_t = torch.zeros((n, width), device=device)
+    ref_logprobs_t = torch.zeros((n, width), device=device)
+    entropy_t = torch.zeros((n, width), device=device)
     policy.eval()
     with torch.no_grad():
-        for idx in _chunks(list(range(n)), ppo.mini_batch_size):
+        for idx in _chunks(shard.mine(list(range(n))), ppo.mini_batch_size):
             chunk = [samples[i] for i in idx]
             fwd = forward_responses(policy, value_head, chunk, width, pad_id, device, with_entropy=True)
-            old_logprobs.append(fwd.logprobs)
-            old_values.append(fwd.values)
-            entropy.append(fwd.entropy)
+            old_logprobs_t[idx] = fwd.logprobs.float()
+            old_values_t[idx] = fwd.values.float()
+            entropy_t[idx] = fwd.entropy.float()
             with policy.disable_adapter():
-                ref_logprobs.append(forward_responses(policy, None, chunk, width, pad_id, device).logprobs)
-    old_logprobs_t = torch.cat(old_logprobs)
-    old_values_t = torch.cat(old_values).float()
-    ref_logprobs_t = torch.cat(ref_logprobs)
-    entropy_t = torch.cat(entropy)
+                ref_logprobs_t[idx] = forward_responses(policy, None, chunk, width, pad_id, device).logprobs.float()
+    shard.sum([old_logprobs_t, old_values_t, ref_logprobs_t, entropy_t])
     timings["rollout_forward_seconds"] = time.perf_counter() - t0
 
     # 2. rewards, advantages
@@ -164,14 +256,16 @@ def ppo_update(
     advantages, returns = core.gae(old_values_t, rewards, mask, ppo.gamma, ppo.lam, whiten=True)
     mean_kl = float(kl.sum(dim=1).mean())
 
-    # 3. epochs over shuffled minibatches
+    # 3. epochs over shuffled minibatches; each rank takes its share of every
+    #    minibatch, and gradients are summed over ranks before each step
     t0 = time.perf_counter()
-    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = torch.optim.Adam(params, lr=ppo.learning_rate)
+    params = trainable_parameters(policy, value_head)
+    optimizer = optimizer or make_optimizer(params, ppo.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     step_size = ppo.mini_batch_size * ppo.gradient_accumulation_steps
     totals: dict[str, float] = {}
     n_mini = 0
+    n_seen = 0
     grad_norms: list[float] = []
     policy.train()
     value_head.train()
@@ -179,7 +273,11 @@ def ppo_update(
         order = torch.randperm(n, generator=generator).tolist()
         for step_idx in _chunks(order, step_size):
             optimizer.zero_grad(set_to_none=True)
-            for idx in _chunks(step_idx, ppo.mini_batch_size):
+            for minibatch in _chunks(step_idx, ppo.mini_batch_size):
+                n_mini += 1
+                idx = shard.mine(minibatch)
+                if not idx:
+                    continue
                 chunk = [samples[i] for i in idx]
                 fwd = forward_responses(policy, value_head, chunk, width, pad_id, device)
                 out = core.ppo_loss(
@@ -196,23 +294,31 @@ def ppo_update(
                 )
                 (out.loss * len(idx) / len(step_idx)).backward()
                 for key, value in out.stats().items():
-                    totals[key] = totals.get(key, 0.0) + value
-                n_mini += 1
+                    totals[key] = totals.get(key, 0.0) + value * len(idx)
+                n_seen += len(idx)
+            for p in params:
+                if p.grad is None:  # a rank with no sample in this step still joins the sum
+                    p.grad = torch.zeros_like(p)
+            shard.sum([p.grad for p in params])
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)))
             optimizer.step()
         log("epoch %d/%d: policy loss %.4f, value loss %.4f", epoch + 1, ppo.epochs,
-            totals.get("policy_loss", 0.0) / max(n_mini, 1), totals.get("value_loss", 0.0) / max(n_mini, 1))
+            totals.get("policy_loss", 0.0) / max(n_seen, 1), totals.get("value_loss", 0.0) / max(n_seen, 1))
     policy.eval()
     value_head.eval()
     timings["train_seconds"] = time.perf_counter() - t0
     optimizer.zero_grad(set_to_none=True)
+    # Loss statistics: sample-weighted means over every rank's minibatches.
+    keys = sorted(totals)
+    summed = torch.tensor([totals[k] for k in keys] + [float(n_seen)], dtype=torch.float64, device=device)
+    shard.sum([summed])
+    stats = {k: float(v) / max(float(summed[-1]), 1.0) for k, v in zip(keys, summed[:-1])}
+    stats.pop("loss", None)
 
     # 4. KL controller (TRL steps it with the batch size)
     controller = core.make_kl_controller(kl_coef, ppo.kl.adaptive, ppo.kl.target, ppo.kl.horizon)
     kl_coef_next = controller.update(mean_kl, n)
 
-    stats = {k: v / n_mini for k, v in totals.items()}
-    stats.pop("loss", None)
     score_list = scores.tolist()
     mean_score = sum(score_list) / n
     return {
@@ -229,6 +335,9 @@ def ppo_update(
         "mean_return": float(core.masked_mean(returns, mask)),
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "optimizer_steps": len(grad_norms),
+        "optimizer_steps_total": optimizer_steps(optimizer),
+        "data_parallel_ranks": shard.world,
+        "local_sample_passes": n_seen,  # gradient passes over samples on this rank (rank 0 in metrics.json)
         "minibatches": n_mini,
         **stats,
         **{k: round(v, 3) for k, v in timings.items()},

@@ -23,8 +23,9 @@ LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_CLOSE_GATE = f"{API_GROUP}/close-gate"
 
-# Job kinds that train and so may run data-parallel under `accelerate launch`;
-# generate and evaluate are inference and run as one process over all GPUs.
+# Job kinds that train and so run data parallel under `accelerate launch` with
+# one process per GPU; generate and evaluate are one process on one GPU, so they
+# ask for one GPU whatever `resources.gpus` says (more would sit idle, held).
 DISTRIBUTED_KINDS = ("sft", "ppo")
 NON_ROOT_UID = 1000
 
@@ -96,8 +97,8 @@ def job_command(manifest: RunManifest, kind: str, round_no: int, config: cfg.Ope
         "--round", str(round_no),
         "--store", manifest.spec.storage.uri(),
     ]
-    gpus = manifest.spec.resources.gpus
-    if gpus > 1 and kind in DISTRIBUTED_KINDS:
+    gpus = gpus_for(manifest, kind)
+    if gpus > 1:
         return ["accelerate", "launch", "--num_processes", str(gpus), "--module", "therapy_rlhf.jobs", *args]
     return [config.python, "-m", "therapy_rlhf.jobs", *args]
 
@@ -129,14 +130,21 @@ def _env(manifest: RunManifest, config: cfg.OperatorConfig) -> list[dict[str, An
     return env
 
 
-def _resources(manifest: RunManifest) -> dict[str, Any]:
+def gpus_for(manifest: RunManifest, kind: str) -> int:
+    """GPUs a Job of this kind uses: all of `resources.gpus` for training, at most one otherwise."""
+    gpus = manifest.spec.resources.gpus
+    return gpus if kind in DISTRIBUTED_KINDS else min(gpus, 1)
+
+
+def _resources(manifest: RunManifest, kind: str) -> dict[str, Any]:
     res = manifest.spec.resources
     amounts = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, Any] = {"memory": res.memory}
-    if res.gpus > 0:
+    gpus = gpus_for(manifest, kind)
+    if gpus > 0:
         # Extended resources must be equal in requests and limits.
-        amounts[res.gpu_resource_name] = str(res.gpus)
-        limits[res.gpu_resource_name] = str(res.gpus)
+        amounts[res.gpu_resource_name] = str(gpus)
+        limits[res.gpu_resource_name] = str(gpus)
     return {"requests": amounts, "limits": limits}
 
 
@@ -162,7 +170,7 @@ def build_job(
         "imagePullPolicy": res.image_pull_policy,
         "command": job_command(manifest, kind, round_no, config),
         "env": _env(manifest, config),
-        "resources": _resources(manifest),
+        "resources": _resources(manifest, kind),
         # The job's one-line "error: ..." becomes the pod's termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [

@@ -62,6 +62,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> kopf.Op
         settings.execution.max_workers = 16
         # Never retry a handler in a tight loop; reconcile never raises for bad input anyway.
         settings.batching.error_delays = [1, 5, 15, 60]
+        # A run is deleted while its (sync, thread-run) timer is mid-tick now and then;
+        # kopf then re-checks whether the tick ended only every cancellation_polling
+        # seconds (default 60) before it removes the finalizer. Ticks take well under
+        # a second, so look again every second: deletion is not held up for a minute.
+        settings.background.cancellation_polling = 1
         memo[STATE_KEY] = OperatorState(kube.KubeApi(kube.load_configuration()), config)
         if config.metrics_port:
             metrics.serve(config.metrics_port)

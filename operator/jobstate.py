@@ -37,6 +37,38 @@ def job_state(job: dict[str, Any]) -> tuple[JobState, str]:
     return "running", ""
 
 
+def pod_failure(pods: Iterable[dict[str, Any]]) -> str:
+    """Why a Job's newest failed pod ended, in one line ("" when no pod says).
+
+    Every job prints one ``error: ...`` line as its last words, and its
+    container's ``FallbackToLogsOnError`` policy makes the kubelet keep the
+    log's tail as the termination message: that line is the reason. A pod
+    killed from outside (OOMKilled, evicted) has no such line; its container
+    reason and exit code are.
+    """
+    newest: tuple[str, str] | None = None
+    for pod in pods:
+        status = pod.get("status") or {}
+        for container in status.get("containerStatuses") or []:
+            ended = (container.get("state") or {}).get("terminated") or {}
+            if not ended or ended.get("exitCode", 0) == 0:
+                continue
+            lines = [ln.strip() for ln in (ended.get("message") or "").splitlines() if ln.strip()]
+            errors = [ln for ln in lines if ln.startswith("error:")]
+            if errors:
+                why = errors[-1]
+            else:
+                why = f"container {ended.get('reason') or 'terminated'} with exit code {ended.get('exitCode')}"
+                if lines:
+                    why += f"; last output: {lines[-1]}"
+            when = ended.get("finishedAt") or ""
+            if newest is None or when >= newest[0]:
+                newest = (when, why[:400])
+    if newest is None:
+        return ""
+    return newest[1]
+
+
 def job_key(job: dict[str, Any]) -> tuple[str, int, int] | None:
     """(kind, round, attempt) from a Job's labels; None for Jobs we did not make."""
     labels = (job.get("metadata") or {}).get("labels") or {}
@@ -46,8 +78,15 @@ def job_key(job: dict[str, Any]) -> tuple[str, int, int] | None:
         return None
 
 
-def observe_jobs(jobs: Iterable[dict[str, Any]], run: str) -> dict[tuple[str, int], JobObservation]:
-    """Newest attempt per (kind, round), with the number of failed attempts so far."""
+def observe_jobs(
+    jobs: Iterable[dict[str, Any]], run: str, pod_reasons: dict[str, str] | None = None
+) -> dict[tuple[str, int], JobObservation]:
+    """Newest attempt per (kind, round), with the number of failed attempts so far.
+
+    ``pod_reasons`` maps failed Jobs' names to ``pod_failure`` of their pods;
+    it leads the failure reason (the Job's own condition only says that it
+    hit its backoff limit).
+    """
     per_step: dict[tuple[str, int], list[tuple[int, JobState, str]]] = {}
     for job in jobs:
         meta = job.get("metadata") or {}
@@ -58,6 +97,9 @@ def observe_jobs(jobs: Iterable[dict[str, Any]], run: str) -> dict[tuple[str, in
             continue
         kind, round_no, attempt = key
         state, reason = job_state(job)
+        detail = (pod_reasons or {}).get(meta.get("name", ""))
+        if state == "failed" and detail:
+            reason = f"{detail} ({reason})"
         per_step.setdefault((kind, round_no), []).append((attempt, state, reason))
     out: dict[tuple[str, int], JobObservation] = {}
     for (kind, round_no), attempts in per_step.items():

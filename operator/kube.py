@@ -104,6 +104,16 @@ class KubeApi:
             f"creating Job {meta['namespace']}/{meta['name']}", self.batch.create_namespaced_job, meta["namespace"], job
         )
 
+    def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods a Job made (the Job controller labels them job-name=<job>)."""
+        data = self._call(
+            f"listing pods of Job {namespace}/{job}",
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=f"job-name={job}",
+        )
+        return [p for p in data.get("items") or [] if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == job]
+
     # -- ConfigMaps --------------------------------------------------------
     def read_configmap(self, namespace: str, name: str) -> dict[str, Any]:
         return self._call(f"reading ConfigMap {namespace}/{name}", self.core.read_namespaced_config_map, name, namespace)

@@ -31,7 +31,7 @@ from therapy_rlhf.store import Store, StoreError
 from therapy_rlhf.operator import builders, kube, metrics
 from therapy_rlhf.operator.conditions import Outcome, build_status, is_transition, ready_reason
 from therapy_rlhf.operator.config import OperatorConfig
-from therapy_rlhf.operator.jobstate import job_state, observe_jobs
+from therapy_rlhf.operator.jobstate import job_state, observe_jobs, pod_failure
 from therapy_rlhf.operator.storeaccess import StoreCache, StoreConfigError
 
 # Events: (type, reason, message) -> posted by the caller (kopf.event in production).
@@ -52,6 +52,8 @@ class RunMemory:
     # The last outcome an Event was posted for: handlers may see a status not yet patched.
     last_event: tuple = ()
     active_job: str = ""
+    # Failed Job name -> why its pod ended (read once per failed Job).
+    pod_reasons: dict[str, str] = field(default_factory=dict)
     # (store keys, Observed, RoundState) of the last observation; see _observe.
     observation: tuple | None = None
     # (live spec checked, frozen manifest); see _frozen.
@@ -183,7 +185,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             if not isinstance(decision.action, (WaitForRatings, CloseGate)):
                 jobs = state.api.list_jobs(live.namespace, live.name)
                 _count_finished(jobs)
-                observed = replace(observed, jobs=observe_jobs(jobs, live.name))
+                _read_pod_reasons(state.api, live.namespace, jobs, memory)
+                observed = replace(observed, jobs=observe_jobs(jobs, live.name, memory.pod_reasons))
                 decision = plan(spec, observed)
             if not isinstance(decision.action, CloseGate):
                 break
@@ -311,6 +314,19 @@ def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner,
     emit("Normal", "JobCreated", f"created Job {name}: {decision.message}")
     logger.info("created Job %s", name)
     return name, action
+
+
+def _read_pod_reasons(api: kube.KubeApi, namespace: str, jobs: list[dict[str, Any]], memory: RunMemory) -> None:
+    """Read why each newly failed Job's pod ended; a pod that cannot be read is no reason to stop."""
+    for job in jobs:
+        name = (job.get("metadata") or {}).get("name", "")
+        if name in memory.pod_reasons or job_state(job)[0] != "failed":
+            continue
+        try:
+            memory.pod_reasons[name] = pod_failure(api.list_job_pods(namespace, name))
+        except kube.KubeError as err:  # e.g. RBAC without pods: the Job's own reason stands
+            logging.getLogger(__name__).warning("cannot read the pods of Job %s: %s", name, err)
+            memory.pod_reasons[name] = ""
 
 
 def _count_finished(jobs: list[dict[str, Any]]) -> None:

@@ -95,6 +95,11 @@ class RunPaths:
     def policy_metrics(self, round_no: int) -> str:
         return f"{self.round_prefix(round_no)}/policy/metrics.json"
 
+    def optimizer_state(self, round_no: int) -> str:
+        """The PPO optimizer's state after round r's update; beside policy/, so that
+        jobs that only sample from the policy never download it."""
+        return f"{self.round_prefix(round_no)}/optimizer.pt"
+
     def policy_for_round(self, round_no: int, sft_enabled: bool) -> str | None:
         """Adapter prefix a round's generate job samples from (None = the base model)."""
         if round_no > 1:

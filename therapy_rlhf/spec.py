@@ -374,7 +374,13 @@ class ResourcesSpec(SpecModel):
 
     image: str = Field("ghcr.io/therapy-rlhf/jobs:0.1.0", min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    gpus: int = Field(1, ge=0, le=64, description="GPUs per job; >1 runs under accelerate launch.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="GPUs per training job (sft, ppo); >1 runs them data parallel under accelerate launch. "
+        "generate and evaluate use one.",
+    )
     gpu_resource_name: str = Field("nvidia.com/gpu", pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")
     cpu: Quantity = "4"
     memory: Quantity = "32Gi"

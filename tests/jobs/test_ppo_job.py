@@ -122,8 +122,9 @@ def test_metrics_object_is_written_last(tmp_path):
     run_job(ppo, "ppo", m, store, 1)
     paths = RunPaths("default", m.name)
     assert store.writes[-1] == paths.policy_metrics(1)
-    assert all(k.startswith(paths.policy_prefix(1) + "/") for k in store.writes)
-    assert len(store.writes) >= 4
+    assert paths.optimizer_state(1) in store.writes
+    assert all(k.startswith(paths.policy_prefix(1) + "/") for k in store.writes if k != paths.optimizer_state(1))
+    assert len(store.writes) >= 5
 
 
 def test_the_saved_adapter_is_trained_and_round_two_continues_from_it(local_store, tmp_path):
@@ -145,6 +146,57 @@ def test_the_saved_adapter_is_trained_and_round_two_continues_from_it(local_stor
     assert second["started_from"] == paths.policy_prefix(1)
     assert second["kl_coef"] == pytest.approx(first["kl_coef_next"])  # the controller carries over
     assert second["kl"] > 0  # the policy has moved away from the reference
+    # Adam's state carries over: round 2 continues round 1's step count.
+    assert first["optimizer_resumed"] is False and second["optimizer_resumed"] is True
+    assert first["optimizer_steps_total"] == first["optimizer_steps"] == 2
+    assert second["optimizer_steps_total"] == first["optimizer_steps"] + second["optimizer_steps"]
+
+
+def test_round_two_resumes_adam_from_round_one(local_store, tmp_path):
+    m = manifest(tmp_path)
+    paths = RunPaths("default", m.name)
+    rated_round(m, local_store)
+    run_job(ppo, "ppo", m, local_store, 1)
+    saved = ppo.read_optimizer_state(local_store, paths, 2)
+    assert saved is not None and all(int(s["step"]) == 2 for s in saved["state"].values())
+    moments = {i: s["exp_avg_sq"].clone() for i, s in saved["state"].items()}
+    assert any(float(v.abs().sum()) > 0 for v in moments.values())
+    rated_round(m, local_store, 2)
+    run_job(ppo, "ppo", m, local_store, 2)
+    after = torch.load(local_store.root / paths.optimizer_state(2), weights_only=True)
+    assert all(int(s["step"]) == 4 for s in after["state"].values())
+
+
+def test_a_round_without_a_saved_optimizer_starts_a_fresh_one(local_store, tmp_path):
+    m = manifest(tmp_path)
+    paths = RunPaths("default", m.name)
+    rated_round(m, local_store)
+    run_job(ppo, "ppo", m, local_store, 1)
+    (local_store.root / paths.optimizer_state(1)).unlink()  # as written before optimizer states were kept
+    rated_round(m, local_store, 2)
+    run_job(ppo, "ppo", m, local_store, 2)
+    second = local_store.read_json(paths.policy_metrics(2))
+    assert second["optimizer_resumed"] is False and second["optimizer_steps_total"] == second["optimizer_steps"]
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda p: p.write_bytes(b"not a torch file"), "is not a saved optimizer state"),
+        (lambda p: torch.save({"state": {}, "param_groups": [{"params": [0, 1]}]}, p), "does not fit this policy: it holds 2 parameters"),
+    ],
+)
+def test_a_bad_optimizer_state_is_refused_and_nothing_is_written(local_store, tmp_path, damage, needle):
+    m = manifest(tmp_path)
+    paths = RunPaths("default", m.name)
+    rated_round(m, local_store)
+    run_job(ppo, "ppo", m, local_store, 1)
+    damage(local_store.root / paths.optimizer_state(1))
+    rated_round(m, local_store, 2)
+    before = snapshot(local_store)
+    with pytest.raises(JobError, match=needle):
+        run_job(ppo, "ppo", m, local_store, 2)
+    assert snapshot(local_store) == before
 
 
 def test_a_ppo_checkpoint_without_its_value_head_is_refused(local_store, tmp_path):

@@ -271,17 +271,36 @@ class Cluster:
         )
         out, _ = await proc.communicate()
         (workdir / "log.txt").write_bytes(out)
+        await self._record_pod(job, container["name"], proc.returncode, out)
         if proc.returncode == 0:
             status = {"active": 0, "succeeded": 1, "completionTime": _now(),
                       "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}]}
         else:
-            # Real Jobs report the backoff limit here; the pod's last line is the reason.
-            last = out.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            # What the Job controller says; why the pod failed is only on the pod.
             status = {"active": 0, "failed": 1, "conditions": [{
                 "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                "message": f"Job has reached the specified backoff limit: {last[0]}", "lastTransitionTime": _now()}]}
+                "message": "Job has reached the specified backoff limit", "lastTransitionTime": _now()}]}
         with contextlib.suppress(AssertionError):  # the Job may have been deleted meanwhile
             await self.api("PATCH", f"{JOBS}/{name}/status", {"status": status})
+
+    async def _record_pod(self, job: dict[str, Any], container: str, code: int, out: bytes) -> None:
+        """The Job's pod as the kubelet leaves it: with FallbackToLogsOnError, a failed
+        container's termination message is its log's tail (2048 bytes, 80 lines at most)."""
+        name = job["metadata"]["name"]
+        tail = "\n".join(out.decode(errors="replace").splitlines()[-80:])[-2048:]
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}
+        if code != 0 and job["spec"]["template"]["spec"]["containers"][0].get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            terminated["message"] = tail
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-{uuid.uuid4().hex[:5]}", "namespace": NAMESPACE,
+                         "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
+            "spec": job["spec"]["template"]["spec"],
+            "status": {"phase": "Succeeded" if code == 0 else "Failed",
+                       "containerStatuses": [{"name": container, "state": {"terminated": terminated}}]},
+        }
+        with contextlib.suppress(AssertionError):
+            await self.api("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
 
     async def _collect_garbage(self) -> None:
         runs = {r["metadata"]["uid"] for r in await self.list(RUNS)}

@@ -83,7 +83,7 @@ def test_job_command_identity_and_labels():
 
 
 @pytest.mark.parametrize("kind, launcher", [("sft", True), ("ppo", True), ("generate", False), ("evaluate", False)])
-def test_several_gpus_run_training_under_accelerate(kind, launcher):
+def test_several_gpus_run_training_under_accelerate_and_inference_on_one(kind, launcher):
     job = builders.build_job(manifest(gpus=4, gpuResourceName="amd.com/gpu"), kind, 0 if kind in ("sft", "evaluate") else 1, 1, OWNER)
     container = job["spec"]["template"]["spec"]["containers"][0]
     command = container["command"]
@@ -91,8 +91,10 @@ def test_several_gpus_run_training_under_accelerate(kind, launcher):
         assert command[:6] == ["accelerate", "launch", "--num_processes", "4", "--module", "therapy_rlhf.jobs"]
     else:
         assert command[:3] == ["python", "-m", "therapy_rlhf.jobs"]
-    assert container["resources"]["limits"]["amd.com/gpu"] == "4"
-    assert container["resources"]["requests"]["amd.com/gpu"] == "4"
+    # Inference is one process on one GPU: it holds no GPU it would leave idle.
+    gpus = "4" if launcher else "1"
+    assert container["resources"]["limits"]["amd.com/gpu"] == gpus
+    assert container["resources"]["requests"]["amd.com/gpu"] == gpus
 
 
 def test_no_gpu_request_when_gpus_is_zero():

@@ -216,6 +216,38 @@ async def test_deleting_the_run_collects_its_children_and_keeps_the_store(cluste
     assert run_store.exists(RunPaths("default", "demo").batch(1))  # nothing stored is lost
 
 
+async def test_deleting_a_run_mid_tick_releases_it_within_seconds(cluster, run_spec, monkeypatch):
+    """kopf removes its finalizer only once the run's timer has stopped; a tick
+    running at the moment of deletion must not hold the run for kopf's default
+    60 s re-check."""
+    import threading
+    import time as clock
+
+    from therapy_rlhf.operator import reconcile
+
+    slow = threading.Event()
+    observe = reconcile._observe
+
+    def slow_observe(*args, **kwargs):
+        if slow.is_set():
+            clock.sleep(1.0)  # a slow store: a tick is in flight nearly all the time
+        return observe(*args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "_observe", slow_observe)
+    await cluster.start_operator()
+    await cluster.create_run("demo", run_spec())
+    await cluster.wait_phase("demo", phases.AWAITING_RATINGS, round_no=1)
+    slow.set()
+    await cluster.settle(2)
+    runs = "/apis/rlhf.therapy.dev/v1alpha1/namespaces/default/therapyrlhfruns"
+    await cluster.delete(f"{runs}/demo")
+
+    async def released():
+        return not await cluster.list(runs)
+
+    await cluster.wait_for(released, 15, "the run's finalizer to be removed")
+
+
 async def test_invalid_spec_fails_with_the_message_and_creates_nothing(cluster, run_spec):
     await cluster.start_operator()
     spec = run_spec()

@@ -9,7 +9,7 @@ from therapy_rlhf.status import RunStatus
 
 from therapy_rlhf.operator import builders
 from therapy_rlhf.operator.conditions import Outcome, build_status, conditions_for, is_transition
-from therapy_rlhf.operator.jobstate import job_state, observe_jobs
+from therapy_rlhf.operator.jobstate import job_state, observe_jobs, pod_failure
 
 
 def job(kind, round_no, attempt, status=None, run="demo"):
@@ -56,6 +56,41 @@ def test_jobs_being_deleted_or_foreign_are_ignored():
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     foreign = {"metadata": {"name": "x", "labels": {builders.LABEL_RUN: "demo"}}}
     assert observe_jobs([deleting, foreign], "demo") == {}
+
+
+def pod(code, message=None, reason="Error", finished="2026-11-25T10:00:00Z"):
+    ended = {"exitCode": code, "reason": reason, "finishedAt": finished}
+    if message is not None:
+        ended["message"] = message
+    return {"status": {"containerStatuses": [{"name": "ppo", "state": {"terminated": ended}}]}}
+
+
+def test_pod_failure_is_the_jobs_error_line():
+    log = "2026-11-25 INFO [ppo r1] loading\nerror: round 1's gate is not closed: gate.json does not exist\n"
+    assert pod_failure([pod(1, log)]) == "error: round 1's gate is not closed: gate.json does not exist"
+
+
+def test_pod_failure_of_a_pod_killed_from_outside():
+    assert pod_failure([pod(137, "", reason="OOMKilled")]) == "container OOMKilled with exit code 137"
+    assert pod_failure([pod(2, "Traceback...\nKeyError: 'x'")]) == (
+        "container Error with exit code 2; last output: KeyError: 'x'"
+    )
+
+
+def test_pod_failure_takes_the_newest_failed_pod_and_ignores_successes():
+    old = pod(1, "error: first", finished="2026-11-25T10:00:00Z")
+    new = pod(1, "error: second", finished="2026-11-25T10:05:00Z")
+    assert pod_failure([new, old, pod(0, "fine")]) == "error: second"
+    assert pod_failure([pod(0, "fine")]) == "" and pod_failure([]) == ""
+    assert pod_failure([{"status": {}}]) == ""  # still pending: nothing to say
+
+
+def test_the_pods_reason_leads_a_failed_jobs_reason():
+    name = builders.job_name("demo", "ppo", 1, 1)
+    obs = observe_jobs([job("ppo", 1, 1, FAILED)], "demo", {name: "error: bad gate"})[("ppo", 1)]
+    assert obs.reason.startswith("error: bad gate (DeadlineExceeded")
+    running = observe_jobs([job("ppo", 1, 1)], "demo", {name: "error: stale"})[("ppo", 1)]
+    assert running.reason == ""  # only a failed Job carries a pod's reason
 
 
 def conds(outcome, previous=(), now=1000.0):

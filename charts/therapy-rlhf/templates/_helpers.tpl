@@ -63,6 +63,12 @@ app.kubernetes.io/component: operator
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "create"]
+# A failed Job's pods, read-only: their termination message holds the job's
+# one-line "error: ..." (or OOMKilled and the exit code), which becomes the
+# run's Failed condition and Event. Never created, changed or deleted.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 # The frozen run manifest mounted into every Job; patched back if edited.
 - apiGroups: [""]
   resources: ["configmaps"]
