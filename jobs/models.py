@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,13 @@ def resolve_source(source: str, cache_root: Path | None = None) -> str:
 
 
 def _download_s3_model(uri: str, cache_root: Path) -> Path:
+    """The model under ``uri`` in the cache, downloaded once.
+
+    The cache may be a volume that several Jobs share at once
+    (``resources.cacheClaim``): each downloads into a private directory and
+    renames it into place, so a reader sees a whole model or none; the first
+    rename wins and a later downloader drops its copy.
+    """
     from therapy_rlhf.store import NotFound, StoreError, open_store
 
     bucket, _, prefix = uri[len("s3://") :].partition("/")
@@ -78,13 +87,24 @@ def _download_s3_model(uri: str, cache_root: Path) -> Path:
     dest = cache_root / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if (dest / COMPLETE_MARKER).is_file():
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=dest.name + ".part-", dir=dest.parent))
     try:
-        open_store(f"s3://{bucket}").get_dir(prefix.strip("/"), dest)
+        open_store(f"s3://{bucket}").get_dir(prefix.strip("/"), part)
+        (part / COMPLETE_MARKER).write_text(uri + "\n")
+        if dest.exists() and not (dest / COMPLETE_MARKER).is_file():
+            shutil.rmtree(dest, ignore_errors=True)  # left by a download that died (older layout)
+        try:
+            os.rename(part, dest)
+        except OSError:
+            if not (dest / COMPLETE_MARKER).is_file():
+                raise
     except NotFound:
         raise JobError(f"model source {uri!r}: nothing stored under that prefix") from None
     except StoreError as err:
         raise JobError(f"model source {uri!r}: {err}") from None
-    (dest / COMPLETE_MARKER).write_text(uri + "\n")
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
     return dest
 
 

@@ -130,6 +130,13 @@ def _env(manifest: RunManifest, config: cfg.OperatorConfig) -> list[dict[str, An
     return env
 
 
+def _cache_volume(res) -> dict[str, Any]:
+    """Model files: a shared claim when the run names one, else scratch for this Job alone."""
+    if res.cache_claim:
+        return {"name": "cache", "persistentVolumeClaim": {"claimName": res.cache_claim}}
+    return {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size}}
+
+
 def gpus_for(manifest: RunManifest, kind: str) -> int:
     """GPUs a Job of this kind uses: all of `resources.gpus` for training, at most one otherwise."""
     gpus = manifest.spec.resources.gpus
@@ -205,7 +212,7 @@ def build_job(
                     "items": [{"key": cfg.RUN_CONFIG_FILE, "path": cfg.RUN_CONFIG_FILE}],
                 },
             },
-            {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size}},
+            _cache_volume(res),
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
     }

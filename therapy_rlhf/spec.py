@@ -388,7 +388,14 @@ class ResourcesSpec(SpecModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None
     queue_name: str | None = Field(None, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
-    cache_size: Quantity = Field("100Gi", description="Scratch volume for model files.")
+    cache_size: Quantity = Field("100Gi", description="Scratch volume for model files (emptyDir size limit).")
+    cache_claim: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PersistentVolumeClaim for model files, kept across Jobs and runs so a model is "
+        "downloaded once; unset: an emptyDir per Job (each Job downloads it again).",
+    )
     active_deadline_seconds: int | None = Field(None, ge=60)
     service_account_name: str | None = Field(
         None, description="Job service account (token is never mounted)."

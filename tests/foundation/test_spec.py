@@ -65,6 +65,7 @@ def test_cluster_examples_say_what_they_claim():
         ({**MINIMAL, "ppo": {"prompts": [{"id": "a", "text": ""}]}}, "spec.ppo.prompts[0].text: String should have at least 1 character"),
         ({**MINIMAL, "feedback": {"rubric": [{"name": "x"}, {"name": "x"}]}}, "spec.feedback.rubric: duplicate rubric criteria ['x']"),
         ({**MINIMAL, "resources": {"memory": "lots"}}, "spec.resources.memory: String should match pattern"),
+        ({**MINIMAL, "resources": {"cacheClaim": "My_Claim"}}, "spec.resources.cacheClaim: String should match pattern"),
         ({**MINIMAL, "storage": {"bucket": "Bad_Bucket"}}, "spec.storage.bucket: String should match pattern"),
         ({**MINIMAL, "storage": {"localPath": "/x", "prefix": "a/../b"}}, "spec.storage.prefix: prefix must be"),
         ({**MINIMAL, "evaluation": {"checkpoints": ["round-99"]}, "ppo": {"rounds": 3}}, "round-99 is outside 1..3"),

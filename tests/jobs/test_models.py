@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,32 @@ def test_s3_source_is_downloaded_once(tiny_mistral_dir, s3_store, tmp_path):
     assert json.loads(open(f"{local}/config.json").read())["model_type"] == "mistral"
     with pytest.raises(JobError, match="nothing stored under that prefix"):
         models.resolve_source(f"s3://{s3_store.bucket}/nothing/here", cache)
+
+
+def test_jobs_sharing_a_cache_download_side_by_side(tiny_mistral_dir, s3_store, tmp_path):
+    """A cache on a shared claim: concurrent downloads each land whole, one copy stays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s3_store.put_dir(tiny_mistral_dir, "models/tiny")
+    uri = f"s3://{s3_store.bucket}/{s3_store.prefix}/models/tiny"
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        dirs = list(pool.map(lambda _: models.resolve_source(uri, cache), range(4)))
+    assert len(set(dirs)) == 1
+    assert [p.name for p in (cache / "s3").iterdir()] == [Path(dirs[0]).name]  # no .part-* left behind
+    files = {p.name for p in Path(dirs[0]).iterdir()}
+    assert {"config.json", models.COMPLETE_MARKER} <= files
+
+
+def test_a_download_that_died_is_redone(tiny_mistral_dir, s3_store, tmp_path):
+    s3_store.put_dir(tiny_mistral_dir, "models/tiny")
+    uri = f"s3://{s3_store.bucket}/{s3_store.prefix}/models/tiny"
+    cache = tmp_path / "cache"
+    local = Path(models.resolve_source(uri, cache))
+    (local / models.COMPLETE_MARKER).unlink()
+    (local / "config.json").write_text("{trunc")  # as a download cut short would leave it
+    assert models.resolve_source(uri, cache) == str(local)
+    assert json.loads((local / "config.json").read_text())["model_type"] == "mistral"
 
 
 def test_dtype_choice():

@@ -143,6 +143,15 @@ def test_scheduling_and_limits_pass_through():
     validate_schema(job)
 
 
+def test_a_cache_claim_keeps_model_files_across_jobs():
+    job = builders.build_job(manifest(cacheClaim="model-cache"), "generate", 1, 1, OWNER)
+    pod = job["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache == {"name": "cache", "persistentVolumeClaim": {"claimName": "model-cache"}}
+    assert {"name": "cache", "mountPath": "/var/cache/therapy-rlhf"} in pod["containers"][0]["volumeMounts"]
+    validate_schema(job)
+
+
 def test_no_queue_label_deadline_or_selector_unless_asked():
     job = builders.build_job(manifest(), "sft", 0, 1, OWNER)
     pod = job["spec"]["template"]["spec"]
