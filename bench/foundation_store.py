@@ -7,7 +7,9 @@ here, loopback only): creating one rating (the conditional write), loading a
 round with all its ratings, aggregating it into rewards and agreement, and one
 ``observe_store`` poll of a run that has ``--rounds`` finished rounds and one
 round awaiting ratings (what the operator's timer and the local runner do at a
-gate). Prints a Markdown table; append it to bench/RESULTS.md by hand.
+gate), and the same poll after one new rating when the last poll's state is
+passed along (``previous=``: only the new object is read). Prints a Markdown
+table; append it to bench/RESULTS.md by hand.
 """
 
 from __future__ import annotations
@@ -65,6 +67,19 @@ def seed(store, spec: RunSpec, responses: int, raters: int, rounds: int) -> int:
     return open_round
 
 
+def incremental_poll(store, spec: RunSpec, open_round: int, state, repeat: int = 5) -> float:
+    """Median seconds of observe_store(previous=state) right after one more rating arrives."""
+    samples = []
+    for i in range(repeat):
+        response = state.responses[i % len(state.responses)]
+        rating = Rating(response_id=response.id, rater=f"late-{i}", criteria={c.name: 0.5 for c in spec.feedback.rubric})
+        store.create_json(PATHS.rating(open_round, rating.rater, response.id), rating.model_dump(mode="json"))
+        start = time.perf_counter()
+        _, state = observe_store(store, PATHS, spec, previous=state)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
 def measure(name: str, store, args) -> dict[str, float | str]:
     spec = RunSpec.model_validate(
         {"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/x"}, "ppo": {"rounds": args.rounds + 1}}
@@ -78,6 +93,7 @@ def measure(name: str, store, args) -> dict[str, float | str]:
         "load round": timed(lambda: load_round(store, PATHS, open_round), 3),
         "aggregate + alpha": timed(lambda: (aggregate(state, spec.feedback), agreement(state, spec.feedback)), 3),
         "observe poll": timed(lambda: observe_store(store, PATHS, spec), 3),
+        "poll after 1 new rating (incremental)": incremental_poll(store, spec, open_round, state),
     }
 
 

@@ -55,6 +55,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # peft and trl read transformers' deprecated `(is_)gradient_checkpointing` on every
+    # model they wrap: warnings per job that nobody running the job can act on.
+    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
     # Library warnings belong in the job log (stdout), not on stderr where the
     # operator expects at most the one error line.
     def _log_warning(message, category, filename, lineno, file=None, line=None):

@@ -190,7 +190,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 decision = plan(spec, observed)
             if not isinstance(decision.action, CloseGate):
                 break
-            gate = _close_gate(store, paths, spec, decision, now, emit, logger)
+            gate = _close_gate(store, paths, spec, decision, awaiting, emit, logger)
             memory.gate_closed_at[decision.action.round] = time.time()
             metrics.GATE_WAIT.observe(max(0.0, time.time() - (observed.round(decision.action.round).awaiting_since or now)))
             if decision.action.reason == "override":
@@ -229,7 +229,8 @@ def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: b
     cached = memory.observation
     if cached is not None and cached[0] == keys:
         return replace(cached[1], close_gate_requested=override, now=now), cached[2]
-    observed, awaiting = observe_store(store, paths, spec, close_gate_requested=override, now=now)
+    previous = cached[2] if cached is not None else None
+    observed, awaiting = observe_store(store, paths, spec, close_gate_requested=override, now=now, previous=previous)
     memory.observation = (keys, observed, awaiting)
     return observed, awaiting
 
@@ -270,11 +271,13 @@ def _ensure_configmap(api: kube.KubeApi, manifest: RunManifest, owner, memory: R
     memory.configmap_ok = True
 
 
-def _close_gate(store, paths, spec, decision: Decision, now, emit: EmitFn, logger):
+def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, logger):
     action: CloseGate = decision.action  # type: ignore[assignment]
     closed_by = "operator" if action.reason == "complete" else f"operator ({builders.ANNOTATION_CLOSE_GATE} annotation)"
     try:
-        gate = close_gate(store, paths, action.round, spec.feedback, reason=action.reason, closed_by=closed_by)
+        gate = close_gate(
+            store, paths, action.round, spec.feedback, reason=action.reason, closed_by=closed_by, previous=awaiting
+        )
     except RatingError as err:
         raise StoreError(str(err)) from None
     reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED

@@ -24,8 +24,13 @@ def observe_store(
     jobs: dict[tuple[str, int], JobObservation] | None = None,
     close_gate_requested: bool = False,
     now: float = 0.0,
+    previous: RoundState | None = None,
 ) -> tuple[Observed, RoundState | None]:
-    """(observed markers, the state of the round awaiting ratings if any)."""
+    """(observed markers, the state of the round awaiting ratings if any).
+
+    ``previous`` is the awaiting round's state from the last poll: only the
+    ratings added since are read (see ``load_round``).
+    """
     keys = set(store.list(paths.root + "/"))
     rounds: dict[int, RoundObservation] = {}
     awaiting: RoundState | None = None
@@ -37,7 +42,7 @@ def observe_store(
             policy=paths.policy_metrics(r) in keys,
         )
         if ro.batch and not ro.gate and awaiting is None:
-            awaiting = load_round(store, paths, r)
+            awaiting = load_round(store, paths, r, previous=previous)
             cov = coverage(awaiting, spec.feedback.min_raters)
             ro = replace(
                 ro,

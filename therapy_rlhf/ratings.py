@@ -113,6 +113,9 @@ class RoundState:
     ratings: list[Rating]
     garbage: list[str] = field(default_factory=list)
     batch_sha256: str = ""
+    # Rating key -> its parsed record, or why it is garbage: what a later
+    # load_round(previous=this) need not read again (stored objects never change).
+    by_key: dict[str, Rating | str] = field(default_factory=dict, repr=False)
 
     @property
     def response_ids(self) -> list[str]:
@@ -164,37 +167,56 @@ def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreErr
         return list(pool.map(fetch, keys))
 
 
-def load_round(store: Store, paths: RunPaths, round_no: int) -> RoundState:
-    """Read a round's batch and every rating object; garbage is reported, not trusted."""
-    responses, batch_errors, digest = read_batch(store, paths, round_no)
+def load_round(store: Store, paths: RunPaths, round_no: int, previous: RoundState | None = None) -> RoundState:
+    """Read a round's batch and every rating object; garbage is reported, not trusted.
+
+    With ``previous`` (an earlier load of the same round) only what is new is
+    read: the batch and every rating object are written once and never
+    changed, so a poll costs one LIST plus one GET per new rating.
+    """
+    if previous is not None and previous.round == round_no and previous.batch_sha256:
+        responses, batch_errors, digest = previous.responses, previous.batch_errors, previous.batch_sha256
+        known = previous.by_key
+    else:
+        responses, batch_errors, digest = read_batch(store, paths, round_no)
+        known = {}
     prefix = paths.ratings_prefix(round_no)
-    ratings: list[Rating] = []
-    garbage: list[str] = []
     ids = {r.id for r in responses}
     keyed: dict[str, tuple[str, str, int]] = {}
+    garbage: list[str] = []
     for key in store.list(prefix):
         parsed = parse_rating_key(key[len(prefix) :])
         if parsed is None:
             garbage.append(f"{store.describe(key)}: not a rating key")
         else:
             keyed[key] = parsed
-    for key, data, error in _read_all(store, list(keyed)):
-        rater, response_id, version = keyed[key]
-        try:
-            if error is not None:
-                raise error
-            rating = parse_record(Rating, data, store.describe(key))
-        except (RecordError, StoreError) as err:
-            garbage.append(str(err))
-            continue
-        if (rating.rater, rating.response_id, rating.version) != (rater, response_id, version):
-            garbage.append(f"{store.describe(key)}: record does not match its key")
-            continue
-        if response_id not in ids:
-            garbage.append(f"{store.describe(key)}: rates unknown response {response_id!r}")
-            continue
-        ratings.append(rating)
-    return RoundState(round_no, responses, batch_errors, ratings, garbage, digest)
+    by_key: dict[str, Rating | str] = {k: known[k] for k in keyed if k in known}
+    for key, data, error in _read_all(store, [k for k in keyed if k not in known]):
+        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids)
+    ratings: list[Rating] = []
+    for key in keyed:  # listing order, as before
+        result = by_key[key]
+        if isinstance(result, Rating):
+            ratings.append(result)
+        else:
+            garbage.append(result)
+    return RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key)
+
+
+def _check_rating(store: Store, key: str, expected: tuple[str, str, int], data, error, ids: set[str]) -> Rating | str:
+    """The stored rating, or why it is garbage (unreadable, not matching its key, unknown response)."""
+    rater, response_id, version = expected
+    try:
+        if error is not None:
+            raise error
+        rating = parse_record(Rating, data, store.describe(key))
+    except (RecordError, StoreError) as err:
+        return str(err)
+    if (rating.rater, rating.response_id, rating.version) != (rater, response_id, version):
+        return f"{store.describe(key)}: record does not match its key"
+    if response_id not in ids:
+        return f"{store.describe(key)}: rates unknown response {response_id!r}"
+    return rating
 
 
 def submit_rating(
@@ -223,7 +245,8 @@ def submit_rating(
                 record.model_dump(mode="json"),
             )
         except AlreadyExists:
-            state.ratings = load_round(store, paths, state.round).ratings
+            fresh = load_round(store, paths, state.round, previous=state)
+            state.ratings, state.by_key = fresh.ratings, fresh.by_key
             continue
         state.ratings.append(record)
         return record
@@ -328,12 +351,17 @@ def close_gate(
     feedback: FeedbackSpec,
     reason: str = "complete",
     closed_by: str = "unknown",
+    previous: RoundState | None = None,
 ) -> Gate:
-    """Write gate.json once (conditional create); an existing gate is returned as is."""
+    """Write gate.json once (conditional create); an existing gate is returned as is.
+
+    The rating set is listed afresh either way; ``previous`` (the caller's last
+    load of the round) only spares re-reading the objects it already holds.
+    """
     existing = read_gate(store, paths, round_no)
     if existing is not None:
         return existing
-    gate = build_gate(load_round(store, paths, round_no), feedback, reason, closed_by)
+    gate = build_gate(load_round(store, paths, round_no, previous=previous), feedback, reason, closed_by)
     try:
         store.create_json(paths.gate(round_no), gate.model_dump(mode="json"))
     except AlreadyExists:

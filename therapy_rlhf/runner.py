@@ -26,7 +26,6 @@ from typing import Callable, Literal
 from rich.console import Console
 from rich.text import Text
 
-from therapy_rlhf import phases
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
 from therapy_rlhf.planner import (
@@ -108,10 +107,13 @@ class LocalRunner:
         self.config_file.write_text(dump_manifest(frozen.model_copy(update={"spec": spec})))
         self.say(f"run {self.paths.root} in {self.store.uri}")
         polls = 0
+        awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
         try:
             while True:
                 # 2. Observe the store and plan the single next action.
-                observed, _ = observe_store(self.store, self.paths, spec, jobs=self.jobs, now=time.time())
+                observed, awaiting = observe_store(
+                    self.store, self.paths, spec, jobs=self.jobs, now=time.time(), previous=awaiting
+                )
                 decision = plan(spec, observed)
                 self.report(decision)
                 action = decision.action
@@ -119,7 +121,9 @@ class LocalRunner:
                 if isinstance(action, StartJob):
                     self.run_job(action)
                 elif isinstance(action, CloseGate):
-                    gate = close_gate(self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner")
+                    gate = close_gate(
+                        self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner", previous=awaiting
+                    )
                     self.say(
                         f"round {action.round}: gate closed ({gate.reason}), "
                         f"{gate.responses_rewarded}/{gate.responses_total} rewarded, mean reward {gate.mean_reward:.3f}"

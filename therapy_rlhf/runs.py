@@ -103,10 +103,15 @@ class RoundSummary:
         }
 
 
-def summarize_round(store: Store, paths: RunPaths, manifest: RunManifest, round_no: int) -> RoundSummary:
-    """Counts and reward of one round; a closed round reports its frozen gate."""
+def summarize_round(
+    store: Store, paths: RunPaths, manifest: RunManifest, round_no: int, state: RoundState | None = None
+) -> RoundSummary:
+    """Counts and reward of one round; a closed round reports its frozen gate.
+
+    ``state`` is the round as ``load_round`` read it, when the caller has it already.
+    """
     fb = manifest.spec.feedback
-    state: RoundState = load_round(store, paths, round_no)
+    state = state if state is not None else load_round(store, paths, round_no)
     gate: Gate | None = read_gate(store, paths, round_no)
     cov = coverage(state, fb.min_raters)
     if gate is not None:

@@ -79,10 +79,15 @@ def find_work(store: Store, rater: str) -> WorkList:
         except RatingError as err:
             problem = str(err)
         for round_no in stored_rounds(store, paths):
-            summary: RoundSummary = summarize_round(store, paths, manifest, round_no)
-            if summary.gate_closed:
+            # A closed round has nothing to rate: skip it on its gate alone, before
+            # reading its ratings (a 50-round run would otherwise read every rating
+            # ever given at each start). A gate that is not a gate raises here.
+            if read_gate(store, paths, round_no) is not None:
                 continue
             state = load_round(store, paths, round_no)
+            summary: RoundSummary = summarize_round(store, paths, manifest, round_no, state=state)
+            if summary.gate_closed:  # closed meanwhile
+                continue
             mine = {resp for resp, who in state.latest() if who == rater}
             out.items.append(
                 WorkItem(

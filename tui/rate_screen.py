@@ -369,13 +369,13 @@ class RateScreen(Screen):
         if s is None:
             return
         try:
-            fresh = load_round(s.store, s.paths, s.round)
+            fresh = load_round(s.store, s.paths, s.round, previous=s.state)  # reads only new ratings
         except Exception as err:  # noqa: BLE001 - shown to the rater, the old view stays
             self.app.call_from_thread(self.notify, f"reload failed: {err}", severity="error")
             return
         known = {r.id for r in fresh.ratings}
         fresh.ratings.extend(r for r in list(s.state.ratings) if r.id not in known)
-        s.state.ratings = fresh.ratings
+        s.state.ratings, s.state.by_key = fresh.ratings, fresh.by_key
         self.app.call_from_thread(self.refresh_status)
 
     def action_back(self) -> None:

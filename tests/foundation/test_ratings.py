@@ -61,6 +61,58 @@ def submit(store, r: Rating, fb: FeedbackSpec = FB) -> Rating:
     return submit_rating(store, PATHS, load_round(store, PATHS, 1), r, fb)
 
 
+def record_reads(store, monkeypatch) -> list[str]:
+    reads: list[str] = []
+    read = store.read_bytes
+
+    def recording(key):
+        reads.append(key)
+        return read(key)
+
+    monkeypatch.setattr(store, "read_bytes", recording)
+    return reads
+
+
+# ------------------------------------------------------------- incremental
+
+
+def test_a_reload_reads_only_what_is_new_and_equals_a_fresh_load(batch, monkeypatch):
+    submit(batch, rating("r0001-a", "dr-lee", 0.5))
+    submit(batch, rating("r0001-b", "dr-lee", 0.5))
+    first = load_round(batch, PATHS, 1)
+    # New since: a correction, a second rater, and an object that is not a rating.
+    submit(batch, rating("r0001-a", "dr-lee", 0.9))
+    submit(batch, rating("r0001-a", "dr-kim", 0.4))
+    batch.write_bytes(PATHS.ratings_prefix(1) + "dr-kim/r0001-c.json", b"{broken")
+    reads = record_reads(batch, monkeypatch)
+    again = load_round(batch, PATHS, 1, previous=first)
+    assert sorted(reads) == sorted(
+        PATHS.rating(1, rater, rid, v) for rater, rid, v in [("dr-lee", "r0001-a", 2), ("dr-kim", "r0001-a", 1), ("dr-kim", "r0001-c", 1)]
+    )  # no batch, no rating read twice
+    fresh = load_round(batch, PATHS, 1)
+    key = lambda r: (r.rater, r.response_id, r.version)  # noqa: E731
+    assert sorted(map(key, again.ratings)) == sorted(map(key, fresh.ratings)) and len(fresh.ratings) == 4
+    assert again.garbage == fresh.garbage and len(fresh.garbage) == 1
+    assert again.latest() == fresh.latest() and again.batch_sha256 == fresh.batch_sha256
+
+
+def test_a_previous_load_of_another_round_is_not_reused(batch, monkeypatch):
+    first = load_round(batch, PATHS, 1)
+    batch.write_bytes(PATHS.batch(2), dump_batch([PendingResponse(id="r0002-a", round=2, prompt_id="p", prompt="x", response="y")]))
+    reads = record_reads(batch, monkeypatch)
+    second = load_round(batch, PATHS, 2, previous=first)
+    assert reads == [PATHS.batch(2)] and second.response_ids == ["r0002-a"]
+
+
+def test_closing_a_gate_with_a_stale_previous_still_freezes_every_rating(batch):
+    submit(batch, rating("r0001-a", "dr-lee", 0.5))
+    stale = load_round(batch, PATHS, 1)
+    submit(batch, rating("r0001-b", "dr-lee", 0.5))
+    submit(batch, rating("r0001-c", "dr-lee", 0.5))
+    gate = close_gate(batch, PATHS, 1, FB, previous=stale)
+    assert sorted(gate.rewards) == IDS
+
+
 # ------------------------------------------------------------------- rewards
 
 

@@ -34,6 +34,14 @@ def test_bleu2_by_hand():
     assert tm.bleu2([PRED], [REF]) == pytest.approx(expected)
 
 
+def test_bleu2_without_overlap_is_zero_and_quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert tm.bleu2(["feel you alone"], ["you feel alone"]) == pytest.approx(0.0, abs=1e-9)  # no 2-gram shared
+
+
 def test_distinct_by_hand():
     preds = ["the cat the", "cat sat"]
     assert tm.distinct(preds, 1) == pytest.approx(3 / 5)  # the cat the cat sat

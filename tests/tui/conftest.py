@@ -90,6 +90,7 @@ class WrappedStore(Store):
         self.latency = latency
         self.create_attempts = 0
         self.requests = 0
+        self.reads: list[str] = []  # keys read, in order
         self._lock = threading.Lock()
 
     def _tick(self) -> None:
@@ -100,6 +101,7 @@ class WrappedStore(Store):
 
     def read_bytes(self, key):
         self._tick()
+        self.reads.append(key)
         return self.inner.read_bytes(key)
 
     def write_bytes(self, key, data):

@@ -152,3 +152,27 @@ def test_score_command_is_registered():
     assert proc.returncode == 0
     for option in ("--store", "--rater", "--run", "--round", "--guidelines", "--unblind"):
         assert option in proc.stdout
+
+
+def test_finding_work_reads_open_rounds_once_and_closed_rounds_never(local_store):
+    from therapy_rlhf.layout import RunPaths
+    from therapy_rlhf.ratings import close_gate, load_round, submit_rating
+    from therapy_rlhf.records import dump_batch
+    from therapy_rlhf.simrater import judge
+    from therapy_rlhf.tui.catalog import find_work
+
+    from .conftest import WrappedStore, responses
+
+    m = make_run(local_store, n=4, round_no=1)
+    paths = RunPaths(m.namespace, m.name)
+    state = load_round(local_store, paths, 1)
+    for response in state.responses:
+        submit_rating(local_store, paths, state, judge(response, m.spec.feedback), m.spec.feedback)
+    close_gate(local_store, paths, 1, m.spec.feedback)
+    local_store.write_bytes(paths.batch(2), dump_batch(responses(2, 4)))
+
+    recording = WrappedStore(local_store)
+    found = find_work(recording, "dr-lee")
+    assert [(i.round, i.total) for i in found.items] == [(2, 4)]
+    assert [k for k in recording.reads if k.startswith(paths.round_prefix(1) + "/")] == [paths.gate(1)]
+    assert recording.reads.count(paths.batch(2)) == 1
