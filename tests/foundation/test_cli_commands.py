@@ -197,3 +197,15 @@ def test_rate_refuses_a_gated_round(local_store, capsys):
     assert code == 1 and "no round of default/demo is waiting" in err
     code, _, err = cli(capsys, "rate", "--auto", RUN, "--store", local_store.uri, "--round", "1")
     assert code == 1 and "already gated" in err
+
+
+def test_an_output_file_is_written_whole_or_not_at_all(capsys, tmp_path):
+    out = tmp_path / "crds" / "run.yaml"
+    code, stdout, _ = cli(capsys, "crd", "--output", str(out))
+    assert code == 0 and stdout.strip() == f"wrote {out}" and "kind: CustomResourceDefinition" in out.read_text()
+    assert [p.name for p in out.parent.iterdir()] == ["run.yaml"]  # no temp file left beside it
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    code, _, err = cli(capsys, "crd", "--output", str(blocker / "run.yaml"))
+    assert code == 1 and err.startswith(f"error: cannot write {blocker / 'run.yaml'}:") and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep me"

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from therapy_rlhf.commands._output import write_output
+
 NAME = "crd"
 HELP = (
     "Generate the TherapyRLHFRun CustomResourceDefinition from the spec and status models "
@@ -43,14 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
-    out = Path(args.output)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
-    except OSError as err:
-        print(f"error: cannot write {args.output}: {err.strerror}", file=sys.stderr)
+    error = write_output(args.output, text)
+    if error:
+        print(error, file=sys.stderr)
         return 1
     print(f"wrote {args.output}")
     return 0

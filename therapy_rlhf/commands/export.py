@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
+from therapy_rlhf.commands._output import write_output
 from therapy_rlhf.commands._target import add_store_arguments, one_line, resolve
 
 NAME = "export"
@@ -103,14 +102,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         sys.stdout.write(text)
     else:
-        out = Path(args.output)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(out)
-        except OSError as err:
-            print(f"error: cannot write {args.output}: {err.strerror}", file=sys.stderr)
+        error = write_output(args.output, text)
+        if error:
+            print(error, file=sys.stderr)
             return 1
     print(f"exported {len(rows)} rated response(s) of {paths.namespace}/{paths.run}", file=sys.stderr)
     return 0
