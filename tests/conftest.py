@@ -8,6 +8,7 @@ backend with ``local_store`` / ``s3_store``.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import pytest
 from therapy_rlhf.store import LocalStore, S3Store
 
 ESCONV_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esconv"
+
+# tests/support holds helpers shared by test folders and benchmarks
+# (``from budget import budget``, ``from kube_emulator import Emulator``).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 
 @pytest.fixture(scope="session")
