@@ -70,6 +70,11 @@ class PendingResponse(Record):
     response: str
     prompt_token_ids: list[int] = Field(default_factory=list)
     response_token_ids: list[int] = Field(default_factory=list)
+    special_tokens: list[str] = Field(
+        default_factory=list,
+        description="Special or control tokens (e.g. '[INST]', role markers) inside the response, in order; "
+        "the response text shows them verbatim so the rater sees what the policy is trained on.",
+    )
     policy: str | None = Field(None, description="Checkpoint key the response was sampled from.")
     generation: GenerationSettings | None = None
     safety: SafetyScreen = Field(default_factory=SafetyScreen)
@@ -130,6 +135,12 @@ class Rating(Record):
     supersedes: str | None = None
     withdrawn: bool = False
     seconds_spent: float = Field(0.0, ge=0)
+    submission_id: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]{8,64}$",
+        description="Chosen by the client once per submission (a retry or a journal replay reuses it), "
+        "so a write whose acknowledgement was lost is recognised as the client's own.",
+    )
     created_at: str = Field(default_factory=utcnow)
     client: str = "unknown"
 
