@@ -25,11 +25,13 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from therapy_rlhf.model_shapes import TINY_COMMON, TINY_MIXTRAL_EXTRA, TINY_VOCAB_SIZE
+
 ARCHITECTURES = ("mistral", "mixtral")
 # Bump when the recipe changes in a way the hash below would not see.
 RECIPE_VERSION = 1
 SEED = 1234
-VOCAB_SIZE = 2048
+VOCAB_SIZE = TINY_VOCAB_SIZE
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]"]
 
 # Mistral-style: [INST] user [/INST] assistant</s>. A system message is folded
@@ -48,19 +50,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-COMMON = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-5,
-    rope_theta=10000.0,
-    tie_word_embeddings=False,
-    sliding_window=None,
-)
-MIXTRAL_EXTRA = dict(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.01)
+# The shapes live with the memory plan's table of known shapes (one copy).
+COMMON = TINY_COMMON
+MIXTRAL_EXTRA = TINY_MIXTRAL_EXTRA
 
 
 def corpus_texts() -> list[str]:

@@ -396,6 +396,16 @@ class ResourcesSpec(SpecModel):
         description="PersistentVolumeClaim for model files, kept across Jobs and runs so a model is "
         "downloaded once; unset: an emptyDir per Job (each Job downloads it again).",
     )
+    gpu_memory: Quantity | None = Field(
+        None,
+        description="Memory of each GPU the Jobs get (80Gi for an A100-80GB): `therapy-rlhf validate` checks "
+        "every job's memory plan against it; unset, each job checks against the GPU it is given.",
+    )
+    shm_size: Quantity = Field(
+        "8Gi",
+        description="Size of /dev/shm, a memory-backed volume (NCCL between GPUs needs more than the "
+        "container default of 64 MiB); it counts against `memory`.",
+    )
     active_deadline_seconds: int | None = Field(None, ge=60)
     service_account_name: str | None = Field(
         None, description="Job service account (token is never mounted)."
