@@ -84,6 +84,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     _quiet_libraries()
 
+    from therapy_rlhf.jobs import memory_check
     from therapy_rlhf.jobs.common import JobContext, JobError, configure_cpu_threads, detect_device
     from therapy_rlhf.records import RecordError
     from therapy_rlhf.spec import SpecError, load_run
@@ -103,6 +104,7 @@ def run(argv: list[str] | None = None) -> int:
         ctx.device = detect_device()
         threads = configure_cpu_threads(ctx.device)
         ctx.progress("device %s%s", ctx.device, f", {threads} CPU thread(s)" if threads else "")
+        memory_check.check(ctx)  # refuse a plan that cannot fit before anything is downloaded
         module.main(ctx)
         ctx.progress("done: %s", json.dumps(ctx.timings()))  # bench/jobs_bench.py parses this line
         return 0

@@ -87,13 +87,10 @@ def offline() -> bool:
 
 
 def detect_device() -> str:
-    """'cuda:N' under accelerate/torchrun (LOCAL_RANK), 'cuda' with one GPU, else 'cpu'."""
-    import torch
+    """'cuda:N' under accelerate/torchrun (LOCAL_RANK, pinned as the current device), 'cuda' with one GPU, else 'cpu'."""
+    from therapy_rlhf.jobs.distributed import pin_device
 
-    if torch.cuda.is_available():
-        local = os.environ.get("LOCAL_RANK")
-        return f"cuda:{int(local)}" if local is not None else "cuda"
-    return "cpu"
+    return pin_device()
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -5,33 +5,39 @@ Model sources (``spec.model.source``):
 * ``tiny:mistral`` / ``tiny:mixtral``: a tiny random-weight model of the real
   architecture, built deterministically on first use and cached (``tiny.py``);
 * a local directory (``/models/mistral-7b-instruct``);
-* ``s3://bucket/prefix``: every object under the prefix is downloaded once into
-  the cache (``$THERAPY_RLHF_CACHE``, default ``~/.cache/therapy-rlhf``; the
-  operator mounts a volume there); a ``.complete`` file marks a finished copy;
+* ``s3://bucket/prefix``: the files the loader needs (config, tokenizer, one
+  set of safetensors) downloaded once into the cache (``$THERAPY_RLHF_CACHE``,
+  default ``~/.cache/therapy-rlhf``; the operator mounts a volume there) by
+  parallel ranged GETs, resumable and checked, one process per node while the
+  others wait (``download.py``); a ``.complete`` file marks a finished copy;
 * a Hugging Face id, only when the hub may be contacted (none of
   ``THERAPY_RLHF_OFFLINE``/``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set).
 
 Precision: ``dtype: auto`` is bf16 on GPUs that support it, fp16 on older GPUs
-and fp32 on CPU. ``quantization: 4bit|8bit`` loads the frozen base through
-bitsandbytes, imported only then; it needs a CUDA GPU. LoRA comes from
-``spec.model.lora`` through peft. On GPU, training uses gradient checkpointing
-(``spec.model.gradientCheckpointing``) and mixed precision (``mixed_precision``).
+and fp32 on CPU. The weights are loaded straight onto the job's device in that
+dtype (``device_map``), never into host memory first. ``quantization:
+4bit|8bit`` loads the frozen base through bitsandbytes (imported only then;
+its CPU backend serves tests), quantizing each weight as it is loaded; a
+quantized Mixtral is loaded with its experts as linear layers
+(``mixtral_experts.py``) so that the experts, ~45B of its 46.7B parameters,
+are quantized too. LoRA comes from ``spec.model.lora`` through peft. On GPU,
+training uses gradient checkpointing (``spec.model.gradientCheckpointing``) and
+mixed precision (``mixed_precision``).
 
-Multi-GPU: with ``spec.resources.gpus > 1`` the operator starts the job as
-``accelerate launch -m therapy_rlhf.jobs <kind> ...``. Every rank then runs the
-same entrypoint; ``detect_device`` picks ``cuda:$LOCAL_RANK``; TRL's trainers
-wrap the model for DDP/FSDP themselves; with FSDP
-(``ACCELERATE_USE_FSDP=true``) the base is left on CPU for accelerate to shard
-(Mixtral-8x7B in bf16 does not fit one GPU). Only rank 0 writes to the store.
-On one CPU the same command runs as a plain process.
+Multi-GPU: with ``spec.resources.gpus > 1`` the operator starts sft and ppo as
+``accelerate launch --multi_gpu --num_processes G -m therapy_rlhf.jobs ...``.
+Every rank runs the same entrypoint; ``detect_device`` pins ``cuda:$LOCAL_RANK``
+(``torch.cuda.set_device``) and the ranks join NCCL with that ``device_id``
+(``distributed.py``); every rank holds the whole policy (data parallel: TRL's
+DDP for sft, ``ppo_trainer.Shard`` for ppo) and the memory plan is per GPU.
+FSDP is not used: ``ACCELERATE_USE_FSDP`` is refused (see docs/gpus.md).
+Only rank 0 writes to the store. On one CPU the same command runs as a plain
+process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SUPPORTED_ARCHITECTURES = ("mistral", "mixtral")
 TINY_PREFIX = "tiny:"
-COMPLETE_MARKER = ".complete"
+COMPLETE_MARKER = ".complete"  # the same marker as download.COMPLETE_MARKER
 
 
 # ----------------------------------------------------------------- sources
@@ -60,7 +66,9 @@ def resolve_source(source: str, cache_root: Path | None = None) -> str:
             raise JobError(f"unknown tiny model {source!r}: use tiny:mistral or tiny:mixtral")
         return str(tiny.tiny_model_dir(arch, cache_root))
     if source.startswith("s3://"):
-        return str(_download_s3_model(source, cache_root))
+        from therapy_rlhf.jobs import download
+
+        return str(download.model_dir(source, cache_root))
     local = Path(source).expanduser()
     if local.is_dir():
         return str(local)
@@ -69,43 +77,6 @@ def resolve_source(source: str, cache_root: Path | None = None) -> str:
     if offline():
         raise JobError(f"model source {source!r} is neither a local directory nor s3://, and the hub is offline")
     return source  # a hub id; transformers downloads it into HF_HOME
-
-
-def _download_s3_model(uri: str, cache_root: Path) -> Path:
-    """The model under ``uri`` in the cache, downloaded once.
-
-    The cache may be a volume that several Jobs share at once
-    (``resources.cacheClaim``): each downloads into a private directory and
-    renames it into place, so a reader sees a whole model or none; the first
-    rename wins and a later downloader drops its copy.
-    """
-    from therapy_rlhf.store import NotFound, StoreError, open_store
-
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket or not prefix.strip("/"):
-        raise JobError(f"model source {uri!r}: expected s3://BUCKET/PREFIX")
-    dest = cache_root / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (dest / COMPLETE_MARKER).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=dest.name + ".part-", dir=dest.parent))
-    try:
-        open_store(f"s3://{bucket}").get_dir(prefix.strip("/"), part)
-        (part / COMPLETE_MARKER).write_text(uri + "\n")
-        if dest.exists() and not (dest / COMPLETE_MARKER).is_file():
-            shutil.rmtree(dest, ignore_errors=True)  # left by a download that died (older layout)
-        try:
-            os.rename(part, dest)
-        except OSError:
-            if not (dest / COMPLETE_MARKER).is_file():
-                raise
-    except NotFound:
-        raise JobError(f"model source {uri!r}: nothing stored under that prefix") from None
-    except StoreError as err:
-        raise JobError(f"model source {uri!r}: {err}") from None
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
-    return dest
 
 
 # ---------------------------------------------------------------- precision
@@ -130,12 +101,28 @@ def mixed_precision(dtype: "torch.dtype", device: str) -> dict[str, bool]:
     return {"bf16": on_gpu and dtype == torch.bfloat16, "fp16": on_gpu and dtype == torch.float16}
 
 
+def _library_logs_to_job_log(name: str) -> None:
+    import logging
+
+    from therapy_rlhf.jobs.common import make_logger
+
+    library = logging.getLogger(name)
+    if not library.handlers:
+        for handler in make_logger().handlers:
+            library.addHandler(handler)
+        library.propagate = False
+
+
 def quantization_config(kind: str, device: str, compute_dtype: "torch.dtype") -> Any | None:
-    """A BitsAndBytesConfig for '4bit'/'8bit'; JobError where it cannot work."""
+    """A BitsAndBytesConfig for '4bit'/'8bit' (NF4, double quantization); JobError where it cannot work.
+
+    On CPU bitsandbytes' CPU backend is used (slow; tests and checks), on GPU its CUDA kernels.
+    """
     if kind == "none":
         return None
-    if not device.startswith("cuda"):
+    if not device.startswith(("cuda", "cpu")):
         raise JobError(f"model.quantization={kind} needs a CUDA GPU (bitsandbytes); this job runs on {device}")
+    _library_logs_to_job_log("bitsandbytes")  # its import-time notes belong in the job log, not on stderr
     try:
         import bitsandbytes  # noqa: F401  (only imported when quantization is asked for)
     except ImportError:
@@ -194,24 +181,74 @@ def format_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
     return text + ("\nTherapist:" if add_generation_prompt else "")
 
 
+def weight_names(path: str) -> list[str]:
+    """Tensor names of a local checkpoint (the safetensors index, or the headers of its files)."""
+    import json
+
+    root = Path(path)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text())["weight_map"])
+    from safetensors import safe_open
+
+    names: list[str] = []
+    for file in sorted(root.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as fh:
+            names.extend(fh.keys())
+    return names
+
+
+def model_class(model_type: str, quantization: str, path: str) -> Any:
+    """The class to load: the stock one, or Mixtral with expert linears when it is quantized."""
+    if model_type == "mixtral" and quantization != "none":
+        from therapy_rlhf.jobs import mixtral_experts
+
+        if Path(path).is_dir() and not mixtral_experts.checkpoint_has_expert_linears(weight_names(path)):
+            raise JobError(
+                f"model.quantization={quantization} on Mixtral needs a checkpoint with one w1/w2/w3 per expert "
+                f"(the hub's layout); {path} stores fused experts"
+            )
+        mixtral_experts.register()
+        return mixtral_experts.MixtralForCausalLMWithExpertLinears
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def from_pretrained_kwargs(spec: ModelSpec, device: str, dtype: "torch.dtype") -> dict[str, Any]:
+    """Arguments for ``from_pretrained``: the dtype, and the device itself as the map, so every
+    weight goes from the file straight to the GPU (quantized on the way when asked)."""
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
+    quant = quantization_config(spec.quantization, device, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if device.startswith("cuda") or quant is not None:
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def load_model(path: str, spec: ModelSpec, device: str, dtype: "torch.dtype", model_type: str) -> Any:
+    """The model in ``path`` as ``spec`` asks (dtype, quantization), on ``device``."""
+    cls = model_class(model_type, spec.quantization, path)
+    return cls.from_pretrained(path, **from_pretrained_kwargs(spec, device, dtype))
+
+
 def load_base_model(spec: ModelSpec, device: str, cache_root: Path | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for ``spec.source``, checked, in the right dtype, on ``device``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise JobError(
+            "FSDP (ACCELERATE_USE_FSDP) is not supported: every rank holds the whole policy; "
+            "use model.quantization: 4bit for a model one GPU cannot hold in bf16"
+        )
     path = resolve_source(spec.source, cache_root)
     try:
         config = AutoConfig.from_pretrained(path, revision=spec.revision)
     except (OSError, ValueError) as err:
         raise JobError(f"cannot read the model config from {spec.source}: {str(err).splitlines()[0]}") from None
-    check_architecture(config, spec.architecture)
-    dtype = choose_dtype(spec.dtype, device)
-    quant = quantization_config(spec.quantization, device, dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
-    if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quant is None and not os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        model.to(device)
+    model_type = check_architecture(config, spec.architecture)
+    model = load_model(path, spec, device, choose_dtype(spec.dtype, device), model_type)
     tokenizer = load_tokenizer(path, spec.revision)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -236,11 +273,39 @@ def prepare_for_training(model: Any, spec: ModelSpec, device: str) -> Any:
     if spec.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=device.startswith("cuda") and spec.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif device.startswith("cuda") and spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model
+
+
+def check_lora_targets(model: Any, spec: ModelSpec) -> None:
+    """Every LoRA target names linear layers of this model (JobError naming the target otherwise).
+
+    Mixtral's router (``gate``) is a plain parameter, not a layer; its experts
+    (``w1``/``w2``/``w3``) are layers only in the quantized layout.
+    """
+    import torch
+
+    modules = [(n, m) for n, m in model.named_modules()]
+    for name in spec.lora.target_modules:
+        found = [m for n, m in modules if n == name or n.endswith("." + name)]
+        if not found:
+            hint = ""
+            if name in ("w1", "w2", "w3") and getattr(model.config, "model_type", "") == "mixtral":
+                hint = " (Mixtral's experts are fused 3-D parameters unless model.quantization is 4bit or 8bit)"
+            raise JobError(f"model.lora.targetModules: no module named {name!r} in this model{hint}")
+        odd = next((m for m in found if not isinstance(m, torch.nn.Linear)), None)
+        if odd is not None:
+            raise JobError(
+                f"model.lora.targetModules: {name!r} is a {type(odd).__name__}, not a linear layer; "
+                "LoRA targets must be linear layers (q_proj, k_proj, v_proj, o_proj; on a quantized Mixtral also w1, w2, w3)"
+            )
 
 
 def attach_adapter(model: Any, spec: ModelSpec, adapter_dir: Path | None, trainable: bool) -> Any:
@@ -250,9 +315,7 @@ def attach_adapter(model: Any, spec: ModelSpec, adapter_dir: Path | None, traina
     """
     from peft import PeftModel, get_peft_model
 
-    for name in spec.lora.target_modules:
-        if not any(n.endswith(name) for n, _ in model.named_modules()):
-            raise JobError(f"model.lora.targetModules: no module named {name!r} in this model")
+    check_lora_targets(model, spec)
     if adapter_dir is None:
         peft_model = get_peft_model(model, lora_config(spec.lora))
         if not trainable:

@@ -168,12 +168,9 @@ def read_optimizer_state(store: Store, paths: RunPaths, round_no: int) -> dict |
 
 def join_process_group(device: str) -> bool:
     """Under accelerate launch/torchrun (WORLD_SIZE > 1), join the ranks' process group."""
-    import torch.distributed as dist
+    from therapy_rlhf.jobs import distributed
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return True
+    return distributed.join(device)  # NCCL bound to this rank's GPU (device_id)
 
 
 def main(ctx: JobContext) -> None:

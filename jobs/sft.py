@@ -18,7 +18,7 @@ import math
 import random
 from typing import Any
 
-from therapy_rlhf.jobs import data, models
+from therapy_rlhf.jobs import data, distributed, models
 from therapy_rlhf.jobs.common import JobContext, JobError
 
 MIN_IMPROVEMENT = 1e-6
@@ -114,6 +114,8 @@ def main(ctx: JobContext) -> None:
         len(examples), len(train_ex), len(val_ex), len({e.conversation or e.id for e in val_ex}),
     )
 
+    # Under accelerate launch: NCCL bound to this rank's GPU before TRL's Accelerator reuses the group.
+    distributed.join(ctx.device)
     model, tokenizer = models.load_base_model(spec.model, ctx.device, ctx.cache_dir)
     dtype = model.dtype
     model = models.prepare_for_training(model, spec.model, ctx.device)
@@ -143,8 +145,10 @@ def main(ctx: JobContext) -> None:
         seed=sft.seed,
         data_seed=sft.seed,
         use_cpu=not ctx.device.startswith("cuda"),
-        # gradient checkpointing is set up by models.prepare_for_training (GPU only),
-        # so the trainer's own switch stays at its default (off)
+        # Gradient checkpointing is set up by models.prepare_for_training (on GPU, when
+        # model.gradientCheckpointing asks); TRL's SFTConfig defaults its own switch to on,
+        # which would override model.gradientCheckpointing: false, so it is turned off here.
+        gradient_checkpointing=False,
         dataloader_num_workers=0,
         **models.mixed_precision(dtype, ctx.device),
     )
@@ -185,6 +189,7 @@ def main(ctx: JobContext) -> None:
             "dataset": sft.dataset.path or "fixture:" + data.FIXTURE_TRAIN,
             "model": spec.model.source,
             "adapter": ctx.paths.sft_adapter(),
+            "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
             **models.count_parameters(trainer.model),
         },
     )

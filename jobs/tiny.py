@@ -176,3 +176,36 @@ def tiny_model_dir(arch: str, cache_root: str | Path) -> Path:
 def fixture_path(name: str) -> Path:
     """A file shipped in ``therapy_rlhf/jobs/fixtures``."""
     return Path(str(resources.files("therapy_rlhf.jobs") / "fixtures" / name))
+
+
+def build_random(arch: str, shape: dict, out_dir: str | Path, dtype: str = "bfloat16", device: str = "cpu", seed: int = 0) -> Path:
+    """A random-weight checkpoint of a real shape (config + safetensors, the hub's layout), written fast.
+
+    For memory tests and benchmarks, where what matters is the size and the layout, not the values:
+    every weight is filled from one block of N(0, 0.02) samples, built once on ``device``. Buffers
+    (rotary frequencies) are not saved: transformers computes them at load.
+    """
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
+
+    config_cls, model_cls = (MistralConfig, MistralForCausalLM) if arch == "mistral" else (MixtralConfig, MixtralForCausalLM)
+    config = config_cls(**shape)
+    torch_dtype = getattr(torch, dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device("meta"):
+            model = model_cls(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to_empty(device=device)
+    block = torch.randn(2**20 + 7, generator=torch.Generator().manual_seed(seed)).mul_(0.02).to(device, torch_dtype)
+    with torch.no_grad():
+        for param in model.parameters():
+            flat = param.view(-1)
+            for start in range(0, flat.numel(), block.numel()):
+                piece = flat[start : start + block.numel()]
+                piece.copy_(block[: piece.numel()])
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,15 +81,26 @@ def test_dtype_choice():
     assert models.mixed_precision(torch.bfloat16, "cuda") == {"bf16": True, "fp16": False}
 
 
-def test_quantization_guards():
+def test_quantization_guards(monkeypatch):
     assert models.quantization_config("none", "cpu", torch.float32) is None
     with pytest.raises(JobError, match="model.quantization=4bit needs a CUDA GPU"):
-        models.quantization_config("4bit", "cpu", torch.float32)
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        with pytest.raises(JobError, match="needs the bitsandbytes package"):
-            models.quantization_config("8bit", "cuda", torch.bfloat16)
+        models.quantization_config("4bit", "mps", torch.float32)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(JobError, match="needs the bitsandbytes package"):
+        models.quantization_config("8bit", "cuda", torch.bfloat16)
+
+
+def test_weights_go_straight_to_the_device_in_the_target_dtype():
+    spec = ModelSpec(source="tiny:mistral")
+    assert models.from_pretrained_kwargs(spec, "cuda:1", torch.bfloat16) == {
+        "dtype": torch.bfloat16, "revision": None, "device_map": {"": "cuda:1"}}
+    assert models.from_pretrained_kwargs(spec, "cpu", torch.float32) == {"dtype": torch.float32, "revision": None}
+
+
+def test_fsdp_is_refused(monkeypatch, tiny_mistral_dir):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(JobError, match=r"FSDP \(ACCELERATE_USE_FSDP\) is not supported"):
+        models.load_base_model(ModelSpec(source=str(tiny_mistral_dir)), "cpu")
 
 
 def test_unsupported_architecture(tmp_path):
