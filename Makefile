@@ -13,10 +13,10 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml images/ml-stack.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(TORCH)
-	$(BIN)/pip install -e '.[all]'
+	$(BIN)/pip install -c images/ml-stack.txt -e '.[all]'
 	touch $(STAMP)
 
 run: venv

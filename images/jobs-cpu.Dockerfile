@@ -1,10 +1,10 @@
-# The jobs on CPU, for CI (kind) and demos with the tiny model: the same entrypoint
-# as images/jobs.Dockerfile, a CPU build of torch, no bitsandbytes. Also carries the
+# The jobs on CPU, for CI (kind) and demos with the tiny model: the same entrypoint and the
+# same tested versions (images/ml-stack.txt) as images/jobs.Dockerfile, a CPU build of torch
+# and bitsandbytes' CPU backend. Also carries the
 # CLI, so the e2e test runs the simulated rater (`therapy-rlhf rate --auto`) from it.
 #   docker build -f images/jobs-cpu.Dockerfile -t therapy-rlhf/jobs-cpu:e2e .
 FROM python:3.11-slim
 
-ARG TORCH_VERSION=2.6.0
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -13,14 +13,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     THERAPY_RLHF_CACHE=/var/cache/therapy-rlhf
 
-RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
+COPY images/ml-stack.txt ./
+RUN pip install -c ml-stack.txt torch --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY therapy_rlhf ./therapy_rlhf
 COPY operator ./operator
 COPY jobs ./jobs
 COPY tui ./tui
-RUN pip install ".[jobs]" && rm -rf /src
+RUN pip install -c ml-stack.txt ".[jobs]" bitsandbytes && rm -rf /src
 
 RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin trainer
 USER 1000:1000

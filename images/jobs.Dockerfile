@@ -1,12 +1,14 @@
-# The training jobs on NVIDIA GPUs: CUDA runtime, torch (CUDA build), the "jobs" extra,
-# bitsandbytes for QLoRA. The operator runs it as
+# The training jobs on NVIDIA GPUs: the CUDA 12.8 runtime with cuDNN, torch's CUDA 12.8 build,
+# the "jobs" extra and bitsandbytes (QLoRA), every ML package at the tested versions in
+# images/ml-stack.txt. The operator runs it as
 #   python -m therapy_rlhf.jobs <kind> --run-config /etc/therapy-rlhf/run.json --round N --store URI
-# (under `accelerate launch --num_processes G` when a run asks for several GPUs).
+# (under `accelerate launch --multi_gpu --num_processes G` when a run asks for several GPUs).
 #   docker build -f images/jobs.Dockerfile -t ghcr.io/therapy-rlhf/jobs:0.1.0 .
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+# The base image's CUDA (12.8.1) matches the torch wheel's (cu128); the node's driver must
+# support CUDA 12.8 (R570 or newer).
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
-ARG TORCH_VERSION=2.6.0
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,22 +20,20 @@ ENV DEBIAN_FRONTEND=noninteractive \
     THERAPY_RLHF_CACHE=/var/cache/therapy-rlhf
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
  && rm -rf /var/lib/apt/lists/* \
- && python3.11 -m venv /opt/venv
+ && python3.12 -m venv /opt/venv
 
-# torch first, from the CUDA index: the project's range accepts it and pip keeps it.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 WORKDIR /src
+COPY images/ml-stack.txt ./
+# torch first, from the CUDA index, at the tested version; everything after is held to the same set.
+RUN pip install -c ml-stack.txt torch --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
 COPY therapy_rlhf ./therapy_rlhf
 COPY operator ./operator
 COPY jobs ./jobs
 COPY tui ./tui
-RUN pip install ".[jobs]" "bitsandbytes>=0.45" && rm -rf /src
+RUN pip install -c ml-stack.txt ".[jobs]" bitsandbytes && rm -rf /src
 
 RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin trainer
 USER 1000:1000

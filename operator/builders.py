@@ -99,7 +99,12 @@ def job_command(manifest: RunManifest, kind: str, round_no: int, config: cfg.Ope
     ]
     gpus = gpus_for(manifest, kind)
     if gpus > 1:
-        return ["accelerate", "launch", "--num_processes", str(gpus), "--module", "therapy_rlhf.jobs", *args]
+        # One process per GPU on this one node; each gets LOCAL_RANK and pins cuda:LOCAL_RANK
+        # (jobs/distributed.py). Mixed precision is the job's own (Trainer/ppo flags), not the launcher's.
+        return [
+            "accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--module", "therapy_rlhf.jobs", *args,
+        ]
     return [config.python, "-m", "therapy_rlhf.jobs", *args]
 
 
@@ -184,6 +189,7 @@ def build_job(
             {"name": "run-config", "mountPath": cfg.RUN_CONFIG_DIR, "readOnly": True},
             {"name": "cache", "mountPath": cfg.CACHE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -214,6 +220,9 @@ def build_job(
             },
             _cache_volume(res),
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            # The container runtime's /dev/shm is 64 MiB; NCCL's shared-memory transport between
+            # the GPUs of one pod needs far more. Memory-backed: it counts against resources.memory.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
         ],
     }
     if res.node_selector:

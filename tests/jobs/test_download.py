@@ -14,7 +14,7 @@ import pytest
 
 from budget import budget
 from therapy_rlhf.jobs import download, models
-from therapy_rlhf.jobs.common import JobError
+from therapy_rlhf.jobs.common import JobError, make_logger
 
 MiB = 2**20
 
@@ -40,6 +40,13 @@ class Requests:
 
     def ranged(self, key: str) -> list[str]:
         return [r.decode() if isinstance(r, bytes) else r for k, r in self.gets if k == key and r]
+
+
+@pytest.fixture
+def job_log(capsys):
+    """The job log (stdout, as the jobs write it) so far."""
+    make_logger()
+    return lambda: capsys.readouterr().out
 
 
 @pytest.fixture
@@ -74,12 +81,11 @@ def uri_of(s3_store, prefix="models/m") -> str:
     return f"s3://{s3_store.bucket}/{s3_store.prefix}/{prefix}"
 
 
-def test_ranged_gets_fetch_only_what_the_loader_reads(s3_store, tmp_path, chunks_of_one_mib, caplog):
+def test_ranged_gets_fetch_only_what_the_loader_reads(s3_store, tmp_path, chunks_of_one_mib, job_log):
     files = upload_model(s3_store)
     client = download.s3_client(4)
     seen = Requests(client)
-    with caplog.at_level("INFO", logger="therapy_rlhf.jobs"):
-        local = download.model_dir(uri_of(s3_store), tmp_path / "cache", client=client, workers=4)
+    local = download.model_dir(uri_of(s3_store), tmp_path / "cache", client=client, workers=4)
     got = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     wanted = {"config.json", "tokenizer.json", "model.safetensors.index.json",
               "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
@@ -92,14 +98,15 @@ def test_ranged_gets_fetch_only_what_the_loader_reads(s3_store, tmp_path, chunks
     assert len(seen.ranged("model-00002-of-00002.safetensors")) == 2
     never = ("pytorch_model-00001-of-00002.bin", "consolidated.00.pt", "params.safetensors")
     assert not [k for k, _ in seen.gets if k in never]
-    assert "skipping 3 files" in caplog.text and "checked (md5)" in caplog.text
+    text = job_log()
+    assert "skipping 3 files" in text and "checked (md5)" in text
     # a second call finds the complete copy and sends nothing
     before = len(seen.gets)
     assert download.model_dir(uri_of(s3_store), tmp_path / "cache", client=client) == local
     assert len(seen.gets) == before
 
 
-def test_a_multipart_object_is_checked_against_its_multipart_etag(s3_store, tmp_path, chunks_of_one_mib, caplog):
+def test_a_multipart_object_is_checked_against_its_multipart_etag(s3_store, tmp_path, chunks_of_one_mib, job_log):
     data = shard_bytes(11 * MiB, 7)
     key = f"{s3_store.prefix}/models/mp/model.safetensors"
     client = download.s3_client(4)
@@ -113,13 +120,13 @@ def test_a_multipart_object_is_checked_against_its_multipart_etag(s3_store, tmp_
                                      MultipartUpload={"Parts": parts})
     s3_store.write_bytes("models/mp/config.json", b"{}")
     assert client.head_object(Bucket=s3_store.bucket, Key=key)["ETag"].endswith('-3"')
-    with caplog.at_level("INFO", logger="therapy_rlhf.jobs"):
-        local = download.model_dir(uri_of(s3_store, "models/mp"), tmp_path / "cache", client=client)
+    local = download.model_dir(uri_of(s3_store, "models/mp"), tmp_path / "cache", client=client)
     assert (local / "model.safetensors").read_bytes() == data
-    assert "model.safetensors checked (multipart md5)" in caplog.text
+    text = job_log()
+    assert "model.safetensors checked (multipart md5)" in text
 
 
-def test_a_download_that_died_resumes_with_the_chunks_it_lacks(s3_store, tmp_path, chunks_of_one_mib, caplog):
+def test_a_download_that_died_resumes_with_the_chunks_it_lacks(s3_store, tmp_path, chunks_of_one_mib, job_log):
     files = upload_model(s3_store)
     cache, uri = tmp_path / "cache", uri_of(s3_store)
     client = download.s3_client(2)
@@ -134,18 +141,18 @@ def test_a_download_that_died_resumes_with_the_chunks_it_lacks(s3_store, tmp_pat
 
     client = download.s3_client(2)
     resumed = Requests(client)
-    with caplog.at_level("INFO", logger="therapy_rlhf.jobs"):
-        local = download.model_dir(uri, cache, client=client, workers=2)
+    local = download.model_dir(uri, cache, client=client, workers=2)
     weights = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
     ranged = sum(len(resumed.ranged(name)) for name in weights)
     assert ranged == 4 + 2 - done  # only the chunks the first try did not finish
     assert not [k for k, _ in resumed.gets if k in ("config.json", "tokenizer.json")]  # verified before
     for name in weights:
         assert (local / name).read_bytes() == files[name]
-    assert "resuming" in caplog.text and len(dying.gets) >= 7
+    text = job_log()
+    assert "resuming" in text and len(dying.gets) >= 7
 
 
-def test_a_corrupt_partial_file_is_caught_and_downloaded_again(s3_store, tmp_path, chunks_of_one_mib, caplog):
+def test_a_corrupt_partial_file_is_caught_and_downloaded_again(s3_store, tmp_path, chunks_of_one_mib, job_log):
     files = upload_model(s3_store)
     cache, uri = tmp_path / "cache", uri_of(s3_store)
     client = download.s3_client(1)
@@ -155,10 +162,10 @@ def test_a_corrupt_partial_file_is_caught_and_downloaded_again(s3_store, tmp_pat
     part = next((cache / "s3").glob("*.partial/model-00001-of-00002.safetensors.part"))
     with open(part, "r+b") as fh:  # a chunk recorded as done, damaged on disk
         fh.write(b"\x00" * 64)
-    with caplog.at_level("INFO", logger="therapy_rlhf.jobs"):
-        local = download.model_dir(uri, cache, client=download.s3_client(2), workers=2)
+    local = download.model_dir(uri, cache, client=download.s3_client(2), workers=2)
     assert (local / "model-00001-of-00002.safetensors").read_bytes() == files["model-00001-of-00002.safetensors"]
-    assert "does not match the ETag" in caplog.text and "downloading it again" in caplog.text
+    text = job_log()
+    assert "does not match the ETag" in text and "downloading it again" in text
 
 
 def test_what_cannot_be_loaded_is_a_clear_error(s3_store, tmp_path):

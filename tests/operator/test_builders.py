@@ -88,7 +88,8 @@ def test_several_gpus_run_training_under_accelerate_and_inference_on_one(kind, l
     container = job["spec"]["template"]["spec"]["containers"][0]
     command = container["command"]
     if launcher:
-        assert command[:6] == ["accelerate", "launch", "--num_processes", "4", "--module", "therapy_rlhf.jobs"]
+        assert command[:13] == ["accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", "4",
+                                "--mixed_precision", "no", "--dynamo_backend", "no", "--module", "therapy_rlhf.jobs"]
     else:
         assert command[:3] == ["python", "-m", "therapy_rlhf.jobs"]
     # Inference is one process on one GPU: it holds no GPU it would leave idle.
@@ -170,7 +171,7 @@ def test_jobs_are_locked_down():
     assert sc["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     # Read-only root: every path a job writes is a volume.
-    assert set(mounts) == {"/etc/therapy-rlhf", "/var/cache/therapy-rlhf", "/tmp"}
+    assert set(mounts) == {"/etc/therapy-rlhf", "/var/cache/therapy-rlhf", "/tmp", "/dev/shm"}
     assert mounts["/etc/therapy-rlhf"]["readOnly"] is True
 
 
@@ -221,3 +222,46 @@ def test_config_from_env(monkeypatch):
     monkeypatch.setenv("THERAPY_RLHF_INTERVAL", "soon")
     with pytest.raises(ValueError, match="THERAPY_RLHF_INTERVAL must be a number"):
         OperatorConfig.from_env()
+
+
+# ----------------------------------------------------------- multi-GPU pods (issue 9)
+
+
+def test_dev_shm_is_a_memory_backed_volume_of_the_spec_size():
+    """NCCL's shared-memory transport needs more than the runtime's 64 MiB /dev/shm."""
+    for gpus, kind in ((2, "ppo"), (1, "generate")):
+        job = builders.build_job(manifest(gpus=gpus, shmSize="16Gi", memory="160Gi"), kind, 1, 1, OWNER)
+        pod = job["spec"]["template"]["spec"]
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+        validate_schema(job)
+    default = builders.build_job(manifest(), "sft", 0, 1, OWNER)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in default
+
+
+def test_each_rank_of_a_multi_gpu_job_gets_its_own_gpu():
+    """One process per GPU the pod holds, on one node: accelerate gives each its LOCAL_RANK, which the
+    job pins with torch.cuda.set_device and binds NCCL to (tests/jobs/test_memory_check.py)."""
+    job = builders.build_job(manifest(gpus=2), "sft", 0, 1, OWNER)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    at = command.index("--num_processes")
+    assert command[at + 1] == container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert "--multi_gpu" in command and command[command.index("--num_machines") + 1] == "1"
+    env = env_of(job)
+    assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin decides which GPUs the pod sees
+    assert "ACCELERATE_USE_FSDP" not in env  # the jobs refuse FSDP
+
+
+def test_both_gpu_examples_keep_their_model_on_a_cache_claim():
+    from pathlib import Path
+
+    from therapy_rlhf.spec import load_run
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    for name in ("mistral-7b-s3.yaml", "mixtral-8x7b-qlora.yaml"):
+        m = load_run(root / name)
+        pod = builders.build_job(m, "generate", 1, 1, {"metadata": {"name": m.name, "uid": "u-1"}})["spec"]["template"]["spec"]
+        cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+        assert cache == {"name": "cache", "persistentVolumeClaim": {"claimName": "therapy-rlhf-model-cache"}}, name
+        assert {"name": "cache", "mountPath": "/var/cache/therapy-rlhf"} in pod["containers"][0]["volumeMounts"]
