@@ -46,6 +46,9 @@ def test_sft_job_subprocess_writes_adapter_then_metrics(tmp_path, make_run, tiny
     assert metrics["train_loss"] < 7.0 and metrics["stopped_early"] is False
     assert metrics["train_examples"] + metrics["validation_examples"] == len(data.load_dataset_spec(load_run(manifest).spec.sft.dataset, "train"))
     assert metrics["startup_seconds"] > 0 and metrics["work_seconds"] > 0
+    # TRL's SFTConfig turns gradient checkpointing on by default; the job keeps it to
+    # model.gradientCheckpointing on GPU only (prepare_for_training), so off on this CPU run
+    assert metrics["gradient_checkpointing"] is False
     assert "start-up done in" in proc.stdout
     assert "FutureWarning" not in proc.stdout  # library deprecation noise stays out of the job log
     # the stored adapter is trained: it no longer equals the base model
