@@ -45,6 +45,7 @@ CACHE_ENV = "THERAPY_RLHF_CACHE"
 OFFLINE_ENVS = ("THERAPY_RLHF_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 DEFAULT_CACHE = "~/.cache/therapy-rlhf"
 LOGGER_NAME = "therapy_rlhf.jobs"
+LIBRARY_LOGGERS = ("bitsandbytes",)
 CPU_THREADS_ENV = "THERAPY_RLHF_CPU_THREADS"
 DEFAULT_CPU_THREADS = 1
 
@@ -131,6 +132,14 @@ def make_logger() -> logging.Logger:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+        # Libraries that log without configuring a handler would reach stderr through
+        # logging's last resort; stderr is kept for the one error line. bitsandbytes
+        # notes on import, with its CPU backend, that an optional kernels package is missing.
+        for name in LIBRARY_LOGGERS:
+            library = logging.getLogger(name)
+            if not library.handlers:
+                library.addHandler(handler)
+                library.propagate = False
     return logger
 
 

@@ -101,18 +101,6 @@ def mixed_precision(dtype: "torch.dtype", device: str) -> dict[str, bool]:
     return {"bf16": on_gpu and dtype == torch.bfloat16, "fp16": on_gpu and dtype == torch.float16}
 
 
-def _library_logs_to_job_log(name: str) -> None:
-    import logging
-
-    from therapy_rlhf.jobs.common import make_logger
-
-    library = logging.getLogger(name)
-    if not library.handlers:
-        for handler in make_logger().handlers:
-            library.addHandler(handler)
-        library.propagate = False
-
-
 def quantization_config(kind: str, device: str, compute_dtype: "torch.dtype") -> Any | None:
     """A BitsAndBytesConfig for '4bit'/'8bit' (NF4, double quantization); JobError where it cannot work.
 
@@ -122,7 +110,6 @@ def quantization_config(kind: str, device: str, compute_dtype: "torch.dtype") ->
         return None
     if not device.startswith(("cuda", "cpu")):
         raise JobError(f"model.quantization={kind} needs a CUDA GPU (bitsandbytes); this job runs on {device}")
-    _library_logs_to_job_log("bitsandbytes")  # its import-time notes belong in the job log, not on stderr
     try:
         import bitsandbytes  # noqa: F401  (only imported when quantization is asked for)
     except ImportError:

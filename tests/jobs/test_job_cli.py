@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -39,10 +40,12 @@ def test_truncated_tsv_line(tmp_path, make_run, capsys):
     _assert_failed_cleanly(rc, err, store, "line 2, turn 1")
 
 
-def test_four_bit_on_cpu(tmp_path, make_run, capsys):
+def test_four_bit_without_bitsandbytes(tmp_path, make_run, capsys, monkeypatch):
+    # with bitsandbytes installed, 4-bit runs on its CPU backend (tests/jobs/test_model_memory.py)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     store = tmp_path / "store"
     rc, err, _ = _run(capsys, "sft", make_run({"model": {"quantization": "4bit"}}), store)
-    _assert_failed_cleanly(rc, err, store, "model.quantization=4bit needs a CUDA GPU")
+    _assert_failed_cleanly(rc, err, store, "model.quantization=4bit needs the bitsandbytes package, which is not installed")
 
 
 def test_unsupported_architecture(tmp_path, make_run, capsys):

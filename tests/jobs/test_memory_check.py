@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -49,15 +50,16 @@ def test_a_plan_that_cannot_fit_stops_the_job_before_any_download(make_run, s3_s
     assert not (tmp_path / "store").exists()
 
 
-def test_the_quantized_plan_passes_and_is_logged(make_run, s3_store, tmp_path, capsys):
+def test_the_quantized_plan_passes_and_is_logged(make_run, s3_store, tmp_path, caplog):
     source = mixtral_prefix(s3_store)
     manifest = load_run(make_run({"model": {"source": source, "quantization": "4bit", "maxLength": 2048},
                                   "resources": {"gpus": 2, "gpuMemory": "80Gi"}}))
-    ctx = JobContext(kind="sft", manifest=manifest, round=0, store=None, cache_dir=tmp_path / "c")
-    plan = memory_check.check(ctx)
+    ctx = JobContext(kind="sft", manifest=manifest, round=0, store=None, cache_dir=tmp_path / "c",
+                     log=logging.getLogger("test-memory-check"))
+    with caplog.at_level("INFO", logger="test-memory-check"):
+        plan = memory_check.check(ctx)
     assert plan.fits and plan.gpus == 2 and 30 < plan.total / 2**30 < 40
-    out = capsys.readouterr().out
-    assert "memory plan: sft: " in out and "(fits)" in out
+    assert "memory plan: sft: " in caplog.text and "(fits)" in caplog.text
 
 
 def test_nothing_to_check_on_cpu_without_gpu_memory(make_run, tmp_path):

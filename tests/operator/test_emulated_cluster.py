@@ -10,6 +10,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+from budget import budget
 
 from therapy_rlhf import phases
 from therapy_rlhf.layout import RunPaths
@@ -26,8 +27,8 @@ def condition(run: dict, ctype: str) -> dict:
     return next(c for c in run["status"]["conditions"] if c["type"] == ctype)
 
 
-async def rate_when_awaiting(cluster, store, name: str, round_no: int) -> dict:
-    run = await cluster.wait_phase(name, phases.AWAITING_RATINGS, round_no=round_no)
+async def rate_when_awaiting(cluster, store, name: str, round_no: int, timeout: float = 60.0) -> dict:
+    run = await cluster.wait_phase(name, phases.AWAITING_RATINGS, round_no=round_no, timeout=timeout)
     paths = RunPaths("default", name)
     assert rate_round(store, paths, read_frozen_run(store, paths), round_no) > 0
     return run
@@ -350,7 +351,8 @@ async def test_real_tiny_jobs_run_to_succeeded(cluster, run_spec, run_store):
                        generation={"maxNewTokens": 6, "temperature": 1.0, "topP": 1.0, "batchSize": 2})
     await cluster.start_operator()
     await cluster.create_run("tiny", spec)
-    await rate_when_awaiting(cluster, run_store, "tiny", 1)
+    # the real sft and generate jobs come first: sized from the suite's budget (~30 s on a quiet machine)
+    await rate_when_awaiting(cluster, run_store, "tiny", 1, timeout=budget(30))
     run = await cluster.wait_phase("tiny", phases.SUCCEEDED, timeout=600)
     paths = RunPaths("default", "tiny")
     assert run_store.exists(paths.policy_metrics(1)) and run_store.exists(paths.eval_results())
