@@ -87,15 +87,18 @@ def visible_text(tokenizer: Any, ids: list[int], eos_ids: set[int], special: set
 
 
 def _trim(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
-    """Cut a generated row after its first EOS (kept: stopping is an action the policy took)."""
+    """Cut a generated row after its first EOS (kept: stopping is an action the policy took).
+
+    generate() fills a finished row with padding only after its EOS, so a pad
+    token before any EOS was sampled by the policy (the untruncated sampler
+    can draw any token): it is kept as the response's last token, so the
+    update scores what was drawn, and the rest of the row is dropped.
+    """
     out = []
     for tok in ids:
-        if tok in eos_ids:
-            out.append(tok)
-            break
-        if tok == pad_id and pad_id not in eos_ids:
-            break
         out.append(tok)
+        if tok in eos_ids or tok == pad_id:
+            break
     return out
 
 

@@ -163,3 +163,18 @@ def test_the_evaluate_job_takes_its_bertscore_model_from_s3(tmp_path, make_run, 
     assert scorer.settings.layer == 4 and scorer.settings.layer_from == "evaluation.bertscoreLayer"
     assert str(tmp_path / "cache") in scorer.path
     assert scorer.score(["I hear you."], ["I hear you."]) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("example", ["mistral-7b-s3.yaml", "mixtral-8x7b-qlora.yaml"])
+def test_cluster_examples_evaluate_on_esconvs_test_split_with_a_resolvable_bertscore(example):
+    from pathlib import Path
+
+    from therapy_rlhf.jobs import text_metrics
+
+    spec = load_run(Path(__file__).resolve().parents[2] / "examples" / example).spec
+    ev = spec.evaluation
+    assert ev.dataset.path and ev.dataset.path.endswith("/ESConv.json") and ev.dataset.split == "test"
+    assert spec.sft.dataset.path == ev.dataset.path and spec.sft.dataset.split == "auto"  # train + dev of the same split
+    settings = text_metrics.bertscore_settings(ev.bertscore_model, ev.bertscore_model_type, ev.bertscore_layer,
+                                               ev.rescale_with_baseline)
+    assert (settings.model_type, settings.layer) == ("roberta-large", 17)

@@ -75,7 +75,7 @@ def test_batch_records(store, tmp_path):
         assert (r.response, r.special_tokens) == generate.visible_text(
             tokenizer, r.response_token_ids, eos_ids, generate.special_token_ids(tokenizer)
         )
-        assert tokenizer.pad_token_id not in r.response_token_ids
+        assert tokenizer.pad_token_id not in r.response_token_ids[:-1]  # a sampled pad ends the response
         eos = [i for i, t in enumerate(r.response_token_ids) if t == tokenizer.eos_token_id]
         assert eos in ([], [len(r.response_token_ids) - 1])  # at most one EOS, and last
     by_prompt = {r.prompt_id: r for r in responses}
@@ -198,6 +198,9 @@ def test_response_ids_stay_valid_and_unique_for_long_prompt_ids():
 def test_trim_keeps_the_first_eos_and_drops_padding():
     assert generate._trim([5, 6, 2, 3, 3], {2}, 3) == [5, 6, 2]
     assert generate._trim([5, 6, 7], {2}, 3) == [5, 6, 7]
+    # a pad before any EOS was sampled: kept as the last token (never an empty response)
+    assert generate._trim([3, 6, 2, 3], {2}, 3) == [3]
+    assert generate._trim([5, 3, 6, 2], {2}, 3) == [5, 3]
     # pad == eos (Mistral's real tokenizer): the first one is the stop
     assert generate._trim([5, 2, 2, 2], {2}, 2) == [5, 2]
 
