@@ -96,8 +96,9 @@ def test_kl_before_the_first_update_is_exactly_zero_with_sft(local_store, tmp_pa
     rated_round(m, local_store, paths, 1)
     run_job(ppo, "ppo", m, local_store, 1)
     metrics = local_store.read_json(paths.policy_metrics(1))
+    assert metrics["kl"] == 0.0
     assert metrics["started_from"] == metrics["reference"] == paths.sft_adapter()
-    assert metrics["kl"] == 0.0 and metrics["kl_negative"] is False
+    assert metrics["kl_negative"] is False and metrics["warnings"] == []
     # the base is far from the SFT policy: a base reference (the old behaviour) would not be 0
     sft_lp = batch_logprobs(m, local_store, paths, paths.sft_adapter(), 1)
     base_lp = batch_logprobs(m, local_store, paths, None, 1)
@@ -126,7 +127,6 @@ def test_round_two_measures_kl_against_the_sft_policy_not_the_base(local_store, 
     rated_round(m, local_store, paths, 2)
     run_job(ppo, "ppo", m, local_store, 2)
     metrics = local_store.read_json(paths.policy_metrics(2))
-    assert metrics["started_from"] == paths.policy_prefix(1) and metrics["reference"] == paths.sft_adapter()
     policy_lp = batch_logprobs(m, local_store, paths, paths.policy_prefix(1), 2)
     sft_lp = batch_logprobs(m, local_store, paths, paths.sft_adapter(), 2)
     base_lp = batch_logprobs(m, local_store, paths, None, 2)
@@ -134,6 +134,7 @@ def test_round_two_measures_kl_against_the_sft_policy_not_the_base(local_store, 
     against_base = float((policy_lp - base_lp).sum(1).mean())
     assert metrics["kl"] == pytest.approx(against_sft, abs=1e-4)
     assert abs(metrics["kl"] - against_base) > 0.01
+    assert metrics["started_from"] == paths.policy_prefix(1) and metrics["reference"] == paths.sft_adapter()
     # the optimizer state still covers only the trained adapter and the value head (the checkpoint contract)
     assert metrics["optimizer_resumed"] is True and metrics["optimizer_steps_total"] == 2 * metrics["optimizer_steps"]
 
