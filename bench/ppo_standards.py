@@ -16,6 +16,8 @@
    rater) evaluated by the evaluate job on ESConv's test split
    (``testWithStrategy_short.tsv``), ``--eval-examples`` examples spread
    across its conversations, with the bundled MiniLM BERTScore encoder.
+   Whether the SFT data and this test split share a conversation is checked
+   and printed (FailedESConv's conversations are not ESConv's).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from pathlib import Path
 import torch
 
 from therapy_rlhf import simrater
-from therapy_rlhf.jobs import evaluate, generate, models, ppo, ppo_trainer, sampler_agreement, sft
-from therapy_rlhf.jobs.common import JobContext, make_logger
+from therapy_rlhf.jobs import data, evaluate, generate, models, ppo, ppo_trainer, sampler_agreement, sft
+from therapy_rlhf.jobs.common import JobContext, configure_cpu_threads, make_logger
 from therapy_rlhf.jobs.report import results_table
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.ratings import close_gate
@@ -54,7 +56,7 @@ def manifest(store: Path, esconv: Path, rounds: int, eval_examples: int):
                 "storage": {"localPath": str(store)},
                 "sft": {
                     "dataset": {"path": str(esconv / "FailedESConv.json"), "maxExamples": 600},
-                    "maxSteps": 60, "evalSteps": 20, "batchSize": 8, "learningRate": 1e-3, "seed": 0,
+                    "maxSteps": 200, "evalSteps": 100, "batchSize": 8, "learningRate": 2e-3, "seed": 0,
                 },
                 "ppo": {
                     "rounds": rounds,
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--sampler-samples", type=int, default=2000)
+    parser.add_argument("--skip-sampler", action="store_true", help="only the KL and Table 1 parts")
     args = parser.parse_args(argv)
+    configure_cpu_threads("cpu")  # one torch thread, as the jobs run on CPU
     log = make_logger()
     log.setLevel(logging.WARNING)
     started = time.perf_counter()
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print("## sampler vs update (tiny:mistral, 4 new tokens per sample)")
     print("| sampler | update scores at | tokens | KS distance | KS 0.1% critical | drawn outside top-50 | update's mass outside top-50 |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for r in sampler_rows(args.sampler_samples):
+    for r in [] if args.skip_sampler else sampler_rows(args.sampler_samples):
         print(f"| {r['sampler']} | {r['update']} | {r['tokens']} | {r['ks_distance']:.4f} | {r['ks_critical_001']:.4f} "
               f"| {r['outside_top_sampled']:.3f} | {r['outside_top_expected']:.3f} |")
     print(flush=True)
@@ -177,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference = base (adapter disabled, before): KL {seq:.4f} per sequence ({tok:.4f} per token) on the same batch")
     print(f"SFT: {json.dumps(out['sft'])}")
     print()
+    train = {json.dumps(e.context[:2]) for e in data.load_split(m.spec.sft.dataset, "train").examples if len(e.context) >= 2}
+    test = {json.dumps(e.context[:2]) for e in data.load_examples(str(args.esconv / "testWithStrategy_short.tsv")) if len(e.context) >= 2}
+    print(f"conversation openings (first seeker turn + first reply) shared by SFT train and the test split: {len(train & test)}")
     print(f"## Table 1 on {results['dataset']} ({results['examples']} examples from {results['conversations']} "
           f"conversations, {results['split']})")
     print(results_table(results))

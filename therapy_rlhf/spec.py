@@ -257,23 +257,14 @@ class GenerationSpec(SpecModel):
     seed: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per generate() call.")
 
-    @field_validator("top_p")
+    @field_validator("top_p", "top_k")
     @classmethod
-    def _no_nucleus(cls, value: float) -> float:
-        if value != 1.0:
+    def _untruncated(cls, value: float, info: Any) -> float:
+        neutral, kind = {"top_p": (1.0, "nucleus"), "top_k": (0, "top-k")}[info.field_name]
+        if value != neutral:
             raise ValueError(
-                "must be 1.0 for PPO rollouts: the update scores tokens under the untruncated policy, "
-                "so nucleus sampling would make the sampler differ from the policy"
-            )
-        return value
-
-    @field_validator("top_k")
-    @classmethod
-    def _no_top_k(cls, value: int) -> int:
-        if value != 0:
-            raise ValueError(
-                "must be 0 for PPO rollouts: the update scores tokens under the untruncated policy, "
-                "so top-k sampling would make the sampler differ from the policy"
+                f"must be {neutral} for PPO rollouts: the update scores tokens under the untruncated policy, "
+                f"so {kind} sampling would make the sampler differ from the policy"
             )
         return value
 
