@@ -8,6 +8,16 @@
   `` EOS ``, each turn ``<weight> <speaker 0|1> <index> [<Strategy>] text``;
   the last turn is the supporter's reference response.
 
+Splits (``load_split``): a whole-dataset JSON file is split by conversation
+as ESConv's reference preprocessing does (Python's ``random`` seeded with
+``splitSeed``, 13 there, shuffles the conversations in file order; the first
+``int(dev * n)`` are dev, the next ``int(test * n)`` test, the rest train), so
+no conversation is in two splits and the full ``ESConv.json`` with the
+defaults gives that recipe's split. A TSV file (ESConv's released dev and
+test files) and the project's fixtures are already a split and are used
+whole. A ``maxExamples`` cap keeps examples spread across conversations
+(``spread``), never just the first rows.
+
 Both become ``Example(context, response)``: ``context`` is a list of chat
 messages (seeker = "user", supporter = "assistant") that starts and ends with
 the seeker, consecutive turns of one speaker merged (chat templates such as
@@ -19,6 +29,7 @@ conversation.
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +244,11 @@ def read_text(path: str) -> str:
         raise DataError(f"dataset {path}: cannot read ({err})") from None
 
 
+def conversation_id(index: int) -> str:
+    """Id of the index-th conversation of a JSON file (the prefix of its examples' ids)."""
+    return f"c{index:04d}"
+
+
 def load_examples(path: str, fmt: str = "auto", max_examples: int | None = None) -> list[Example]:
     """Examples from an ESConv JSON or TSV file (first ``max_examples`` in file order)."""
     fmt = detect_format(path, fmt)
@@ -240,12 +256,127 @@ def load_examples(path: str, fmt: str = "auto", max_examples: int | None = None)
     if fmt == "esconv-json":
         examples = []
         for i, conv in enumerate(parse_esconv_json(text, path)):
-            examples.extend(conversation_examples(conv, f"c{i:04d}"))
+            examples.extend(conversation_examples(conv, conversation_id(i)))
     else:
         examples = parse_esconv_tsv(text, path)
     if not examples:
         raise DataError(f"dataset {path} holds no usable examples")
     return examples[:max_examples] if max_examples else examples
+
+
+# ------------------------------------------------------------------ splits
+
+SPLITS = ("train", "dev", "test")
+
+
+def split_conversations(conversation_ids: list[str], dev: float, test: float, seed: int) -> dict[str, str]:
+    """Conversation id -> 'train' | 'dev' | 'test' (ESConv's reference recipe, see the module doc).
+
+    ``conversation_ids`` are in file order; the result depends only on them,
+    the two ratios and the seed.
+    """
+    order = list(conversation_ids)
+    random.Random(seed).shuffle(order)
+    n_dev, n_test = int(dev * len(order)), int(test * len(order))
+    out = {c: "dev" for c in order[:n_dev]}
+    out.update({c: "test" for c in order[n_dev : n_dev + n_test]})
+    out.update({c: "train" for c in order[n_dev + n_test :]})
+    return out
+
+
+def spread(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """At most ``n`` examples spread over as many conversations as possible, in file order.
+
+    Conversations are visited in a seeded order, one example each (a seeded
+    pick) per pass, until ``n`` are chosen: 200 examples from ESConv's test
+    split come from 200 conversations, not from the first 14.
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.conversation or ex.id, []).append(i)
+    rng = random.Random(seed)
+    order = list(groups)
+    rng.shuffle(order)
+    for key in order:
+        rng.shuffle(groups[key])
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n:
+        for key in order:
+            if depth < len(groups[key]) and len(picked) < n:
+                picked.append(groups[key][depth])
+        depth += 1
+    return [examples[i] for i in sorted(picked)]
+
+
+@dataclass
+class Selection:
+    """The examples a job uses, and where they come from (recorded in its metrics)."""
+
+    examples: list[Example]
+    source: str  # the file, or fixture:<name>
+    split: str  # "train" | "dev" | "test" | "all"
+    presplit: bool  # the file is already a split (TSV, fixture) or is used whole (split: all)
+    conversations: int = 0  # conversations in this selection
+
+    def describe(self) -> dict:
+        return {
+            "dataset": self.source,
+            "split": self.split if not self.presplit else "whole file",
+            "examples": len(self.examples),
+            "conversations": self.conversations,
+        }
+
+
+def _json_split(path: str, text: str, want: str, dataset) -> list[Example]:
+    conversations = parse_esconv_json(text, path)
+    ids = [conversation_id(i) for i in range(len(conversations))]
+    ratios = dataset.split_ratios
+    assignment = split_conversations(ids, ratios.dev, ratios.test, dataset.split_seed)
+    if not any(v == want for v in assignment.values()):
+        raise DataError(
+            f"dataset {path} has {len(ids)} conversations: too few for a {ratios.train:g}/{ratios.dev:g}/{ratios.test:g} "
+            f"split (its {want} split would be empty)"
+        )
+    out: list[Example] = []
+    for cid, conv in zip(ids, conversations):
+        if assignment[cid] == want:
+            out.extend(conversation_examples(conv, cid))
+    return out
+
+
+def load_split(dataset, want: str) -> Selection:
+    """The ``want`` split ('train' | 'dev' | 'test') of a ``DatasetSpec``, capped by ``maxExamples``.
+
+    ``dataset.split`` overrides ``want`` ('all' = the whole file); no path
+    means the shipped fixture for ``want`` (train fixture for train/dev).
+    """
+    split = want if dataset.split == "auto" else dataset.split
+    if dataset.path is None:
+        name = FIXTURE_TEST if split == "test" else FIXTURE_TRAIN
+        examples = load_examples(fixture_file(name), "esconv-json")
+        source, presplit = "fixture:" + name, True
+    else:
+        path = dataset.path
+        fmt = detect_format(path, dataset.format)
+        presplit = fmt == "esconv-tsv" or split == "all"
+        if fmt == "esconv-tsv" and dataset.split not in ("auto", "all"):
+            raise DataError(
+                f"dataset {path} is a TSV file, already one of ESConv's splits: it cannot be split again "
+                f"(split: {dataset.split}); use split: auto or all"
+            )
+        if presplit:
+            examples = load_examples(path, fmt)
+        else:
+            examples = _json_split(path, read_text(path), split, dataset)
+        source = path
+        if not examples:
+            raise DataError(f"dataset {path}: its {split} split holds no usable examples")
+    examples = spread(examples, dataset.max_examples, dataset.split_seed)
+    conversations = len({e.conversation or e.id for e in examples})
+    return Selection(examples, source, "all" if presplit else split, presplit, conversations)
 
 
 def fixture_file(name: str) -> str:
@@ -264,6 +395,5 @@ def load_fixture_conversations() -> list[Conversation]:
 
 
 def load_dataset_spec(dataset, split: str) -> list[Example]:
-    """Examples for a ``DatasetSpec``; no path -> the shipped fixture for ``split`` (train|test)."""
-    path = dataset.path or fixture_file(FIXTURE_TRAIN if split == "train" else FIXTURE_TEST)
-    return load_examples(path, dataset.format if dataset.path else "esconv-json", dataset.max_examples)
+    """The examples of ``load_split(dataset, split)``."""
+    return load_split(dataset, split).examples

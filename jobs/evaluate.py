@@ -2,8 +2,11 @@
 
     python -m therapy_rlhf.jobs evaluate --run-config examples/tiny-local.yaml --round 0 --store ./local-store
 
-For each ESConv test context (``evaluation.dataset``, default the project's
-test fixture; the first ``evaluation.maxExamples``) every checkpoint in
+For each ESConv test context (``evaluation.dataset``: the test split of a
+whole ESConv JSON file, split by conversation exactly as the SFT job splits
+it, or a file that is already a test split such as ESConv's
+``testWithStrategy_short.tsv``; default the project's test fixture), at most
+``evaluation.maxExamples`` of them spread across conversations, every checkpoint in
 ``evaluation.checkpoints`` answers with greedy decoding: ``base`` (adapter
 disabled), ``sft`` (``sft/adapter``), ``final`` (the last round's policy) and
 ``round-N``. ``evaluation.externalResponses`` adds systems whose answers were
@@ -13,8 +16,9 @@ message). Each system's answers are scored against the reference responses
 (``text_metrics``). Writes ``eval/report.md`` and ``eval/reward_curve.png``,
 then ``eval/results.json`` LAST.
 
-Every checkpoint is checked in the store before any model is loaded, so a
-missing one fails fast with one line naming it.
+Every checkpoint is checked in the store, and the BERTScore model resolved
+(layer, baseline, download), before any chat model is loaded, so a missing
+one fails fast with one line naming it.
 """
 
 from __future__ import annotations
@@ -143,16 +147,39 @@ def run_checkpoints(ctx: JobContext, systems: list[System], examples: list[data.
         s.example_idx = list(range(len(examples)))
 
 
+def select_examples(ev) -> data.Selection:
+    """The evaluation examples: the dataset's test split, at most ``maxExamples`` spread across conversations."""
+    chosen = data.load_split(ev.dataset, "test")
+    chosen.examples = data.spread(chosen.examples, ev.max_examples, ev.dataset.split_seed)
+    chosen.conversations = len({e.conversation or e.id for e in chosen.examples})
+    return chosen
+
+
+def make_scorer(ctx: JobContext) -> "text_metrics.BertScore | None":
+    ev = ctx.spec.evaluation
+    if "bertscore" not in ev.metrics:
+        return None
+    settings = text_metrics.bertscore_settings(
+        ev.bertscore_model, ev.bertscore_model_type, ev.bertscore_layer, ev.rescale_with_baseline
+    )
+    ctx.progress("BERTScore: %s, layer %d (%s)%s", settings.model, settings.layer, settings.layer_from,
+                 ", rescaled with baseline" if settings.rescaled else "")
+    return text_metrics.BertScore(settings, ctx.device, cache_root=ctx.cache_dir)
+
+
 def main(ctx: JobContext) -> None:
     ev = ctx.spec.evaluation
     if not ev.enabled:
         raise JobError("evaluation.enabled is false in this run; there is nothing for the evaluate job to do")
     systems = plan_systems(ctx)
-    examples = data.load_dataset_spec(ev.dataset, "test")[: ev.max_examples]
+    selection = select_examples(ev)
+    examples = selection.examples
+    ctx.progress("%d examples from %d conversations of %s (%s)", len(examples), selection.conversations,
+                 selection.source, selection.describe()["split"])
     for s in systems:
         if s.kind == "external":
             s.example_idx, s.responses = read_external(s.source, examples)
-    scorer = text_metrics.BertScore(ev.bertscore_model, ctx.device) if "bertscore" in ev.metrics else None
+    scorer = make_scorer(ctx)
     if any(s.kind == "checkpoint" for s in systems):
         run_checkpoints(ctx, systems, examples)
     ctx.begin_work()
@@ -173,12 +200,15 @@ def main(ctx: JobContext) -> None:
     report.plot_reward_curve(curve, out / "reward_curve.png", f"{ctx.manifest.name}: expert reward per PPO round")
     results: dict[str, Any] = {
         "run": f"{ctx.manifest.namespace}/{ctx.manifest.name}",
-        "dataset": ev.dataset.path or "fixture:" + data.FIXTURE_TEST,
+        "dataset": selection.source,
+        "split": selection.describe()["split"],
+        "conversations": selection.conversations,
         "examples": len(examples),
         "example_ids": [ex.id for ex in examples],
         "metrics": list(ev.metrics),
         "max_new_tokens": ev.max_new_tokens,
-        "bertscore_model": str(scorer.path) if scorer else None,
+        "bertscore_model": scorer.settings.model if scorer else None,
+        "bertscore": scorer.settings.describe() if scorer else None,
         "systems": results_systems,
         "reward_curve": curve,
         "report": paths.eval_report(),

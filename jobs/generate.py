@@ -12,6 +12,17 @@ the batch's index), so a retried job reproduces the same batch on the same
 hardware. The exact prompt and response token ids are kept: the PPO update
 scores those tokens, not a re-tokenisation of the text.
 
+The sampler is the policy (``sampling.py``): every sampling parameter is
+passed explicitly (untruncated, ``top_k=0``, at ``generation.temperature``)
+and the whole generation config generate() ran with is recorded in each
+response's ``generation``, so the PPO update scores exactly that
+distribution.
+
+The rater sees what the policy is trained on: special or control tokens
+inside a response (``[INST]``, ``<s>``, role markers of the chat template)
+stay in the text verbatim and are listed in ``special_tokens``; only the
+final end-of-sequence token, which ends the response, is not shown.
+
 Every response passes the safety screen (``safety.py``); the findings go on
 the record for the rater to see. The job writes ``rounds/{r}/batch.jsonl``
 once, as one whole object, which is also its completion marker; an existing
@@ -22,11 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from therapy_rlhf import names
-from therapy_rlhf.jobs import models, prompts, safety
+from therapy_rlhf.jobs import models, prompts, safety, sampling
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.records import GenerationSettings, PendingResponse, dump_batch
 from therapy_rlhf.spec import PromptSpec
@@ -57,19 +68,37 @@ class Rollout:
     sample: int
     prompt_ids: list[int]
     response_ids: list[int]
-    text: str
+    text: str  # special tokens inside the response shown verbatim
+    special_tokens: list[str] = field(default_factory=list)
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special and control tokens ([INST], <s>, </s>, <unk>, added specials)."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False))
+    return ids
+
+
+def visible_text(tokenizer: Any, ids: list[int], eos_ids: set[int], special: set[int]) -> tuple[str, list[str]]:
+    """(text with every special token shown, the special tokens in order); the final EOS ends the text."""
+    body = ids[:-1] if ids and ids[-1] in eos_ids else ids
+    found = [tokenizer.convert_ids_to_tokens(t) for t in body if t in special]
+    return tokenizer.decode(body, skip_special_tokens=False).strip(), found
 
 
 def _trim(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
-    """Cut a generated row after its first EOS (kept: stopping is an action the policy took)."""
+    """Cut a generated row after its first EOS (kept: stopping is an action the policy took).
+
+    generate() fills a finished row with padding only after its EOS, so a pad
+    token before any EOS was sampled by the policy (the untruncated sampler
+    can draw any token): it is kept as the response's last token, so the
+    update scores what was drawn, and the rest of the row is dropped.
+    """
     out = []
     for tok in ids:
-        if tok in eos_ids:
-            out.append(tok)
-            break
-        if tok == pad_id and pad_id not in eos_ids:
-            break
         out.append(tok)
+        if tok in eos_ids or tok == pad_id:
+            break
     return out
 
 
@@ -85,7 +114,6 @@ def sample_responses(
     *,
     samples_per_prompt: int,
     temperature: float,
-    top_p: float,
     max_new_tokens: int,
     batch_size: int,
     seed: int,
@@ -93,11 +121,22 @@ def sample_responses(
     device: str,
     max_length: int,
     log: Any = None,
-) -> tuple[list[Rollout], dict[str, float]]:
-    """Sample every prompt ``samples_per_prompt`` times; returns the rollouts and throughput stats."""
+    top_p: float = 1.0,
+    top_k: int = 0,
+) -> tuple[list[Rollout], dict[str, Any]]:
+    """Sample every prompt ``samples_per_prompt`` times, untruncated at ``temperature``.
+
+    Returns the rollouts and stats: throughput, and ``generation_config`` /
+    ``logits_processors``, what generate() ran with (``sampling.resolve``).
+    """
     import torch
 
     eos_ids = _eos_ids(model, tokenizer)
+    special = special_token_ids(tokenizer)
+    kwargs = sampling.generation_kwargs(
+        temperature=temperature, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, top_p=top_p, top_k=top_k
+    )
+    config, processors = sampling.resolve(model, kwargs)
     rendered = [
         tokenizer(models.format_chat(tokenizer, [{"role": "user", "content": p.text}]), add_special_tokens=False)[
             "input_ids"
@@ -127,25 +166,23 @@ def sample_responses(
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens,
+                **kwargs,  # every sampling parameter explicit; ``config`` is what they resolve to
                 num_return_sequences=samples_per_prompt,
-                pad_token_id=pad,
             )
         generated = out[:, width:].tolist()
         for row, ids in enumerate(generated):
             prompt_index = chunk[row // samples_per_prompt]
             response = _trim(ids, eos_ids, pad)
             new_tokens += len(response)
+            text, specials = visible_text(tokenizer, response, eos_ids, special)
             rollouts.append(
                 Rollout(
                     prompt=prompt_list[prompt_index],
                     sample=row % samples_per_prompt,
                     prompt_ids=rendered[prompt_index],
                     response_ids=response,
-                    text=tokenizer.decode(response, skip_special_tokens=True).strip(),
+                    text=text,
+                    special_tokens=specials,
                 )
             )
         if log:
@@ -156,6 +193,9 @@ def sample_responses(
         "new_tokens": new_tokens,
         "generation_seconds": round(seconds, 3),
         "tokens_per_second": round(new_tokens / max(seconds, 1e-9), 1),
+        "responses_with_special_tokens": sum(1 for r in rollouts if r.special_tokens),
+        "generation_config": config,
+        "logits_processors": processors,
     }
     return rollouts, stats
 
@@ -170,6 +210,7 @@ def build_records(rollouts: list[Rollout], round_no: int, policy_key: str, setti
             response=r.text,
             prompt_token_ids=r.prompt_ids,
             response_token_ids=r.response_ids,
+            special_tokens=r.special_tokens,
             policy=policy_key,
             generation=settings,
             safety=safety.screen(r.prompt.text, r.text),
@@ -196,9 +237,6 @@ def main(ctx: JobContext) -> None:
     ctx.begin_work()
 
     gen = spec.ppo.generation
-    settings = GenerationSettings(
-        temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, seed=gen.seed + round_no
-    )
     rollouts, stats = sample_responses(
         model,
         tokenizer,
@@ -206,6 +244,7 @@ def main(ctx: JobContext) -> None:
         samples_per_prompt=spec.ppo.samples_per_prompt,
         temperature=gen.temperature,
         top_p=gen.top_p,
+        top_k=gen.top_k,
         max_new_tokens=gen.max_new_tokens,
         batch_size=gen.batch_size,
         seed=gen.seed,
@@ -214,11 +253,15 @@ def main(ctx: JobContext) -> None:
         max_length=spec.model.max_length,
         log=ctx.progress,
     )
+    settings = sampling.settings(stats["generation_config"], stats["logits_processors"], gen.seed + round_no)
     records = build_records(rollouts, round_no, adapter or BASE_POLICY, settings)
     flagged = sum(1 for r in records if r.safety.risky_content or r.safety.missing_crisis_resources)
     ctx.progress(
-        "generated %d responses, %d new tokens in %.2fs (%.1f tokens/s); %d flagged by the safety screen",
+        "generated %d responses, %d new tokens in %.2fs (%.1f tokens/s); %d flagged by the safety screen, "
+        "%d with special tokens; sampled at temperature %g, top_k %d, top_p %g (%s)",
         stats["responses"], stats["new_tokens"], stats["generation_seconds"], stats["tokens_per_second"], flagged,
+        stats["responses_with_special_tokens"], settings.temperature, settings.top_k, settings.top_p,
+        ", ".join(settings.logits_processors) or "no logits processor",
     )
     if not ctx.is_main_process:
         return

@@ -51,14 +51,19 @@ def learning_manifest(store_dir: str | Path, name: str = "learning", **ppo_overr
     responses (one empathic word moves the reward a lot), a learning rate far
     above the paper's 1.4e-5 (which assumes a 7B model and 50 rounds), LoRA
     on the output head as well as attention, and a reward that is the empathy
-    criterion alone.
+    criterion alone. Sampling is untruncated, as every PPO rollout is: the
+    random tiny model spreads its mass over its whole vocabulary, so a
+    temperature of 0.5 (which the update applies too), lr 1e-2 and 32
+    samples per prompt (a lower-variance batch) stand in for what
+    transformers' implicit top-50 truncation did before the sampler was made
+    the policy.
     """
     ppo_spec = {
         "rounds": 15,
         "prompts": LEARNING_PROMPTS,
-        "samplesPerPrompt": 16,
-        "generation": {"maxNewTokens": 8, "temperature": 1.0, "topP": 1.0, "batchSize": 4, "seed": 0},
-        "learningRate": 3e-3,
+        "samplesPerPrompt": 32,
+        "generation": {"maxNewTokens": 8, "temperature": 0.5, "topP": 1.0, "topK": 0, "batchSize": 4, "seed": 0},
+        "learningRate": 1e-2,
         "epochs": 4,
         "miniBatchSize": 16,
         "kl": {"initCoef": 0.05, "adaptive": True},

@@ -15,6 +15,13 @@ Inputs, all checked before anything is loaded or written:
   r-1's ``optimizer.pt`` (Adam's moments), which carry over rounds like
   TRL's controller and optimizer state within one training run.
 
+The KL reference is the policy this run's PPO started from (``reference.py``):
+with SFT on, ``sft/adapter/`` is loaded a second time as a frozen adapter in
+every round (so the SFT adapter is an input of every round's update), and
+round 1's KL before the update is exactly 0; without SFT it is the base. The
+update scores tokens at the temperature the batch records it was sampled
+at (``sampling.update_temperature``).
+
 The update itself is ``ppo_trainer.ppo_update``. Outputs under
 ``rounds/{r}/policy/``: the LoRA adapter, ``value_head.safetensors`` and, LAST,
 ``metrics.json`` (the round's marker); ``rounds/{r}/optimizer.pt`` before it.
@@ -200,10 +207,22 @@ def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> No
     from therapy_rlhf.jobs import ppo_trainer
     from therapy_rlhf.jobs.value_head import load_or_init
 
+    from therapy_rlhf.jobs import reference, sampling
+
     spec, paths, round_no = ctx.spec, ctx.paths, ctx.round
+    temperature, sampler_warnings = sampling.update_temperature(inputs.responses)
     torch.manual_seed(spec.ppo.seed + round_no)
     policy, tokenizer, adapter_dir = models.load_policy(ctx, inputs.policy_key, trainable=True)
     check_token_ids(inputs.responses, policy.get_input_embeddings().num_embeddings)
+    # The KL reference: the frozen SFT adapter when SFT ran (the policy PPO started from), else the base.
+    reference_key = paths.sft_adapter() if spec.sft.enabled else None
+    reference_adapter = None
+    if reference_key:
+        ref_dir = adapter_dir if inputs.policy_key == reference_key else ctx.fetch_prefix(reference_key, "reference (SFT) adapter")
+        reference_adapter = reference.attach(policy, ref_dir)
+    ctx.progress("KL reference: %s; scoring at temperature %g", reference_key or reference.BASE, temperature)
+    for line in sampler_warnings:
+        ctx.log.warning("[ppo r%d] warning: %s", round_no, line)
     # A PPO checkpoint carries its critic; the SFT adapter or the base start a fresh one.
     hidden = policy.config.hidden_size
     head_dir = adapter_dir if round_no > 1 else None
@@ -246,14 +265,20 @@ def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> No
         log=ctx.progress,
         optimizer=optimizer,
         shard=shard,
+        reference_adapter=reference_adapter,
+        temperature=temperature,
     )
+    for line in stats["warnings"]:
+        ctx.log.warning("[ppo r%d] warning: %s", round_no, line)
+    stats["warnings"] = sampler_warnings + stats["warnings"]
     ctx.progress(
         "update: policy loss %.4f, value loss %.4f, KL %.4f, clip fraction %.3f, %.1f tokens/s",
         stats["policy_loss"], stats["value_loss"], stats["kl"], stats["clip_fraction"], stats["train_tokens_per_second"],
     )
     out = ctx.scratch("policy")
-    # The base weights are frozen: never copy an embedding or output layer into the adapter.
-    policy.save_pretrained(str(out), save_embedding_layers=False)
+    # Only the trained adapter (the reference is the SFT adapter, already stored); the base
+    # weights are frozen: never copy an embedding or output layer into the adapter.
+    policy.save_pretrained(str(out), save_embedding_layers=False, selected_adapters=[reference.POLICY_ADAPTER])
     value_head.save(out)
     ctx.upload_dir(out, paths.policy_prefix(round_no))
     if ctx.is_main_process:
@@ -265,6 +290,7 @@ def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> No
         {
             **stats,
             "started_from": inputs.policy_key or BASE_POLICY,
+            "reference": reference_key or reference.BASE,
             "optimizer_resumed": optimizer_state is not None,
             "gate_sha256": inputs.batch_sha256,
             "gate_reason": inputs.gate.reason,

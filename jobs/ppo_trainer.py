@@ -5,8 +5,11 @@ wants a reward model it can call), so this is the loop of TRL 0.11's
 ``PPOTrainer.step`` rebuilt on ``ppo_core``:
 
 1. forward passes without gradients: the rollout policy's log-probs and
-   values (``old``), and the reference log-probs with the LoRA adapter
-   disabled (the frozen base), all on the response tokens only;
+   values (``old``), and the reference log-probs, all on the response tokens
+   only. The reference is the policy this run's PPO started from
+   (``reference.py``): a frozen second adapter holding the SFT weights when
+   SFT ran, the base model (adapter disabled) otherwise, so KL(policy ||
+   reference) is exactly 0 before the first update;
 2. per-token rewards: -kl_coef * KL, plus the expert's score at the last
    response token; GAE (gamma, lambda) and whitened advantages;
 3. ``epochs`` passes over the batch in shuffled minibatches of
@@ -14,6 +17,18 @@ wants a reward model it can call), so this is the loop of TRL 0.11's
    optimizer step; clipped surrogate + clipped value loss; gradient norm
    clipped to ``maxGradNorm``;
 4. the adaptive KL controller steps once per batch.
+
+Every log-prob (policy, rollout, reference) is of ``log_softmax(logits /
+temperature)``, the distribution the generate job sampled from (the batch
+records its temperature; truncation is never used for rollouts), as in TRL's
+later PPO trainer.
+
+Guards: a negative mean KL (the estimator of a quantity that cannot be
+negative: the samples are not the policy's, or the reference is wrong) and a
+minibatch whose mean ratio leaves ``1/ratioThreshold..ratioThreshold`` are
+reported in ``warnings`` (and logged); with ``skipRatioOutliers`` such a
+minibatch contributes no gradient (TRL's ratio_threshold), counted in
+``minibatches_skipped``.
 
 The Adam state carries over rounds (``make_optimizer`` takes the state the
 previous round saved), as it does over steps in one TRL training run: a fresh
@@ -43,6 +58,7 @@ import torch
 from torch import nn
 
 from therapy_rlhf.jobs import ppo_core as core
+from therapy_rlhf.jobs import reference
 from therapy_rlhf.jobs.value_head import ValueHead
 from therapy_rlhf.spec import PpoSpec
 
@@ -61,6 +77,7 @@ class Forward:
     logprobs: torch.Tensor  # [B, T]
     values: torch.Tensor | None  # [B, T]
     entropy: torch.Tensor | None  # [B, T]
+    logits: torch.Tensor | None = None  # [B, T, V] at the temperature, only when asked (diagnostics)
 
 
 @dataclass(frozen=True)
@@ -155,8 +172,13 @@ def forward_responses(
     pad_id: int,
     device: str,
     with_entropy: bool = False,
+    temperature: float = 1.0,
+    with_logits: bool = False,
 ) -> Forward:
-    """Log-probs (and values, entropy) of each sample's response tokens, padded to ``width``."""
+    """Log-probs (and values, entropy) of each sample's response tokens, padded to ``width``.
+
+    Log-probs and entropy are of ``softmax(logits / temperature)``, the sampler's distribution.
+    """
     seqs = [s.prompt_ids + s.response_ids for s in samples]
     length = max(len(x) for x in seqs)
     input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long, device=device)
@@ -176,6 +198,8 @@ def forward_responses(
     labels = torch.gather(input_ids, 1, pos + 1)
     vocab = out.logits.shape[-1]
     logits = torch.gather(out.logits, 1, pos[:, :, None].expand(-1, -1, vocab))
+    if temperature != 1.0:
+        logits = logits.float() / temperature
     mask = response_mask(samples, width, device)
     logprobs = core.logprobs_from_logits(logits, labels) * mask
     values = None
@@ -184,11 +208,21 @@ def forward_responses(
         hidden = torch.gather(hidden, 1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
         values = value_head(hidden) * mask
     entropy = core.entropy_from_logits(logits.detach()) * mask if with_entropy else None
-    return Forward(logprobs, values, entropy)
+    return Forward(logprobs, values, entropy, logits.detach().float() if with_logits else None)
 
 
 def _chunks(indices: list[int], size: int) -> list[list[int]]:
     return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def _minibatch_ratio_mean(shard: Shard, local_mean: torch.Tensor, local_mask: torch.Tensor) -> float:
+    """The token-mean ratio of the whole minibatch (all ranks), so every rank makes the same skip decision."""
+    if shard.world == 1:
+        return float(local_mean)
+    tokens = local_mask.sum()
+    both = torch.stack([local_mean.detach() * tokens, tokens]).double()
+    shard.sum([both])
+    return float(both[0] / both[1].clamp(min=1.0))
 
 
 def ppo_update(
@@ -204,6 +238,8 @@ def ppo_update(
     log: Callable[..., None] = lambda *a: None,
     optimizer: torch.optim.Optimizer | None = None,
     shard: Shard | None = None,
+    reference_adapter: str | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Run one PPO update in place on ``policy`` (its trainable LoRA) and ``value_head``.
 
@@ -211,9 +247,14 @@ def ppo_update(
     (``make_optimizer``; a fresh Adam when None); it is stepped in place, so
     the caller can save its state. ``shard`` is this process's part of a
     data-parallel update (default: the current process group, if any).
+    ``reference_adapter`` names the frozen adapter the KL is measured
+    against (``reference.attach``); None means the base model (adapter
+    disabled), right only when the policy started from the base.
+    ``temperature`` is the one the samples were drawn at.
 
     Returns the update's statistics, including ``kl_coef`` (used for this
-    batch's rewards) and ``kl_coef_next`` (after the controller's step).
+    batch's rewards), ``kl_coef_next`` (after the controller's step) and
+    ``warnings`` (guards that tripped, also logged).
     """
     if not samples:
         raise ValueError("a PPO update needs at least one rated response")
@@ -237,15 +278,19 @@ def ppo_update(
     ref_logprobs_t = torch.zeros((n, width), device=device)
     entropy_t = torch.zeros((n, width), device=device)
     policy.eval()
+    mine = _chunks(shard.mine(list(range(n))), ppo.mini_batch_size)
     with torch.no_grad():
-        for idx in _chunks(shard.mine(list(range(n))), ppo.mini_batch_size):
+        for idx in mine:
             chunk = [samples[i] for i in idx]
-            fwd = forward_responses(policy, value_head, chunk, width, pad_id, device, with_entropy=True)
+            fwd = forward_responses(policy, value_head, chunk, width, pad_id, device, True, temperature)
             old_logprobs_t[idx] = fwd.logprobs.float()
             old_values_t[idx] = fwd.values.float()
             entropy_t[idx] = fwd.entropy.float()
-            with policy.disable_adapter():
-                ref_logprobs_t[idx] = forward_responses(policy, None, chunk, width, pad_id, device).logprobs.float()
+        with reference.active(policy, reference_adapter):
+            for idx in mine:
+                chunk = [samples[i] for i in idx]
+                ref = forward_responses(policy, None, chunk, width, pad_id, device, temperature=temperature)
+                ref_logprobs_t[idx] = ref.logprobs.float()
     shard.sum([old_logprobs_t, old_values_t, ref_logprobs_t, entropy_t])
     timings["rollout_forward_seconds"] = time.perf_counter() - t0
 
@@ -255,6 +300,12 @@ def ppo_update(
         rewards = core.masked_whiten(rewards, mask, shift_mean=False)
     advantages, returns = core.gae(old_values_t, rewards, mask, ppo.gamma, ppo.lam, whiten=True)
     mean_kl = float(kl.sum(dim=1).mean())
+    warnings: list[str] = []
+    if mean_kl < 0:
+        warnings.append(
+            f"mean KL {mean_kl:.6f} is negative: the samples were not drawn from the policy the update "
+            "scores, or the reference is not the policy PPO started from; the penalty turns into a reward"
+        )
 
     # 3. epochs over shuffled minibatches; each rank takes its share of every
     #    minibatch, and gradients are summed over ranks before each step
@@ -267,35 +318,54 @@ def ppo_update(
     n_mini = 0
     n_seen = 0
     grad_norms: list[float] = []
+    band = (1.0 / ppo.ratio_threshold, ppo.ratio_threshold)
+    ratio_means: list[float] = []
+    outside: list[int] = []  # minibatch numbers whose mean ratio left the band
+    skipped = 0
     policy.train()
     value_head.train()
     for epoch in range(ppo.epochs):
         order = torch.randperm(n, generator=generator).tolist()
         for step_idx in _chunks(order, step_size):
             optimizer.zero_grad(set_to_none=True)
+            used = False  # did any minibatch of this step give a gradient (the same answer on every rank)
             for minibatch in _chunks(step_idx, ppo.mini_batch_size):
                 n_mini += 1
                 idx = shard.mine(minibatch)
-                if not idx:
+                out = None
+                local_ratio, local_mask = torch.zeros((), device=device), torch.zeros(1, device=device)
+                if idx:  # a rank with no sample in this minibatch still joins the ratio sum
+                    chunk = [samples[i] for i in idx]
+                    fwd = forward_responses(policy, value_head, chunk, width, pad_id, device, temperature=temperature)
+                    out = core.ppo_loss(
+                        fwd.logprobs.float(),
+                        old_logprobs_t[idx],
+                        fwd.values.float(),
+                        old_values_t[idx],
+                        advantages[idx],
+                        returns[idx],
+                        mask[idx],
+                        ppo.clip_range,
+                        ppo.clip_range_value,
+                        ppo.value_loss_coef,
+                    )
+                    local_ratio, local_mask = out.ratio_mean, mask[idx]
+                ratio_mean = _minibatch_ratio_mean(shard, local_ratio, local_mask)
+                ratio_means.append(ratio_mean)
+                if not band[0] <= ratio_mean <= band[1]:
+                    outside.append(n_mini)
+                    if ppo.skip_ratio_outliers:
+                        skipped += 1
+                        continue  # TRL's ratio_threshold: this minibatch gives no gradient
+                used = True
+                if out is None:
                     continue
-                chunk = [samples[i] for i in idx]
-                fwd = forward_responses(policy, value_head, chunk, width, pad_id, device)
-                out = core.ppo_loss(
-                    fwd.logprobs.float(),
-                    old_logprobs_t[idx],
-                    fwd.values.float(),
-                    old_values_t[idx],
-                    advantages[idx],
-                    returns[idx],
-                    mask[idx],
-                    ppo.clip_range,
-                    ppo.clip_range_value,
-                    ppo.value_loss_coef,
-                )
                 (out.loss * len(idx) / len(step_idx)).backward()
                 for key, value in out.stats().items():
                     totals[key] = totals.get(key, 0.0) + value * len(idx)
                 n_seen += len(idx)
+            if not used:
+                continue  # every minibatch skipped: no step (Adam's momentum alone would still move the weights)
             for p in params:
                 if p.grad is None:  # a rank with no sample in this step still joins the sum
                     p.grad = torch.zeros_like(p)
@@ -318,6 +388,14 @@ def ppo_update(
     # 4. KL controller (TRL steps it with the batch size)
     controller = core.make_kl_controller(kl_coef, ppo.kl.adaptive, ppo.kl.target, ppo.kl.horizon)
     kl_coef_next = controller.update(mean_kl, n)
+    if outside:
+        warnings.append(
+            f"{len(outside)} minibatch(es) had a mean probability ratio outside "
+            f"{band[0]:.3g}..{band[1]:.3g} (max {max(ratio_means):.3g}, min {min(ratio_means):.3g})"
+            + (f"; {skipped} skipped (skipRatioOutliers)" if skipped else "")
+        )
+    for line in warnings:
+        log("warning: %s", line)
 
     score_list = scores.tolist()
     mean_score = sum(score_list) / n
@@ -333,12 +411,20 @@ def ppo_update(
         "entropy": float(core.masked_mean(entropy_t, mask)),
         "mean_value": float(core.masked_mean(old_values_t, mask)),
         "mean_return": float(core.masked_mean(returns, mask)),
-        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
         "optimizer_steps": len(grad_norms),
         "optimizer_steps_total": optimizer_steps(optimizer),
         "data_parallel_ranks": shard.world,
         "local_sample_passes": n_seen,  # gradient passes over samples on this rank (rank 0 in metrics.json)
         "minibatches": n_mini,
+        "minibatches_outside_ratio_band": len(outside),
+        "minibatches_skipped": skipped,
+        "ratio_mean_max": max(ratio_means, default=1.0),
+        "ratio_mean_min": min(ratio_means, default=1.0),
+        "kl_negative": mean_kl < 0,
+        "temperature": temperature,
+        "reference": reference_adapter or reference.BASE,
+        "warnings": warnings,
         **stats,
         **{k: round(v, 3) for k, v in timings.items()},
         "train_tokens_per_second": round(tokens * ppo.epochs / max(timings["train_seconds"], 1e-9), 1),

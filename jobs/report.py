@@ -53,6 +53,7 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
         results_table(results),
         "",
     ]
+    lines += definitions(results)
     curve = results.get("reward_curve") or []
     if curve:
         lines += ["## Expert reward per PPO round", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
@@ -64,6 +65,22 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
     if curve_key:
         lines += [f"Reward curve: `{curve_key}`", ""]
     return "\n".join(lines)
+
+
+def definitions(results: dict[str, Any]) -> list[str]:
+    """One line saying how each number was computed (docs/metrics.md has the definitions)."""
+    bs = results.get("bertscore") or {}
+    parts = []
+    if bs:
+        parts.append(
+            f"BERTScore = F1 with `{bs.get('model')}`, layer {bs.get('layer')} ({bs.get('layer_from')}), "
+            + ("rescaled with bert-score's baseline" if bs.get("rescaled") else "not rescaled")
+        )
+    parts.append("F1 = SQuAD token F1; ROUGE = rouge-score F-measure, no stemming; means over examples")
+    where = ""
+    if results.get("conversations"):
+        where = f" {results['examples']} examples from {results['conversations']} conversations ({results.get('split', '?')})."
+    return ["; ".join(parts) + " (docs/metrics.md)." + where, ""]
 
 
 def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, float]]:

@@ -4,12 +4,20 @@
 
 Each supporter reply becomes a conversational prompt/completion example
 (context messages -> the supporter's reply), so the loss is on the reply only
-and the chat template formats both sides. A ``sft.validationFraction`` of the
-examples is held out; validation loss is computed every ``sft.evalSteps`` and
+and the chat template formats both sides. A whole-dataset JSON file (such as
+``ESConv.json``) is split by conversation (``data.load_split``): SFT trains on
+its train split and validates on its dev split, and never sees the test
+split that the evaluate job uses. A file that is already a split (a TSV, the
+fixture, ``split: all``) has ``sft.validationFraction`` of its conversations
+held out instead. Validation loss is computed every ``sft.evalSteps`` and
 once at the end; training stops after ``sft.earlyStoppingPatience``
 evaluations without improvement and the best adapter (lowest validation
 loss) is kept. Writes the adapter under ``sft/adapter/`` and then, last,
 ``sft/metrics.json``.
+
+Reproducible on CPU: the LoRA weights are initialised right after seeding
+with ``sft.seed`` (the trainer seeds only later, when it is built), so the
+same spec gives the same adapter bit for bit.
 """
 
 from __future__ import annotations
@@ -49,6 +57,18 @@ def split_examples(examples: list[data.Example], fraction: float, seed: int) -> 
     while order[1:] and len(val) < want:
         val.extend(order.pop(0))
     return [ex for group in order for ex in group], val
+
+
+def select_examples(sft) -> tuple[data.Selection, data.Selection]:
+    """(train, validation): the train and dev splits of a whole dataset, or a held-out
+    ``validationFraction`` of the conversations of a file that is already a split."""
+    train = data.load_split(sft.dataset, "train")
+    if not train.presplit:
+        return train, data.load_split(sft.dataset, "dev")
+    train_ex, val_ex = split_examples(train.examples, sft.validation_fraction, sft.seed)
+    held_out = data.Selection(val_ex, train.source, train.split, True, len({e.conversation or e.id for e in val_ex}))
+    kept = data.Selection(train_ex, train.source, train.split, True, len({e.conversation or e.id for e in train_ex}))
+    return kept, held_out
 
 
 def to_records(examples: list[data.Example], tokenizer: Any, max_length: int) -> list[dict]:
@@ -107,18 +127,25 @@ def main(ctx: JobContext) -> None:
     sft = spec.sft
     if not sft.enabled:
         raise JobError("sft.enabled is false in this run; there is nothing for the sft job to do")
-    examples = data.load_dataset_spec(sft.dataset, "train")
-    train_ex, val_ex = split_examples(examples, sft.validation_fraction, sft.seed)
+    train_sel, val_sel = select_examples(sft)
+    train_ex, val_ex = train_sel.examples, val_sel.examples
+    validation = "dev split" if not val_sel.presplit else f"held out {sft.validation_fraction:g} of the conversations"
     ctx.progress(
-        "dataset: %d examples (%d train, %d validation from %d held-out conversations)",
-        len(examples), len(train_ex), len(val_ex), len({e.conversation or e.id for e in val_ex}),
+        "dataset %s: %d train examples from %d conversations (%s), %d validation examples from %d conversations (%s)",
+        train_sel.source, len(train_ex), train_sel.conversations, train_sel.describe()["split"],
+        len(val_ex), val_sel.conversations, validation,
     )
 
     # Under accelerate launch: NCCL bound to this rank's GPU before TRL's Accelerator reuses the group.
     distributed.join(ctx.device)
+    from transformers import set_seed
+
     model, tokenizer = models.load_base_model(spec.model, ctx.device, ctx.cache_dir)
     dtype = model.dtype
     model = models.prepare_for_training(model, spec.model, ctx.device)
+    # Seed right before the fresh LoRA is drawn (the trainer seeds only when it is built, and
+    # loading may or may not have used the generator, e.g. building a tiny model on first use).
+    set_seed(sft.seed)
     model = models.attach_adapter(model, spec.model, None, trainable=True)
 
     from datasets import Dataset
@@ -186,7 +213,12 @@ def main(ctx: JobContext) -> None:
             "eval_history": early.history,
             "train_examples": len(train_ex),
             "validation_examples": len(val_ex),
-            "dataset": sft.dataset.path or "fixture:" + data.FIXTURE_TRAIN,
+            "train_conversations": train_sel.conversations,
+            "validation_conversations": val_sel.conversations,
+            "dataset": train_sel.source,
+            "train_split": train_sel.describe()["split"],
+            "validation_split": validation,
+            "seed": sft.seed,
             "model": spec.model.source,
             "adapter": ctx.paths.sft_adapter(),
             "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),

@@ -142,8 +142,11 @@ def build_tiny(arch: str, out_dir: str | Path) -> Path:
     )
     config_cls, model_cls = (MistralConfig, MistralForCausalLM) if arch == "mistral" else (MixtralConfig, MixtralForCausalLM)
     config = config_cls(**recipe["config"], **ids)
-    torch.manual_seed(SEED)
-    model = model_cls(config).to(torch.float32)
+    # The fixed seed must not leak: a job that builds the model on first use would otherwise draw
+    # its own random numbers (a fresh LoRA) from this stream, and a job that finds it cached would not.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = model_cls(config).to(torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"]
     )

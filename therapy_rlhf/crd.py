@@ -137,6 +137,18 @@ _ORDER = ["description", "type", "format", "nullable", "enum", "default", "minim
           "required", "oneOf", "properties", "additionalProperties", "items"]
 
 
+# Rules on one node of the spec (path of property names below spec -> CEL rules on that node).
+NODE_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
+    # GenerationSpec: PPO rollouts are sampled from the untruncated policy.
+    ("ppo", "generation"): [
+        {
+            "rule": "(!has(self.topP) || double(self.topP) == 1.0) && (!has(self.topK) || self.topK == 0)",
+            "message": "PPO rollouts need topP 1.0 and topK 0 (the update scores the untruncated policy)",
+        }
+    ],
+}
+
+
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     rank = {k: i for i, k in enumerate(_ORDER)}
     return dict(sorted(node.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
@@ -156,6 +168,11 @@ def spec_schema() -> dict[str, Any]:
     storage["oneOf"] = [{"required": ["bucket"]}, {"required": ["localPath"]}]
     schema["properties"]["storage"] = _ordered(storage)
     schema["x-kubernetes-validations"] = copy.deepcopy(SPEC_RULES)
+    for path, rules in NODE_RULES.items():
+        node = schema
+        for name in path:
+            node = node["properties"][name]
+        node["x-kubernetes-validations"] = copy.deepcopy(rules)
     return _ordered(schema)
 
 

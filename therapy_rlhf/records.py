@@ -35,10 +35,23 @@ class RecordError(ValueError):
 
 
 class GenerationSettings(Record):
+    """How a response was sampled; the PPO update scores its tokens under the same distribution."""
+
     temperature: float
     top_p: float
     max_new_tokens: int
     seed: int
+    top_k: int | None = Field(
+        None, description="0 = no top-k truncation; None = not recorded (batches written before it was, which "
+        "transformers sampled with its default top_k=50)."
+    )
+    do_sample: bool = True
+    logits_processors: list[str] | None = Field(
+        None, description="The logits processors generate() ran (only temperature scaling for PPO rollouts)."
+    )
+    config: dict[str, Any] | None = Field(
+        None, description="The whole generation config generate() ran with (every set value)."
+    )
 
 
 class SafetyScreen(Record):

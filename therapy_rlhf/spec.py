@@ -163,6 +163,24 @@ class StorageSpec(SpecModel):
 # ----------------------------------------------------------------------- SFT
 
 
+class SplitRatios(SpecModel):
+    """Shares of a whole dataset's conversations in train, dev and test (the ESConv literature's 70/15/15)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    dev: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitRatios":
+        total = self.train + self.dev + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + dev + test must sum to 1 (got {total:g})")
+        return self
+
+
+DATASET_SPLITS = ("auto", "train", "dev", "test", "all")
+
+
 class DatasetSpec(SpecModel):
     """An ESConv-format dataset: the official JSON or the context/response TSV."""
 
@@ -173,7 +191,20 @@ class DatasetSpec(SpecModel):
     format: Literal["auto", "esconv-json", "esconv-tsv"] = Field(
         "auto", description="'auto' picks by file extension."
     )
-    max_examples: int | None = Field(None, ge=1, description="Cap on examples (for quick runs).")
+    split: Literal[DATASET_SPLITS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="Part of a whole-dataset JSON file to use, split by conversation: 'auto' is what the job "
+        "needs (SFT trains on train and validates on dev, evaluation uses test); 'all' uses the whole file. "
+        "A TSV file (ESConv's released dev/test files) or the fixture is already a split and is used whole.",
+    )
+    split_ratios: SplitRatios = Field(default_factory=SplitRatios)
+    split_seed: int = Field(
+        13, ge=0, description="Seed of the conversation shuffle (13, as in ESConv's reference preprocessing); "
+        "also picks which examples a maxExamples cap keeps."
+    )
+    max_examples: int | None = Field(
+        None, ge=1, description="Cap on examples (for quick runs), spread across conversations."
+    )
 
 
 class SftSpec(SpecModel):
@@ -187,7 +218,11 @@ class SftSpec(SpecModel):
     batch_size: int = Field(4, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     validation_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of the examples held out for validation, whole conversations at a time."
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of the examples held out for validation, whole conversations at a time, when the "
+        "dataset is already a split (TSV, fixture, split: all); a whole JSON dataset validates on its dev split.",
     )
     early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement.")
     eval_steps: int = Field(50, ge=1, description="Steps between validation passes.")
@@ -206,17 +241,37 @@ class PromptSpec(SpecModel):
 
 
 class GenerationSpec(SpecModel):
-    """Sampling settings for the rollouts the psychologist rates."""
+    """Sampling settings for the rollouts the psychologist rates.
+
+    The sampler must be the policy PPO updates: the update scores every token
+    under softmax(logits / temperature), exactly what was sampled, so
+    truncation (topP < 1, topK > 0) is refused for PPO rounds.
+    """
 
     max_new_tokens: int = Field(128, ge=1, le=4096)
-    temperature: float = Field(0.7, gt=0, le=5)
-    top_p: Probability = 0.9
+    temperature: float = Field(
+        0.7, gt=0, le=5, description="Sampling temperature; the PPO update applies the same one to its logits."
+    )
+    top_p: Probability = Field(1.0, description="Must be 1 (no nucleus truncation) for PPO rollouts.")
+    top_k: int = Field(0, ge=0, description="Must be 0 (no top-k truncation) for PPO rollouts.")
     seed: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per generate() call.")
 
+    @field_validator("top_p", "top_k")
+    @classmethod
+    def _untruncated(cls, value: float, info: Any) -> float:
+        neutral, kind = {"top_p": (1.0, "nucleus"), "top_k": (0, "top-k")}[info.field_name]
+        if value != neutral:
+            raise ValueError(
+                f"must be {neutral} for PPO rollouts: the update scores tokens under the untruncated policy, "
+                f"so {kind} sampling would make the sampler differ from the policy"
+            )
+        return value
+
 
 class KlSpec(SpecModel):
-    """Per-token KL penalty against the reference (adapter disabled); TRL 0.11 defaults."""
+    """Per-token KL penalty against the reference, the policy PPO started from (the frozen SFT
+    adapter when SFT ran, the base model otherwise); TRL 0.11 defaults."""
 
     init_coef: float = Field(0.2, ge=0, le=100)
     adaptive: bool = True
@@ -253,6 +308,15 @@ class PpoSpec(SpecModel):
     max_grad_norm: float = Field(1.0, gt=0)
     whiten_rewards: bool = False
     kl: KlSpec = Field(default_factory=KlSpec)
+    ratio_threshold: float = Field(
+        10.0,
+        gt=1,
+        description="A minibatch whose mean probability ratio leaves 1/ratioThreshold..ratioThreshold is "
+        "reported (TRL's ratio_threshold).",
+    )
+    skip_ratio_outliers: bool = Field(
+        False, description="Also skip such a minibatch (no gradient from it); recorded in the round's metrics."
+    )
     seed: int = Field(0, ge=0)
 
     @field_validator("prompts")
@@ -353,7 +417,20 @@ class EvaluationSpec(SpecModel):
     )
     external_responses: list[ExternalResponses] = Field(default_factory=list)
     bertscore_model: str | None = Field(
-        None, description="Local path of the BERTScore encoder (nothing is downloaded)."
+        None,
+        description="BERTScore encoder: a local path, an s3:// prefix (downloaded once into the model cache) "
+        "or a hub id; unset uses the small MiniLM encoder bundled for tests and demos (not comparable to published scores).",
+    )
+    bertscore_model_type: str | None = Field(
+        None,
+        description="The encoder's name in bert-score's model table (e.g. roberta-large), which gives the default "
+        "layer and the baseline file; unset: read from the source's last path part or hub id.",
+    )
+    bertscore_layer: int | None = Field(
+        None, ge=0, le=100, description="Hidden layer whose embeddings are compared; unset: bert-score's table."
+    )
+    rescale_with_baseline: bool = Field(
+        False, description="Rescale BERTScore with bert-score's shipped baseline for the model and layer."
     )
     max_new_tokens: int = Field(64, ge=1, le=4096)
 
@@ -441,6 +518,18 @@ class RunSpec(SpecModel):
         for c in self.evaluation.checkpoints:
             if c.startswith("round-") and int(c.split("-")[1]) not in range(1, self.ppo.rounds + 1):
                 raise ValueError(f"evaluation.checkpoints: {c} is outside 1..{self.ppo.rounds}")
+        if self.sft.dataset.split in ("dev", "test"):
+            raise ValueError(f"sft.dataset.split: SFT trains on 'train' (or 'all'), not on {self.sft.dataset.split!r}")
+        sft_data, eval_data = self.sft.dataset, self.evaluation.dataset
+        if self.sft.enabled and self.evaluation.enabled and sft_data.path and sft_data.path == eval_data.path:
+            # One file split twice: only the same ratios and seed keep test conversations out of training.
+            if "all" in (sft_data.split, eval_data.split):
+                raise ValueError("evaluation.dataset: the SFT dataset file used whole ('split: all') cannot also be the test set")
+            if (sft_data.split_ratios, sft_data.split_seed) != (eval_data.split_ratios, eval_data.split_seed):
+                raise ValueError(
+                    "evaluation.dataset: same file as sft.dataset, so splitRatios and splitSeed must match it "
+                    "(else test conversations could be in training)"
+                )
         return self
 
 

@@ -48,16 +48,7 @@ def _gate(round_no, rewards):
 
 @pytest.mark.slow
 def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_store, capsys):
-    refs = data.load_dataset_spec(DatasetSpec(), "test")[:N]
     ext = tmp_path / "gpt.jsonl"
-    ext.write_text(
-        "\n".join(
-            [json.dumps({"id": refs[0].id, "response": refs[0].response}), "",
-             json.dumps({"context": refs[1].context[-1]["content"], "response": refs[1].response}),
-             json.dumps({"id": "not-an-example", "response": "ignored"})]
-        )
-        + "\n"
-    )
     manifest = load_run(
         make_run(
             {
@@ -70,6 +61,17 @@ def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_sto
                 },
             }
         )
+    )
+    # the evaluated examples: N spread across the fixture's test conversations
+    refs = evaluate.select_examples(manifest.spec.evaluation).examples
+    assert len(refs) == N and len({e.conversation for e in refs}) == N
+    ext.write_text(
+        "\n".join(
+            [json.dumps({"id": refs[0].id, "response": refs[0].response}), "",
+             json.dumps({"context": refs[1].context[-1]["content"], "response": refs[1].response}),
+             json.dumps({"id": "not-an-example", "response": "ignored"})]
+        )
+        + "\n"
     )
     setup = JobContext(kind="setup", manifest=manifest, round=0, store=local_store)
     _store_adapter(setup, PATHS.sft_adapter(), PATHS.sft_metrics(), 0.5)
@@ -86,6 +88,8 @@ def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_sto
     root = local_store.root
     results = json.loads((root / PATHS.eval_results()).read_text())
     assert results["examples"] == N and results["example_ids"] == [e.id for e in refs]
+    assert results["conversations"] == N and results["split"] == "whole file"
+    assert results["bertscore"]["layer"] == 6 and results["bertscore"]["rescaled"] is False
     by_name = {s["name"]: s for s in results["systems"]}
     assert list(by_name) == ["base", "sft", "round-1", "final", "gpt-3-5"]
     assert by_name["final"]["source"] == PATHS.policy_prefix(2)
@@ -144,3 +148,33 @@ def test_report_command_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
+
+
+def test_the_evaluate_job_takes_its_bertscore_model_from_s3(tmp_path, make_run, local_store, s3_bucket):
+    """evaluation.bertscoreModel: s3://... (both cluster examples) is downloaded into the cache, not read as a path."""
+    from therapy_rlhf.jobs import text_metrics
+    from therapy_rlhf.store import open_store
+
+    open_store(f"s3://{s3_bucket}").put_dir(text_metrics.bundled_encoder(), "models/minilm")
+    manifest = load_run(make_run({"evaluation": {"bertscoreModel": f"s3://{s3_bucket}/models/minilm", "bertscoreLayer": 4}}))
+    ctx = JobContext(kind="evaluate", manifest=manifest, round=0, store=local_store, cache_dir=tmp_path / "cache")
+    scorer = evaluate.make_scorer(ctx)
+    ctx.close()
+    assert scorer.settings.layer == 4 and scorer.settings.layer_from == "evaluation.bertscoreLayer"
+    assert str(tmp_path / "cache") in scorer.path
+    assert scorer.score(["I hear you."], ["I hear you."]) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("example", ["mistral-7b-s3.yaml", "mixtral-8x7b-qlora.yaml"])
+def test_cluster_examples_evaluate_on_esconvs_test_split_with_a_resolvable_bertscore(example):
+    from pathlib import Path
+
+    from therapy_rlhf.jobs import text_metrics
+
+    spec = load_run(Path(__file__).resolve().parents[2] / "examples" / example).spec
+    ev = spec.evaluation
+    assert ev.dataset.path and ev.dataset.path.endswith("/ESConv.json") and ev.dataset.split == "test"
+    assert spec.sft.dataset.path == ev.dataset.path and spec.sft.dataset.split == "auto"  # train + dev of the same split
+    settings = text_metrics.bertscore_settings(ev.bertscore_model, ev.bertscore_model_type, ev.bertscore_layer,
+                                               ev.rescale_with_baseline)
+    assert (settings.model_type, settings.layer) == ("roberta-large", 17)

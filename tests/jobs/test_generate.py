@@ -11,7 +11,7 @@ from therapy_rlhf.jobs import generate, models
 from therapy_rlhf.jobs.__main__ import run as job_main
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.records import parse_batch
+from therapy_rlhf.records import GenerationSettings, parse_batch
 from therapy_rlhf.spec import parse_run
 from therapy_rlhf.store import LocalStore
 
@@ -71,8 +71,11 @@ def test_batch_records(store, tmp_path):
         # the kept ids are exactly what was rendered and sampled
         rendered = models.format_chat(tokenizer, [{"role": "user", "content": r.prompt}])
         assert r.prompt_token_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        assert r.response == tokenizer.decode(r.response_token_ids, skip_special_tokens=True).strip()
-        assert tokenizer.pad_token_id not in r.response_token_ids
+        eos_ids = {tokenizer.eos_token_id}
+        assert (r.response, r.special_tokens) == generate.visible_text(
+            tokenizer, r.response_token_ids, eos_ids, generate.special_token_ids(tokenizer)
+        )
+        assert tokenizer.pad_token_id not in r.response_token_ids[:-1]  # a sampled pad ends the response
         eos = [i for i, t in enumerate(r.response_token_ids) if t == tokenizer.eos_token_id]
         assert eos in ([], [len(r.response_token_ids) - 1])  # at most one EOS, and last
     by_prompt = {r.prompt_id: r for r in responses}
@@ -195,6 +198,9 @@ def test_response_ids_stay_valid_and_unique_for_long_prompt_ids():
 def test_trim_keeps_the_first_eos_and_drops_padding():
     assert generate._trim([5, 6, 2, 3, 3], {2}, 3) == [5, 6, 2]
     assert generate._trim([5, 6, 7], {2}, 3) == [5, 6, 7]
+    # a pad before any EOS was sampled: kept as the last token (never an empty response)
+    assert generate._trim([3, 6, 2, 3], {2}, 3) == [3]
+    assert generate._trim([5, 3, 6, 2], {2}, 3) == [5, 3]
     # pad == eos (Mistral's real tokenizer): the first one is the stop
     assert generate._trim([5, 2, 2, 2], {2}, 2) == [5, 2]
 
@@ -203,3 +209,61 @@ def test_batch_seed_depends_on_seed_round_and_batch():
     seeds = {generate.batch_seed(s, r, b) for s in (0, 1) for r in (1, 2, 3) for b in (0, 1)}
     assert len(seeds) == 8  # seed+round takes 4 values here, times 2 batches
     assert generate.batch_seed(0, 2, 0) == generate.batch_seed(1, 1, 0)
+
+
+# ------------------------------------------------- sampler settings and tokens
+
+
+def test_every_sampling_parameter_is_explicit_and_recorded(tmp_path, tiny_mistral_dir):
+    """A model whose generation_config.json asks for top-k, nucleus and a repetition penalty is still
+    sampled untruncated, and the batch records the whole config it ran with."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_mistral_dir, model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config.update(top_k=20, top_p=0.8, repetition_penalty=1.3, do_sample=False)
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    doc = manifest(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["model"]["source"] = str(model_dir)
+    doc["spec"]["ppo"]["generation"]["temperature"] = 0.7
+    m = parse_run(doc)
+    responses = run_generate(m, LocalStore(tmp_path / "store"))
+    g = responses[0].generation
+    assert (g.temperature, g.top_k, g.top_p, g.do_sample) == (0.7, 0, 1.0, True)
+    assert g.logits_processors == ["TemperatureLogitsWarper"]
+    assert g.config["top_k"] == 0 and g.config["top_p"] == 1.0 and g.config["repetition_penalty"] == 1.0
+    assert g.config["max_new_tokens"] == 10 and g.config["do_sample"] is True
+    assert all(r.generation == g for r in responses)
+
+
+def test_special_tokens_stay_visible_and_are_flagged():
+    from therapy_rlhf.spec import ModelSpec, PromptSpec
+
+    _, tok = models.load_base_model(ModelSpec(source="tiny:mistral"), "cpu")
+    inst, eos = tok.convert_tokens_to_ids("[INST]"), tok.eos_token_id
+    words = tok("I hear you", add_special_tokens=False)["input_ids"]
+    ids = words + [inst] + words + [eos]
+    text, found = generate.visible_text(tok, ids, {eos}, generate.special_token_ids(tok))
+    assert "[INST]" in text and not text.endswith("</s>") and found == ["[INST]"]
+    assert tok.decode(ids, skip_special_tokens=True).count("[INST]") == 0  # what the rater saw before
+    rollout = generate.Rollout(PromptSpec(id="p", text="hi"), 0, [1, 2], ids, text, found)
+    settings = GenerationSettings(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8, seed=0)
+    (record,) = generate.build_records([rollout], 1, "base", settings)
+    assert record.special_tokens == ["[INST]"] and "[INST]" in record.response
+    assert parse_batch(record.to_json_line())[0][0].special_tokens == ["[INST]"]
+
+
+def test_a_batch_written_before_the_full_settings_still_parses():
+    old = (
+        '{"created_at": "2026-11-25T10:00:00Z", "generation": {"max_new_tokens": 8, "seed": 1, "temperature": 0.7, '
+        '"top_p": 0.9}, "id": "r0001-p-s00", "policy": "base", "prompt": "hi", "prompt_id": "p", '
+        '"prompt_token_ids": [1], "response": "ok", "response_token_ids": [5], "round": 1}'
+    )
+    (record,), errors = parse_batch(old)
+    assert errors == [] and record.generation.top_k is None and record.special_tokens == []
+    from therapy_rlhf.jobs import sampling
+
+    temperature, warnings = sampling.update_temperature([record])
+    assert temperature == 0.7 and "default top_k=50" in warnings[0]

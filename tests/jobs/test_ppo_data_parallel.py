@@ -112,12 +112,15 @@ def test_two_ranks_take_the_same_update_as_one_process(tmp_path, make_run, tiny_
     for key in ("policy_loss", "value_loss", "kl", "entropy", "mean_return", "grad_norm"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
 
-    # The same weights: the adapter, the value head and Adam's moments.
+    # The same weights: the adapter, the value head and Adam's moments. The gradient sums (Adam's
+    # first moments, checked below to 1e-7) agree element by element; the weights are compared per
+    # tensor, because Adam divides by sqrt(v) + eps and so turns float noise of ~1e-10 in a gradient
+    # that is nearly 0 into up to ~1e-4 of one weight (lr / eps = 1e6), whatever the data split.
     for name in ("adapter_model.safetensors", VALUE_HEAD):
         a, b = load_file(one / policy / name), load_file(two / policy / name)
         assert a.keys() == b.keys()
         for key in a:
-            assert torch.allclose(a[key], b[key], atol=1e-6, rtol=1e-4), (name, key)
+            assert float((a[key] - b[key]).norm()) <= 1e-4 * float(a[key].norm()) + 1e-7, (name, key)
     trained = load_file(one / policy / "adapter_model.safetensors")
     assert any(float(w.abs().max()) > 1e-3 for k, w in trained.items() if "lora_B" in k)  # there was an update to match
     s1 = torch.load(one / paths.optimizer_state(1), weights_only=True)["state"]
