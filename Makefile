@@ -1,11 +1,19 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and pip needed):
 #   make run    the whole loop locally: tiny model, local store, simulated rater
 #   make test   every test (the kind end-to-end test only where Docker exists)
-# torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+#
+# torch is installed first, pinned to $(TORCH). What pip then installs depends on where it finds it:
+# where a local CPU wheel of that version is on pip's find-links (as on the project's shared dev
+# machines), it installs that; anywhere else it takes torch from PyPI, whose Linux x86_64 wheel is
+# the CUDA build and pulls NVIDIA's CUDA libraries as dependencies: several GB, GPU or not.
+# For the CPU-only build, point pip at PyTorch's CPU index for torch (and only torch):
+#   make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Left empty (the default), pip uses its configured indexes, as before.
 
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -15,12 +23,12 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml images/ml-stack.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -c images/ml-stack.txt -e '.[all]'
 	touch $(STAMP)
 
 run: venv
-	$(BIN)/therapy-rlhf run examples/tiny-local.yaml --rater auto
+	$(BIN)/therapy-rlhf run examples/tiny-local.yaml --scoring auto
 
 test: venv
 	$(BIN)/python -m pytest tests -q -ra -p no:randomly

@@ -189,7 +189,7 @@ def step_tiny_jobs(smoke: bool, _: dict) -> dict[str, Any]:
     manifest.write_text(yaml.safe_dump(doc))
     env = dict(os.environ, THERAPY_RLHF_CACHE=str(work / "cache"))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "therapy_rlhf.cli", "run", str(manifest), "--rater", "auto"],
+    proc = subprocess.run([sys.executable, "-m", "therapy_rlhf.cli", "run", str(manifest), "--scoring", "auto"],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"therapy-rlhf run failed ({proc.returncode}): {proc.stderr[-500:]}")

@@ -9,7 +9,7 @@ What it measures, on this machine:
 1. the one-off build of the tiny model (first use on a machine; later jobs hit the cache);
 2. the import floor every job pays (``import torch, transformers, peft`` and a
    model class; median of 3);
-3. ``therapy-rlhf run EXAMPLE --rater auto --store <tmp>`` end to end (wall time);
+3. ``therapy-rlhf run EXAMPLE --scoring auto --store <tmp>`` end to end (wall time);
 4. per job, from the ``done: {...}`` line each job logs (the runner keeps the logs):
    ``startup_seconds`` (process start -> model and data loaded) and ``work_seconds``.
 
@@ -36,9 +36,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
 SECTION = "## Jobs"
-DONE_RE = re.compile(r"\[(?P<kind>\w+) r(?P<round>\d+)\] done: (?P<json>\{.*\})")
+DONE_RE = re.compile(r"\[(?P<kind>[\w-]+) r(?P<round>\d+)\] done: (?P<json>\{.*\})")
 IMPORT_FLOOR_REPEATS = 3
-JOB_ORDER = {"sft": 0, "generate": 1, "ppo": 2, "evaluate": 3}
+JOB_ORDER = {"sft": 0, "generate": 1, "ppo": 2, "ppo-generate": 2, "evaluate": 3}
 
 
 def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
@@ -76,13 +76,14 @@ def bench(example: Path, python: str) -> dict:
             capture_output=True,
         )
         load_before = os.getloadavg()[0]
-        cmd = [python, "-m", "therapy_rlhf.cli", "run", str(example), "--rater", "auto", "--store", str(Path(tmp) / "store")]
+        cmd = [python, "-m", "therapy_rlhf.cli", "run", str(example), "--scoring", "auto", "--store", str(Path(tmp) / "store")]
         wall_s, proc = timed(cmd, env=env, cwd=tmp)
         load_after = os.getloadavg()[0]
         if proc.returncode:
             raise SystemExit(f"run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n{proc.stdout[-3000:]}")
         run = manifest["metadata"]
-        logs = Path(tmp) / "cache" / "runner" / run.get("namespace", "default") / run["name"] / "logs"
+        # (the runner keys its folder by store: runner/<store>/<namespace>/<run>/logs)
+        logs = next((Path(tmp) / "cache" / "runner").glob(f"*/{run.get('namespace', 'default')}/{run['name']}/logs"))
         jobs = job_timings(logs)
     return {
         "example": str(example.relative_to(REPO)) if example.is_relative_to(REPO) else str(example),
@@ -121,7 +122,7 @@ def render(results: list[dict], command: str) -> str:
         out += [
             f"### {r['example']} ({r['rounds']} PPO rounds)",
             "",
-            f"- end-to-end `therapy-rlhf run --rater auto`: **{r['wall_s']:.1f} s** wall "
+            f"- end-to-end `therapy-rlhf run --scoring auto`: **{r['wall_s']:.1f} s** wall "
             f"({len(r['jobs'])} jobs: {startup:.1f} s start-up + {work:.1f} s work; the rest is the runner, "
             f"the simulated rater and process exit); load average {r['load'][0]:.1f} before, {r['load'][1]:.1f} after",
             f"- import floor of every job (`import torch, transformers, peft` + a model class, median of 3): {r['imports_s']:.2f} s; "

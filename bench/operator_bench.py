@@ -138,7 +138,8 @@ async def main_async(args) -> str:
                 return await resp.json(content_type=None)
 
         await api("POST", f"/api/v1/namespaces/{NS}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS,
+                         "labels": {"rlhf.therapy.dev/credentials": "true"}},  # opted in (admission.py)
             "data": {k: base64.b64encode(b"bench").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
         kubeconfig = write_kubeconfig(tmp / "kubeconfig", url)
         env = dict(os.environ, KUBECONFIG=str(kubeconfig))

@@ -1,17 +1,21 @@
 """Benchmark of the scoring TUI, driven with Textual's Pilot (not a timed test).
 
-    /work/venv/bin/python bench/tui_bench.py [--responses 100] [--latency 0.2]
+    .venv/bin/python bench/tui_bench.py [--responses 100] [--latency 0.2]
 
 Measures key presses per complete rating, keypress-to-screen-update latency
 (p50/p95), start-up time of `therapy-rlhf score` to a populated start screen
-(a fresh process), and ratings per minute for a scripted rater over N
-responses on a local store wrapped to add LATENCY seconds to every request.
+(a fresh process), ratings per minute for a scripted rater over N
+responses on a local store wrapped to add LATENCY seconds to every request,
+and what the local journal costs per rating (its two fsynced appends, queued
+and stored, timed on the same disk; and the submit key with the journal
+against the same key with a journal that writes nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -90,10 +94,47 @@ def make_store(root: str, n: int) -> LocalStore:
     return store
 
 
-async def scripted_rater(store: Store, n: int) -> dict:
-    from therapy_rlhf.tui.app import ScoringApp
+class NoJournal:
+    """Stands in for the journal to measure what it costs (writes nothing)."""
 
-    app = ScoringApp(store, "bench-rater", ("default", "bench"), 1)
+    def __init__(self, real):
+        self.path, self.real = real.path, real
+
+    def queued(self, *a):
+        pass
+
+    def stored(self, *a):
+        pass
+
+    def rejected(self, *a):
+        pass
+
+    def draft(self, *a):
+        pass
+
+    def read(self):
+        return self.real.read()
+
+    def drafts_for(self, *a):
+        return {}
+
+    def claim(self):
+        return False
+
+    def release(self):
+        pass
+
+    def sync(self):
+        pass
+
+
+async def scripted_rater(store: Store, n: int, journal: bool = True) -> dict:
+    from therapy_rlhf.tui.app import ScoringApp
+    from therapy_rlhf.tui.journal import Journal
+
+    real = Journal.open(store.uri, "bench-rater")
+    app = ScoringApp(store, "bench-rater", ("default", "bench"), 1, journal=real if journal else NoJournal(real))
+    submits: list[float] = []
     latencies: list[float] = []
     painted: list[float] = []  # when a frame went to the (headless) terminal
     handled: list[float] = []  # when the rating screen finished redrawing its widgets
@@ -114,11 +155,19 @@ async def scripted_rater(store: Store, n: int) -> dict:
             handled.append(time.perf_counter())
             return out
 
-        app._display, app.screen.refresh_form = timed_display, timed_redraw
+        submit = app.submit
+
+        def timed_submit(*a, **k):
+            t = time.perf_counter()
+            out = submit(*a, **k)
+            submits.append(time.perf_counter() - t)
+            return out
+
+        app._display, app.screen.refresh_form, app.submit = timed_display, timed_redraw, timed_submit
         baseline: list[float] = []
         for _ in range(30):  # an unbound key: the Pilot's own round trip, for comparison
             t = time.perf_counter()
-            await pilot.press("x")
+            await pilot.press("e")
             await pilot.pause()
             baseline.append(time.perf_counter() - t)
         start = time.perf_counter()
@@ -136,7 +185,37 @@ async def scripted_rater(store: Store, n: int) -> dict:
             await pilot.pause(0.05)
         stored = time.perf_counter() - start
         await pilot.press("q")
-    return {"presses": presses, "latencies": latencies, "baseline": baseline, "keyed_s": keyed, "stored_s": stored, "open_s": opened}
+    return {
+        "presses": presses, "latencies": latencies, "baseline": baseline, "keyed_s": keyed, "stored_s": stored,
+        "open_s": opened, "submits": submits,
+    }
+
+
+def journal_appends(root: str, n: int = 200) -> dict[str, list[float]]:
+    """Per rating: the 'queued' append (on the UI thread at Enter), the 'stored' append (writer
+    thread), and the fsync that makes both crash-proof (background thread), in seconds."""
+    from therapy_rlhf.records import Rating
+    from therapy_rlhf.tui.journal import Journal
+
+    journal = Journal.open("s3://bench/journal", "bench-rater")
+    out: dict[str, list[float]] = {"queued": [], "stored": [], "fsync": []}
+    for i in range(n):
+        rating = Rating(
+            response_id=f"r0001-p{i}", rater="bench-rater", criteria={"empathy": 0.75, "overall": 1.0},
+            reward=0.875, comment="a comment of ordinary length " * 3, submission_id=f"{i:032x}",
+        )
+        t = time.perf_counter()
+        journal.queued("default/bench", 1, rating)
+        out["queued"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        journal.stored(rating.submission_id or "")
+        out["stored"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        journal.sync()  # what the background thread does for these two lines
+        out["fsync"].append(time.perf_counter() - t)
+        time.sleep(0.005)
+    journal.release()
+    return out
 
 
 def startup_seconds(root: str, runs: int = 5) -> list[float]:
@@ -173,13 +252,17 @@ def main() -> int:
     parser.add_argument("--responses", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as root, tempfile.TemporaryDirectory() as data:
+        os.environ["THERAPY_RLHF_DATA_DIR"] = data  # the journal goes here, not to the user's data dir
         local = make_store(root, args.responses)
         startup = startup_seconds(root)
         slow = SlowStore(local, args.latency)
         result = asyncio.run(scripted_rater(slow, args.responses))
         state = load_round(local, PATHS, 1)
         cov = coverage(state, 1)
+        appends = journal_appends(data)
+        with tempfile.TemporaryDirectory() as root2:
+            bare = asyncio.run(scripted_rater(SlowStore(make_store(root2, args.responses), args.latency), args.responses, journal=False))
     lat_ms = [v * 1000 for v in result["latencies"]]
     rated = len(state.latest())
     print(f"responses rated and stored: {rated}/{args.responses} (gate coverage {cov.describe()})")
@@ -200,7 +283,20 @@ def main() -> int:
         f"{60 * rated / result['stored_s']:.0f} ratings/min until all were stored "
         f"({result['stored_s']:.1f} s for {rated}; {slow.requests} store requests)"
     )
-    print(f"opening the round over that store (batch read, listing, sparkline history): {result['open_s']:.2f} s")
+    print(f"opening the round over that store (batch read, listing, score history): {result['open_s']:.2f} s")
+    ms = {k: [v * 1000 for v in vs] for k, vs in appends.items()}
+    print(
+        f"journal per rating ({len(ms['queued'])} ratings): at Enter (UI thread) median {statistics.median(ms['queued']):.3f} ms, "
+        f"p95 {pct(ms['queued'], 95):.3f} ms; 'stored' line (writer thread) median {statistics.median(ms['stored']):.3f} ms; "
+        f"fsync of both (background thread) median {statistics.median(ms['fsync']):.2f} ms, p95 {pct(ms['fsync'], 95):.2f} ms"
+    )
+    with_j = [v * 1000 for v in result["submits"]]
+    without = [v * 1000 for v in bare["submits"]]
+    print(
+        f"submit key's journal+queue step: with the journal median {statistics.median(with_j):.2f} ms "
+        f"(p95 {pct(with_j, 95):.2f}), without {statistics.median(without):.2f} ms (p95 {pct(without, 95):.2f}); "
+        f"keypress p95 without the journal {pct([v * 1000 for v in bare['latencies']], 95):.1f} ms"
+    )
     return 0 if rated == args.responses and cov.is_complete else 1
 
 

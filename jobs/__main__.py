@@ -2,12 +2,19 @@
 
     python -m therapy_rlhf.jobs sft --run-config examples/tiny-local.yaml --round 0 --store /tmp/store
 
-``kind`` is sft, generate, ppo or evaluate; ``FILE`` is the whole run
+``kind`` is sft, generate, ppo, ppo-generate (round N's update and round
+N+1's batch in one process) or evaluate; ``FILE`` is the whole run
 manifest (YAML or JSON); ``--round`` is 0 for sft/evaluate and 1.. for
-generate/ppo; ``--store`` overrides ``spec.storage``. The kind's module
-(``therapy_rlhf.jobs.<kind>``) is imported only after the clock has started
+generate/ppo/ppo-generate; ``--store`` overrides ``spec.storage``. The kind's module
+(``therapy_rlhf.jobs.<kind>``, ``-`` spelled ``_``) is imported only after the clock has started
 and the arguments are checked, and its ``main(ctx)`` does the work (see
 ``common.py`` for the convention).
+
+Executors add ``--expect NAME=SHA256`` (repeatable) and ``--outputs-file
+FILE``: with any ``--expect`` the job is in verified mode and refuses a run
+config, or any stored input it reads, whose digest is not the one given (or
+that has none given); after its work it writes the digests of its outputs to
+FILE, the channel its executor reads (``therapy_rlhf.integrity``, ``verify.py``).
 
 Progress goes to stdout with UTC timestamps. Any expected failure ends the
 process with exit code 1 and ONE line ``error: ...`` on stderr; an unexpected
@@ -21,16 +28,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 import traceback
-import warnings
 
 EXIT_FAILED = 1
 EXIT_INTERNAL = 2
 EXIT_USAGE = 64
-KINDS = ("sft", "generate", "ppo", "evaluate")
+KINDS = ("sft", "generate", "ppo", "ppo-generate", "evaluate")
 ROUND_ZERO_KINDS = ("sft", "evaluate")
+MAX_ROUND = 9999  # therapy_rlhf.layout.MAX_ROUND (not imported before the clock starts)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,33 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-config", required=True, metavar="FILE", help="Run manifest (YAML or JSON).")
     parser.add_argument("--round", required=True, type=int, metavar="N", help="0 for sft/evaluate, 1.. otherwise.")
     parser.add_argument("--store", metavar="URI", help="Store URI (s3://bucket/prefix or a directory); default spec.storage.")
+    parser.add_argument(
+        "--expect", action="append", default=[], metavar="NAME=SHA256",
+        help="Digest the executor recorded for an input ('run-config' or a key under the run, e.g. "
+        "rounds/0001/gate.json); with any, every input the job reads must match one.",
+    )
+    parser.add_argument("--outputs-file", metavar="FILE", help="Write the digests of the job's outputs here (JSON).")
     return parser
-
-
-def _quiet_libraries() -> None:
-    # Download/shard progress bars would drown the job log; nothing is downloaded anyway.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    # peft and trl read transformers' deprecated `(is_)gradient_checkpointing` on every
-    # model they wrap: warnings per job that nobody running the job can act on.
-    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
-    # Library warnings belong in the job log (stdout), not on stderr where the
-    # operator expects at most the one error line.
-    def _log_warning(message, category, filename, lineno, file=None, line=None):
-        import logging
-
-        text = " ".join(str(message).split())[:300]
-        logging.getLogger("therapy_rlhf.jobs").warning("%s: %s", category.__name__, text)
-
-    warnings.showwarning = _log_warning
 
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text
+
+
+def _fail(line: str, code: int, outputs_file: str | None) -> int:
+    """Print the one error line; also after a report already in the outputs file (ppo-generate
+    reports its update before it samples), where Kubernetes reads the pod's termination message
+    from that file instead of the log: the report stays on its first line, the reason follows."""
+    print(line, file=sys.stderr)
+    if outputs_file:
+        try:
+            with open(outputs_file, "r+", encoding="utf-8") as report:
+                if report.read().strip():
+                    report.write(line + "\n")
+        except OSError:
+            pass
+    return code
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -82,45 +88,58 @@ def run(argv: list[str] | None = None) -> int:
     if args.kind not in ROUND_ZERO_KINDS and args.round < 1:
         print(f"error: --round must be 1 or more for {args.kind} (got {args.round})", file=sys.stderr)
         return EXIT_USAGE
-    _quiet_libraries()
+    if args.round > MAX_ROUND:  # the store layout numbers rounds with four digits
+        print(f"error: --round must be at most {MAX_ROUND} (got {args.round})", file=sys.stderr)
+        return EXIT_USAGE
+    from therapy_rlhf.jobs.common import JobContext, JobError, configure_cpu_threads, detect_device, quiet_libraries
 
+    quiet_libraries()
+    from therapy_rlhf.integrity import parse_expect
     from therapy_rlhf.jobs import memory_check
-    from therapy_rlhf.jobs.common import JobContext, JobError, configure_cpu_threads, detect_device
+    from therapy_rlhf.jobs.verify import JobStore, protected_inputs, report_outputs, verify_run_config
+    from therapy_rlhf.layout import RunPaths
     from therapy_rlhf.records import RecordError
-    from therapy_rlhf.spec import SpecError, load_run
+    from therapy_rlhf.spec import SpecError, parse_run_document, read_document
     from therapy_rlhf.store import StoreError, store_for_spec
 
     expected = (JobError, SpecError, RecordError, StoreError, ValueError)
     ctx = None
     try:
+        # The run config: read once, checked against the executor's digest, parsed from those bytes.
+        expect = parse_expect(args.expect)
         try:
-            manifest = load_run(args.run_config)
+            text = read_document(args.run_config)
+            verify_run_config(text, args.run_config, expect)
+            manifest = parse_run_document(text, args.run_config)
         except SpecError as err:
             raise JobError(f"invalid run config: {'; '.join(err.problems)} ({args.run_config})") from None
-        store = store_for_spec(manifest.spec.storage, args.store)
-        ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store)
+        paths = RunPaths(manifest.namespace, manifest.name)
+        store = JobStore(
+            store_for_spec(manifest.spec.storage, args.store),
+            paths,
+            protected_inputs(args.kind, args.round, manifest.spec, paths, expect),
+        )
+        ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store, outputs_file=args.outputs_file)
         ctx.progress("run %s/%s, store %s", manifest.namespace, manifest.name, store.uri)
-        module = importlib.import_module(f"therapy_rlhf.jobs.{args.kind}")
+        module = importlib.import_module(f"therapy_rlhf.jobs.{args.kind.replace('-', '_')}")
         ctx.device = detect_device()
         threads = configure_cpu_threads(ctx.device)
         ctx.progress("device %s%s", ctx.device, f", {threads} CPU thread(s)" if threads else "")
         memory_check.check(ctx)  # refuse a plan that cannot fit before anything is downloaded
         module.main(ctx)
+        if ctx.is_main_process:
+            report_outputs(store, args.kind, args.round, args.outputs_file, lambda line: ctx.progress("%s", line))
         ctx.progress("done: %s", json.dumps(ctx.timings()))  # bench/jobs_bench.py parses this line
         return 0
     except expected as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(f"error: {_one_line(err)}", EXIT_FAILED, args.outputs_file)
     except MemoryError:
-        print("error: out of memory", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail("error: out of memory", EXIT_FAILED, args.outputs_file)
     except Exception as err:  # a bug: keep the traceback in the log, one line for the operator
         traceback.print_exc(file=sys.stdout)
         if type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError: a sizing problem, not a bug
-            print(f"error: GPU out of memory: {_one_line(err)[:300]}", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"error: internal: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-        return EXIT_INTERNAL
+            return _fail(f"error: GPU out of memory: {_one_line(err)[:300]}", EXIT_FAILED, args.outputs_file)
+        return _fail(f"error: internal: {type(err).__name__}: {_one_line(err)}", EXIT_INTERNAL, args.outputs_file)
     finally:
         if ctx is not None:
             ctx.close()

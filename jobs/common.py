@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,20 +59,20 @@ def process_start_time() -> float:
     """Wall-clock time this process started (Linux /proc), else now.
 
     Start-up time is measured from here, so it includes interpreter start and
-    every import, not just the part after the dispatcher runs.
+    every import, not just the part after the dispatcher runs. The process's
+    age comes from /proc/uptime (10 ms resolution), not from /proc/stat's
+    boot time, which is in whole seconds and would skew a sub-second start-up
+    by up to a second.
     """
     try:
         stat = Path("/proc/self/stat").read_text()
         fields = stat.rsplit(")", 1)[1].split()
         start_ticks = int(fields[19])  # field 22 of stat, after pid and comm
         hz = os.sysconf("SC_CLK_TCK")
-        boot = next(
-            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
-        )
-        started = boot + start_ticks / hz
-        # Clock-tick resolution is 10 ms; never report a start in the future.
-        return min(started, time.time())
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = max(0.0, uptime - start_ticks / hz)
+        return time.time() - age
+    except (OSError, ValueError, IndexError):
         return time.time()
 
 
@@ -85,6 +86,29 @@ def cache_dir() -> Path:
 def offline() -> bool:
     """True when the hub must not be contacted (set any of OFFLINE_ENVS to 1)."""
     return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in OFFLINE_ENVS)
+
+
+def quiet_libraries() -> None:
+    """Environment and warning settings for every job; before transformers is imported
+    (it reads its verbosity then), so the job entrypoint and the warm worker's preload call it first."""
+    # Download/shard progress bars would drown the job log; nothing is downloaded anyway.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # peft and trl read transformers' deprecated `(is_)gradient_checkpointing` on every
+    # model they wrap: warnings per job that nobody running the job can act on.
+    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
+    # Library warnings belong in the job log (stdout), not on stderr where the
+    # operator expects at most the one error line.
+    def _log_warning(message, category, filename, lineno, file=None, line=None):
+        import logging
+
+        text = " ".join(str(message).split())[:300]
+        logging.getLogger("therapy_rlhf.jobs").warning("%s: %s", category.__name__, text)
+
+    warnings.showwarning = _log_warning
 
 
 def detect_device() -> str:
@@ -156,6 +180,9 @@ class JobContext:
     log: logging.Logger = field(default_factory=make_logger)
     started_at: float = field(default_factory=process_start_time)
     work_started_at: float | None = None
+    # Where the job reports its outputs' digests (--outputs-file); the entrypoint reports at the end,
+    # ppo-generate also between its halves.
+    outputs_file: str | None = None
     _scratch_root: Path | None = None
 
     # -- the run --------------------------------------------------------

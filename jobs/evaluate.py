@@ -197,7 +197,8 @@ def main(ctx: JobContext) -> None:
     paths = ctx.paths
     curve = report.reward_curve(ctx.store, paths, ctx.spec.ppo.rounds)
     out = ctx.scratch("eval")
-    report.plot_reward_curve(curve, out / "reward_curve.png", f"{ctx.manifest.name}: expert reward per PPO round")
+    source = report.rating_source(ctx.store, paths, ctx.spec.ppo.rounds)
+    report.plot_reward_curve(curve, out / "reward_curve.png", f"{ctx.manifest.name}: {report.curve_title(source)}")
     results: dict[str, Any] = {
         "run": f"{ctx.manifest.namespace}/{ctx.manifest.name}",
         "dataset": selection.source,
@@ -211,6 +212,7 @@ def main(ctx: JobContext) -> None:
         "bertscore": scorer.settings.describe() if scorer else None,
         "systems": results_systems,
         "reward_curve": curve,
+        "reward_source": source,
         "report": paths.eval_report(),
         "plot": paths.eval_reward_curve(),
         "samples": [

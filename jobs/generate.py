@@ -225,17 +225,34 @@ def main(ctx: JobContext) -> None:
     if ctx.store.exists(key):
         ctx.progress("%s already exists: nothing to do (a batch is never replaced)", ctx.store.describe(key))
         return
-    prompt_list = prompts.load_prompts(spec.ppo)
-    ids = [response_id(round_no, p.id, k) for p in prompt_list for k in range(spec.ppo.samples_per_prompt)]
-    if len(set(ids)) != len(ids):
-        raise JobError("two prompts map to the same response id; shorten the prompt ids")
+    check_response_ids(spec, round_no)
     adapter = paths.policy_for_round(round_no, spec.sft.enabled)
     import torch
 
     torch.manual_seed(spec.ppo.seed)  # a fresh LoRA (no SFT) is initialised the same way on a retry
     model, tokenizer, _ = models.load_policy(ctx, adapter, trainable=False)
     ctx.begin_work()
+    write_batch(ctx, model, tokenizer, round_no)
 
+
+def check_response_ids(spec: Any, round_no: int) -> None:
+    """JobError when two prompts would give the same response id."""
+    prompt_list = prompts.load_prompts(spec.ppo)
+    ids = [response_id(round_no, p.id, k) for p in prompt_list for k in range(spec.ppo.samples_per_prompt)]
+    if len(set(ids)) != len(ids):
+        raise JobError("two prompts map to the same response id; shorten the prompt ids")
+
+
+def write_batch(ctx: JobContext, model: Any, tokenizer: Any, round_no: int) -> None:
+    """Sample round ``round_no``'s batch from ``model`` (its policy) and write it, once.
+
+    The ``generate`` job calls it with the policy it loaded; ``ppo-generate``
+    with the policy it has just updated (round ``round_no - 1``'s checkpoint).
+    """
+    spec, paths = ctx.spec, ctx.paths
+    key = paths.batch(round_no)
+    adapter = paths.policy_for_round(round_no, spec.sft.enabled)
+    prompt_list = prompts.load_prompts(spec.ppo)
     gen = spec.ppo.generation
     rollouts, stats = sample_responses(
         model,

@@ -103,7 +103,7 @@ def rate(store: Store, manifest: RunManifest, round_no: int, shuffle: random.Ran
     """Have the simulated rater judge the batch; with ``shuffle``, deal the judgements out at random."""
     paths = RunPaths(manifest.namespace, manifest.name)
     feedback = manifest.spec.feedback
-    state = load_round(store, paths, round_no)
+    state = load_round(store, paths, round_no, feedback=feedback)
     judged = [simrater.judge(r, feedback) for r in state.responses]
     rewards = [j.reward for j in judged]
     order = list(range(len(judged)))

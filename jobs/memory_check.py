@@ -62,8 +62,13 @@ def read_model_config(ctx: JobContext) -> dict[str, Any]:
 
 
 def check(ctx: JobContext) -> memory_plan.JobPlan | None:
-    """The job's plan (logged), or None with nothing to check; JobError when it cannot fit."""
-    if ctx.kind not in memory_plan.KINDS:
+    """The job's plan (logged), or None with nothing to check; JobError when it cannot fit.
+
+    A job that does several kinds' work (``memory_plan.PARTS_OF_JOB``: ppo-generate is
+    the update, then sampling) checks each part's plan and returns the largest.
+    """
+    parts = memory_plan.PARTS_OF_JOB.get(ctx.kind, (ctx.kind,))
+    if not all(kind in memory_plan.KINDS for kind in parts):
         return None
     capacity = gpu_capacity(ctx)
     if capacity is None:
@@ -72,9 +77,13 @@ def check(ctx: JobContext) -> memory_plan.JobPlan | None:
         shape = ModelShape.from_config(read_model_config(ctx), source=f"{ctx.spec.model.source} config.json")
     except ShapeError as err:
         raise JobError(f"memory plan: {err}") from None
-    settings = memory_plan.Settings.from_spec(ctx.spec, ctx.kind)
-    plan = memory_plan.plan_job(shape, settings, capacity[0], capacity[1])
-    ctx.progress("memory plan: %s", plan.summary())
-    if not plan.fits:
-        raise JobError(memory_plan.refusal(plan))
-    return plan
+    plans = []
+    for kind in parts:
+        settings = memory_plan.Settings.from_spec(ctx.spec, kind)
+        plan = memory_plan.plan_job(shape, settings, capacity[0], capacity[1])
+        ctx.progress("memory plan: %s", plan.summary())
+        if not plan.fits:
+            within = f" (the {ctx.kind} job runs {' then '.join(parts)})" if len(parts) > 1 else ""
+            raise JobError(memory_plan.refusal(plan) + within)
+        plans.append(plan)
+    return max(plans, key=lambda p: p.total)

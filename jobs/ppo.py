@@ -38,6 +38,7 @@ import io
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from therapy_rlhf.jobs import models
 from therapy_rlhf.jobs.common import JobContext, JobError
@@ -180,13 +181,14 @@ def join_process_group(device: str) -> bool:
     return distributed.join(device)  # NCCL bound to this rank's GPU (device_id)
 
 
-def main(ctx: JobContext) -> None:
+def main(ctx: JobContext) -> tuple[Any, Any] | None:
+    """The update; returns the updated (policy, tokenizer) for ``ppo-generate``, None if the round was done."""
     import torch
 
     spec, paths, round_no = ctx.spec, ctx.paths, ctx.round
     if ctx.store.exists(paths.policy_metrics(round_no)):
         ctx.progress("%s already exists: round %d is updated", ctx.store.describe(paths.policy_metrics(round_no)), round_no)
-        return
+        return None
     inputs = read_inputs(ctx.store, paths, round_no, spec.sft.enabled, spec.ppo.kl.init_coef)
     ctx.progress(
         "gate: %d rewarded responses of %d, mean reward %.4f; KL coefficient %.4f",
@@ -195,13 +197,13 @@ def main(ctx: JobContext) -> None:
     optimizer_state = read_optimizer_state(ctx.store, paths, round_no)
     joined = join_process_group(ctx.device)
     try:
-        _update(ctx, inputs, optimizer_state)
+        return _update(ctx, inputs, optimizer_state)
     finally:
         if joined:
             torch.distributed.destroy_process_group()
 
 
-def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> None:
+def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> tuple[Any, Any]:
     import torch
 
     from therapy_rlhf.jobs import ppo_trainer
@@ -300,3 +302,4 @@ def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> No
             **models.count_parameters(policy),
         },
     )
+    return policy, tokenizer

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 
-import yaml
 from pydantic import ValidationError
 
 from therapy_rlhf.jobs.common import JobError
 from therapy_rlhf.spec import PpoSpec, PromptSpec, describe_validation_error
 
 SUITE_FILE = "prompt-suite.yaml"
+PROMPT_FILE_LIMIT = 16 * 1024 * 1024  # bytes
 
 
 def _parse(items: list, source: str, lines: list[int] | None = None) -> list[PromptSpec]:
@@ -48,10 +48,14 @@ def parse_prompt_file(text: str, source: str) -> list[PromptSpec]:
                 raise JobError(f"prompt file {source}, line {lineno}: not valid JSON ({err.args[0]})") from None
             lines.append(lineno)
         return _parse(items, source, lines)
+    from therapy_rlhf.safe_yaml import DocumentError, load_documents
+
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise JobError(f"prompt file {source}: malformed YAML ({str(err).splitlines()[0]})") from None
+        # No aliases, duplicate keys or deep nesting (see safe_yaml); prompt files may be large.
+        docs = load_documents(text, limit=PROMPT_FILE_LIMIT)
+    except DocumentError as err:
+        raise JobError(f"prompt file {source}: {err}") from None
+    doc = docs[0] if len(docs) == 1 else docs
     if isinstance(doc, dict) and "prompts" in doc:
         doc = doc["prompts"]
     if not isinstance(doc, list) or not doc:

@@ -5,17 +5,23 @@ per system; BERTScore, ROUGE-1 and F1 first as in the paper, then ROUGE-L,
 BLEU-2 and Distinct-1/2). ``reward_curve(store, paths, rounds)`` reads every
 closed round's ``gate.json`` and ``plot_reward_curve`` draws the mean reward
 per round with the spread across responses (like the paper's Figure 2).
+``rating_source`` says whether those rewards came from people or from the
+simulated rater, and every title says so: simulated scores are never called
+an expert's.
 """
 
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.ratings import read_gate
-from therapy_rlhf.store import Store
+from therapy_rlhf.records import Rating, RecordError, parse_record
+from therapy_rlhf.simrater import is_simulated
+from therapy_rlhf.store import Store, StoreError
 
 COLUMNS = [
     ("bertscore", "BERTScore"),
@@ -56,7 +62,8 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
     lines += definitions(results)
     curve = results.get("reward_curve") or []
     if curve:
-        lines += ["## Expert reward per PPO round", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
+        title = curve_title(results.get("reward_source", "raters"))
+        lines += [f"## {title}", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
         lines += [
             f"| {p['round']} | {p['mean']:.3f} | {p['std']:.3f} | {p['min']:.3f} | {p['max']:.3f} | {p['n']} |"
             for p in curve
@@ -65,6 +72,38 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
     if curve_key:
         lines += [f"Reward curve: `{curve_key}`", ""]
     return "\n".join(lines)
+
+
+SOURCE_TITLES = {
+    "raters": "Rater scores (reward) per PPO round",
+    "simulated": "SIMULATED rater scores (reward) per PPO round: a word-list heuristic, not a clinician",
+    "mixed": "Rater scores (reward) per PPO round, some from the SIMULATED rater",
+}
+
+
+def curve_title(source: str) -> str:
+    return SOURCE_TITLES.get(source, SOURCE_TITLES["raters"])
+
+
+def rating_source(store: Store, paths: RunPaths, rounds: int) -> str:
+    """'simulated', 'mixed' or 'raters': who gave the ratings the closed gates froze."""
+    simulated = human = 0
+    for r in range(1, rounds + 1):
+        gate = read_gate(store, paths, r)
+        if gate is None:
+            continue
+        for rating_id in sorted({i for rr in gate.rewards.values() for i in rr.ratings}):
+            rater, response_id, version = rating_id.rsplit("/", 2)
+            try:
+                doc = store.read_json(paths.rating(r, rater, response_id, int(version.lstrip("v"))))
+                rating = parse_record(Rating, doc, rating_id)
+            except (StoreError, RecordError, ValueError):
+                continue  # not readable: counted as neither
+            simulated += is_simulated(rating)
+            human += not is_simulated(rating)
+    if simulated and human:
+        return "mixed"
+    return "simulated" if simulated else "raters"
 
 
 def definitions(results: dict[str, Any]) -> list[str]:
@@ -106,7 +145,7 @@ def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, f
     return points
 
 
-def plot_reward_curve(points: list[dict[str, float]], out: Path, title: str = "Expert reward per PPO round") -> Path:
+def plot_reward_curve(points: list[dict[str, float]], out: Path, title: str = SOURCE_TITLES["raters"]) -> Path:
     """PNG: mean reward per round, a band of +-1 std and the min..max range."""
     import matplotlib
 
@@ -129,7 +168,7 @@ def plot_reward_curve(points: list[dict[str, float]], out: Path, title: str = "E
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("PPO round")
     ax.set_ylabel("reward (0..1)")
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,14 +24,18 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_CLOSE_GATE = f"{API_GROUP}/close-gate"
 
 # Job kinds that train and so run data parallel under `accelerate launch` with
-# one process per GPU; generate and evaluate are one process on one GPU, so they
-# ask for one GPU whatever `resources.gpus` says (more would sit idle, held).
-DISTRIBUTED_KINDS = ("sft", "ppo")
+# one process per GPU (ppo-generate: the update, then rank 0 samples the next
+# batch); generate and evaluate are one process on one GPU, so they ask for
+# one GPU whatever `resources.gpus` says (more would sit idle, held).
+DISTRIBUTED_KINDS = ("sft", "ppo", "ppo-generate")
 NON_ROOT_UID = 1000
+# Where a container's termination message is read from (the Kubernetes default, set explicitly).
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 
 def job_name(run: str, kind: str, round_no: int, attempt: int) -> str:
-    """'{run}-{kind}-r{round}-a{attempt}': run names are capped at 40 chars, so this fits 63."""
+    """'{run}-{kind}-r{round}-a{attempt}': run names are capped at 40 chars, so this fits 63
+    (the longest, ppo-generate of round 9999 at attempt 21, is exactly 63)."""
     return f"{run}-{kind}-r{round_no}-a{attempt}"
 
 
@@ -89,13 +93,22 @@ def build_configmap(manifest: RunManifest, owner: dict[str, Any]) -> dict[str, A
     }
 
 
-def job_command(manifest: RunManifest, kind: str, round_no: int, config: cfg.OperatorConfig) -> list[str]:
-    """The job entrypoint, under `accelerate launch` with one process per GPU when asked."""
+def job_command(
+    manifest: RunManifest, kind: str, round_no: int, config: cfg.OperatorConfig, expect: list[str] | None = None
+) -> list[str]:
+    """The job entrypoint, under `accelerate launch` with one process per GPU when asked.
+
+    ``expect`` is ``integrity.expect_args(...)``: the digests the operator recorded
+    for the Job's inputs. The Job reports its own outputs' digests in its
+    termination message, which the operator reads back (``digests.py``).
+    """
     args = [
         kind,
         "--run-config", f"{cfg.RUN_CONFIG_DIR}/{cfg.RUN_CONFIG_FILE}",
         "--round", str(round_no),
         "--store", manifest.spec.storage.uri(),
+        *(expect or []),
+        "--outputs-file", TERMINATION_MESSAGE_PATH,
     ]
     gpus = gpus_for(manifest, kind)
     if gpus > 1:
@@ -167,8 +180,9 @@ def build_job(
     attempt: int,
     owner: dict[str, Any],
     config: cfg.OperatorConfig | None = None,
+    expect: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The Job for one attempt of one planner step."""
+    """The Job for one attempt of one planner step (``expect``: see ``job_command``)."""
     config = config or cfg.OperatorConfig()
     res = manifest.spec.resources
     name = job_name(manifest.name, kind, round_no, attempt)
@@ -180,10 +194,12 @@ def build_job(
         "name": kind,
         "image": res.image,
         "imagePullPolicy": res.image_pull_policy,
-        "command": job_command(manifest, kind, round_no, config),
+        "command": job_command(manifest, kind, round_no, config, expect),
         "env": _env(manifest, config),
         "resources": _resources(manifest, kind),
-        # The job's one-line "error: ..." becomes the pod's termination message.
+        # A succeeded job's termination message is its outputs' digests (written to this
+        # file); a failed job writes none, so its log's tail -- the one-line "error: ..." -- is.
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "run-config", "mountPath": cfg.RUN_CONFIG_DIR, "readOnly": True},
@@ -260,6 +276,11 @@ def build_job(
 
 
 def _digest(manifest: RunManifest) -> str:
+    return run_config_sha256(manifest)
+
+
+def run_config_sha256(manifest: RunManifest) -> str:
+    """The digest of the run config the Jobs mount (the ConfigMap's run.json); passed as --expect run-config."""
     import hashlib
 
     return hashlib.sha256(manifest_json(manifest).encode("utf-8")).hexdigest()

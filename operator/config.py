@@ -7,7 +7,9 @@ The Helm chart sets these variables on the operator Deployment; tests build an
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ RUN_CONFIG_DIR = "/etc/therapy-rlhf"
 RUN_CONFIG_FILE = "run.json"
 # Scratch volume for downloaded model files (THERAPY_RLHF_CACHE in the Job).
 CACHE_DIR = "/var/cache/therapy-rlhf"
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -33,6 +36,22 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _env_json(name: str, kind: type) -> Any:
+    """A JSON value of an environment variable (the chart renders lists and maps with toJson)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return kind()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be JSON ({kind.__name__}), got {raw[:200]!r}") from None
+    if not isinstance(value, kind) or (kind is dict and not all(isinstance(v, str) for v in value.values())) or (
+        kind is list and not all(isinstance(v, str) for v in value)
+    ):
+        raise ValueError(f"{name} must be a JSON {kind.__name__} of strings, got {raw[:200]!r}")
     return value
 
 
@@ -64,15 +83,24 @@ class OperatorConfig:
     default_s3_endpoint: str | None = None
     default_s3_region: str | None = None
     default_credentials_secret: str | None = None
+    # What a run's author may ask for (see admission.py). Images and service
+    # accounts are fnmatch patterns; "*" opens a setting to any value.
+    # Images: empty allows only the installation's job image (default_image, or
+    # the spec model's default when there is none).
+    allowed_images: tuple[str, ...] = ()
+    # Service accounts for Jobs: empty allows none (the namespace's default, token never mounted).
+    allowed_service_accounts: tuple[str, ...] = ()
+    # Secrets a run may name as credentialsSecret: empty requires the Secret to carry the
+    # opt-in label; a list allows exactly these names (and the RBAC reads only them).
+    allowed_secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
-        extra = {}
-        for item in filter(None, os.environ.get("THERAPY_RLHF_JOB_ENV", "").split(",")):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"THERAPY_RLHF_JOB_ENV entries must be KEY=VALUE, got {item!r}")
-            extra[key.strip()] = value
+        # JSON, as the chart renders it (toJson | quote): any value survives, commas and quotes included.
+        extra = _env_json("THERAPY_RLHF_JOB_ENV", dict)
+        bad = [k for k in extra if not ENV_NAME_RE.fullmatch(k)]
+        if bad:
+            raise ValueError(f"THERAPY_RLHF_JOB_ENV: {bad[0][:200]!r} is not an environment variable name")
         return cls(
             interval=_env_float("THERAPY_RLHF_INTERVAL", DEFAULT_INTERVAL_SECONDS),
             job_ttl_seconds=_env_int("THERAPY_RLHF_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS) or 0,
@@ -83,6 +111,9 @@ class OperatorConfig:
             default_s3_endpoint=os.environ.get("THERAPY_RLHF_DEFAULT_S3_ENDPOINT") or None,
             default_s3_region=os.environ.get("THERAPY_RLHF_DEFAULT_S3_REGION") or None,
             default_credentials_secret=os.environ.get("THERAPY_RLHF_DEFAULT_CREDENTIALS_SECRET") or None,
+            allowed_images=tuple(_env_json("THERAPY_RLHF_ALLOWED_IMAGES", list)),
+            allowed_service_accounts=tuple(_env_json("THERAPY_RLHF_ALLOWED_SERVICE_ACCOUNTS", list)),
+            allowed_secrets=tuple(_env_json("THERAPY_RLHF_ALLOWED_SECRETS", list)),
         )
 
     def apply_defaults(self, spec: Any) -> Any:

@@ -57,6 +57,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> kopf.Op
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
         settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+        # No namespace or CRD scanning: the namespaces are given (--namespace) or all
+        # (--all-namespaces), and the CRD is installed before the operator. Scanning
+        # would need cluster-wide list/watch on namespaces and CRDs, and without them
+        # kopf retries each 403 for about a minute before it serves any run.
+        settings.scanning.disabled = True
         # Events are posted explicitly (one per transition); log lines are not Events.
         settings.posting.level = logging.CRITICAL
         settings.execution.max_workers = 16

@@ -133,8 +133,8 @@ class KubeApi:
         )
 
     # -- Secrets -----------------------------------------------------------
-    def read_secret_data(self, namespace: str, name: str) -> tuple[dict[str, str], str]:
-        """(decoded data, resourceVersion) of a Secret."""
+    def read_secret_data(self, namespace: str, name: str) -> tuple[dict[str, str], str, dict[str, Any]]:
+        """(decoded data, resourceVersion, {labels, annotations}) of a Secret."""
         data = self._call(f"reading Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace)
         decoded = {}
         for key, value in (data.get("data") or {}).items():
@@ -143,5 +143,6 @@ class KubeApi:
             except (ValueError, UnicodeDecodeError):
                 raise KubeError(f"Secret {namespace}/{name}: key {key!r} is not base64-encoded UTF-8") from None
         decoded.update(data.get("stringData") or {})
-        version = (data.get("metadata") or {}).get("resourceVersion") or json.dumps(decoded, sort_keys=True)
-        return decoded, str(version)
+        meta = data.get("metadata") or {}
+        version = meta.get("resourceVersion") or json.dumps(decoded, sort_keys=True)
+        return decoded, str(version), {"labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {}}

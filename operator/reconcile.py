@@ -19,16 +19,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from therapy_rlhf import phases
+from therapy_rlhf import integrity, phases
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
-from therapy_rlhf.planner import CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
-from therapy_rlhf.ratings import RatingError, close_gate
+from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
+from therapy_rlhf.ratings import RatingError
 from therapy_rlhf.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run, summarize_round
 from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
 from therapy_rlhf.store import Store, StoreError
 
-from therapy_rlhf.operator import builders, kube, metrics
+from therapy_rlhf.operator import builders, digests as run_digests, kube, metrics, runconfig
+from therapy_rlhf.operator.admission import NotAllowed, check_run
 from therapy_rlhf.operator.conditions import Outcome, build_status, is_transition, ready_reason
 from therapy_rlhf.operator.config import OperatorConfig
 from therapy_rlhf.operator.jobstate import job_state, observe_jobs, pod_failure
@@ -36,6 +37,9 @@ from therapy_rlhf.operator.storeaccess import StoreCache, StoreConfigError
 
 # Events: (type, reason, message) -> posted by the caller (kopf.event in production).
 EmitFn = Callable[[str, str, str], None]
+# Transitions that say something went wrong although the run goes on: a retry after a
+# failed Job (its reason is the Job's error line, e.g. an input that failed its digest check).
+WARNING_REASONS = (phases.R_JOB_RETRYING, phases.R_JOB_OUTPUT_MISSING)
 # Re-plans after a gate closes in one pass, so the PPO Job starts in the same tick.
 MAX_STEPS_PER_PASS = 3
 
@@ -58,6 +62,8 @@ class RunMemory:
     observation: tuple | None = None
     # (live spec checked, frozen manifest); see _frozen.
     frozen: tuple[str, RunManifest] | None = None
+    # The digest record's working memory (see digests.py).
+    digest: run_digests.DigestMemory = field(default_factory=run_digests.DigestMemory)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -133,7 +139,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         # JobStarted is announced by the JobCreated Event, which names the Job.
         if due and key != memory.last_event and outcome.reason != phases.R_JOB_STARTED:
             memory.last_event = key
-            emit("Warning" if outcome.blocked or outcome.phase == phases.FAILED else severity, outcome.reason, outcome.message)
+            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS
+            emit("Warning" if warning else severity, outcome.reason, outcome.message)
         return Result(build_status(outcome, previous, generation, now, **fields))
 
     def blocked(reason: str, message: str) -> Result:
@@ -156,10 +163,15 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         )
     paths = RunPaths(live.namespace, live.name)
 
-    # 2. The store (credentials from the referenced Secret) and the frozen spec.
+    # 2. The store (credentials from the referenced Secret, if it opted in) and the frozen
+    #    spec; the image and service account of the Jobs must be allowed here.
     try:
-        store = state.stores.store_for(live, state.api)
+        check_run(live, state.config)
+        store = state.stores.store_for(live, state.api, state.config)
         manifest = _frozen(store, live, memory, emit)
+        check_run(manifest, state.config)
+    except NotAllowed as err:
+        return blocked(phases.R_NOT_ALLOWED, f"not allowed: {err}")
     except kube.NotFound as err:
         return blocked(phases.R_SECRET_MISSING, f"credentials Secret not found: {err}")
     except kube.Forbidden as err:
@@ -175,10 +187,15 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     owner = {"metadata": {"name": meta.get("name"), "uid": meta.get("uid")}}
     override = (meta.get("annotations") or {}).get(builders.ANNOTATION_CLOSE_GATE) == "true"
     remove: list[str] = []
+    record = {**(previous.get("digests") or {}), **memory.digest.recorded}
     try:
-        _ensure_configmap(state.api, manifest, owner, memory)
+        if not memory.configmap_ok:
+            runconfig.ensure(state.api, manifest, owner)
+            memory.configmap_ok = True
         for _ in range(MAX_STEPS_PER_PASS):
-            observed, awaiting = _observe(store, paths, spec, memory, override)
+            observed, awaiting = _observe(store, paths, spec, memory, override, record)
+            if run_digests.refresh(state.api, live.namespace, live.name, paths, observed, record, memory.digest):
+                observed, awaiting = _observe(store, paths, spec, memory, override, record)
             decision = plan(spec, observed)
             # Job states matter only for a step whose marker is missing; a run awaiting
             # ratings costs no Kubernetes API call per tick, however many runs wait.
@@ -190,14 +207,15 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 decision = plan(spec, observed)
             if not isinstance(decision.action, CloseGate):
                 break
-            gate = _close_gate(store, paths, spec, decision, awaiting, emit, logger)
+            gate = _close_gate(store, paths, spec, decision, awaiting, emit, logger, record, memory)
             memory.gate_closed_at[decision.action.round] = time.time()
             metrics.GATE_WAIT.observe(max(0.0, time.time() - (observed.round(decision.action.round).awaiting_since or now)))
             if decision.action.reason == "override":
                 override = False
                 remove.append(builders.ANNOTATION_CLOSE_GATE)
             logger.info("gate of round %d closed (%s): mean reward %s", gate.round, gate.reason, gate.mean_reward)
-        active = _act(decision, state, manifest, owner, memory, emit, logger, previous)
+        decision = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
+        active = _act(decision, state, manifest, owner, memory, emit, logger, previous, record)
         if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
             memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
             emit(
@@ -206,6 +224,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 f"ratings and are ignored; first: {awaiting.garbage[0]}",
             )
         fields = _status_fields(store, paths, manifest, observed, awaiting, active, memory)
+        fields["digests"] = dict(sorted(record.items()))
     except kube.Forbidden as err:
         return blocked(phases.R_FORBIDDEN, f"no permission: {err}")
     except (kube.KubeError, StoreError) as err:
@@ -216,7 +235,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     return result
 
 
-def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: bool):
+def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: bool, record: dict[str, str]):
     """observe_store, skipped while the run's keys are unchanged.
 
     Every object in the layout is written whole and never rewritten (ratings and
@@ -225,12 +244,15 @@ def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: b
     one LIST per tick instead of reading every rating again.
     """
     now = time.time()
-    keys = tuple(store.list(paths.root + "/"))
+    # The record decides which gates are closed: a change to it is a change, as is a new key.
+    keys = (tuple(store.list(paths.root + "/")), tuple(sorted(record.items())))
     cached = memory.observation
     if cached is not None and cached[0] == keys:
         return replace(cached[1], close_gate_requested=override, now=now), cached[2]
     previous = cached[2] if cached is not None else None
-    observed, awaiting = observe_store(store, paths, spec, close_gate_requested=override, now=now, previous=previous)
+    observed, awaiting = observe_store(
+        store, paths, spec, close_gate_requested=override, now=now, previous=previous, executor_digests=record
+    )
     memory.observation = (keys, observed, awaiting)
     return observed, awaiting
 
@@ -257,29 +279,21 @@ def _freeze(store: Store, live: RunManifest, memory: RunMemory, emit: EmitFn) ->
         return read_frozen_run(store, RunPaths(live.namespace, live.name))
 
 
-def _ensure_configmap(api: kube.KubeApi, manifest: RunManifest, owner, memory: RunMemory) -> None:
-    if memory.configmap_ok:
-        return
-    cm = builders.build_configmap(manifest, owner)
-    try:
-        api.create_configmap(cm)
-    except kube.Conflict:
-        existing = api.read_configmap(manifest.namespace, cm["metadata"]["name"])
-        if (existing.get("data") or {}) != cm["data"]:
-            # Restore the frozen manifest if someone edited the ConfigMap.
-            api.patch_configmap(manifest.namespace, cm["metadata"]["name"], {"data": cm["data"]})
-    memory.configmap_ok = True
-
-
-def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, logger):
+def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, logger, record, memory: RunMemory):
     action: CloseGate = decision.action  # type: ignore[assignment]
     closed_by = "operator" if action.reason == "complete" else f"operator ({builders.ANNOTATION_CLOSE_GATE} annotation)"
     try:
-        gate = close_gate(
-            store, paths, action.round, spec.feedback, reason=action.reason, closed_by=closed_by, previous=awaiting
+        gate, digest, replaced = integrity.close_gate_as_executor(
+            store, paths, action.round, spec.feedback, action.reason, closed_by, record, previous=awaiting
         )
     except RatingError as err:
         raise StoreError(str(err)) from None
+    name = integrity.gate_name(paths, action.round)
+    record[name] = memory.digest.recorded[name] = digest
+    if replaced:
+        emit("Warning", phases.R_GATE_REPLACED,
+             f"round {action.round}: {store.describe(paths.gate(action.round))} was not closed by the operator; "
+             "it was replaced by the gate the operator closed from the verified ratings")
     reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
     emit(
         "Normal", reason,
@@ -289,16 +303,24 @@ def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, 
     return gate
 
 
-def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous):
+def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous, record):
     """Carry out the planner's action; returns (Job name, action) of the active Job, or None."""
     action = decision.action
+    if isinstance(action, (StartJob, WaitForJob)):
+        # The Jobs mount it: an edit is undone before a Job can start with it (and the
+        # Jobs check run.json against the frozen spec's digest anyway).
+        runconfig.check(state.api, manifest, owner, emit)
     if isinstance(action, WaitForJob):
         memory.active_job = builders.job_name(manifest.name, action.kind, action.round, action.attempt)
         return memory.active_job, action
     if not isinstance(action, StartJob):
         memory.active_job = ""
         return None
-    job = builders.build_job(manifest, action.kind, action.round, action.attempt, owner, state.config)
+    paths = RunPaths(manifest.namespace, manifest.name)
+    expect = integrity.expect_args(
+        action.kind, action.round, manifest.spec, paths, record, builders.run_config_sha256(manifest)
+    )
+    job = builders.build_job(manifest, action.kind, action.round, action.attempt, owner, state.config, expect)
     name = job["metadata"]["name"]
     if name in ((previous.get("activeJob") or {}).get("name"), memory.active_job):
         # Status says this Job was running, yet it is gone and its output is missing.
@@ -312,7 +334,7 @@ def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner,
         return name, action
     memory.active_job = name
     metrics.JOBS_CREATED.labels(kind=action.kind).inc()
-    if action.kind == "ppo" and action.round in memory.gate_closed_at:
+    if action.kind in ("ppo", PPO_GENERATE) and action.round in memory.gate_closed_at:
         metrics.GATE_TO_PPO.observe(time.time() - memory.gate_closed_at.pop(action.round))
     emit("Normal", "JobCreated", f"created Job {name}: {decision.message}")
     logger.info("created Job %s", name)

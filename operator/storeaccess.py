@@ -3,6 +3,7 @@
 The operator reads the store to see progress markers and rating coverage, and
 writes only the frozen spec and gate.json. It uses the same Secret the Jobs
 get, read through the API, and keeps one client per (storage, Secret version).
+A Secret is used only once it opted in (``admission.check_secret``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from therapy_rlhf.spec import RunManifest
 from therapy_rlhf.store import S3Store, Store
 
+from therapy_rlhf.operator.admission import check_secret
+from therapy_rlhf.operator.config import OperatorConfig
 from therapy_rlhf.operator.kube import KubeApi
 
 
@@ -30,22 +33,23 @@ class StoreCache:
     def __init__(self, secret_ttl: float = SECRET_TTL_SECONDS) -> None:
         self._lock = threading.Lock()
         self._stores: dict[str, Store] = {}
-        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str], str]] = {}
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str], str, dict]] = {}
         self._secret_ttl = secret_ttl
 
-    def _secret(self, api: KubeApi, namespace: str, name: str) -> tuple[dict[str, str], str]:
+    def _secret(self, api: KubeApi, namespace: str, name: str) -> tuple[dict[str, str], str, dict]:
         now = time.monotonic()
         with self._lock:
             cached = self._secrets.get((namespace, name))
         if cached is not None and now - cached[0] < self._secret_ttl:
-            return cached[1], cached[2]
-        data, version = api.read_secret_data(namespace, name)  # NotFound is never cached
+            return cached[1], cached[2], cached[3]
+        data, version, meta = api.read_secret_data(namespace, name)  # NotFound is never cached
         with self._lock:
-            self._secrets[(namespace, name)] = (now, data, version)
-        return data, version
+            self._secrets[(namespace, name)] = (now, data, version, meta)
+        return data, version, meta
 
-    def store_for(self, manifest: RunManifest, api: KubeApi) -> Store:
-        """An S3 store for the run; kube.NotFound if its credentials Secret is missing."""
+    def store_for(self, manifest: RunManifest, api: KubeApi, config: OperatorConfig | None = None) -> Store:
+        """An S3 store for the run; kube.NotFound if its credentials Secret is missing,
+        admission.NotAllowed if the Secret did not opt in to being used by runs."""
         storage = manifest.spec.storage
         if storage.bucket is None:
             raise StoreConfigError(
@@ -55,7 +59,9 @@ class StoreCache:
         version = "pod-identity"
         secret = storage.credentials_secret
         if secret is not None:
-            data, version = self._secret(api, manifest.namespace, secret.name)
+            data, version, meta = self._secret(api, manifest.namespace, secret.name)
+            # Before a key is read: a Secret that did not opt in is never sent anywhere.
+            check_secret(manifest, config or OperatorConfig(), meta)
             for field, key in (
                 ("aws_access_key_id", secret.access_key_id_key),
                 ("aws_secret_access_key", secret.secret_access_key_key),

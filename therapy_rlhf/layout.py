@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from therapy_rlhf import names
 
+# Rounds are four digits in keys (rounds/0001 .. rounds/9999).
+MAX_ROUND = 9999
 RATING_KEY_RE = re.compile(r"^(?P<rater>[a-z0-9-]{1,40})/(?P<response>[a-z0-9][a-z0-9_.-]*?)(\.v(?P<version>[0-9]+))?\.json$")
 
 
@@ -68,8 +70,8 @@ class RunPaths:
 
     # rounds ---------------------------------------------------------------
     def round_prefix(self, round_no: int) -> str:
-        if not isinstance(round_no, int) or not 1 <= round_no <= 9999:
-            raise ValueError(f"invalid round {round_no!r}: must be an integer in 1..9999")
+        if not isinstance(round_no, int) or isinstance(round_no, bool) or not 1 <= round_no <= MAX_ROUND:
+            raise ValueError(f"invalid round {round_no!r}: must be an integer in 1..{MAX_ROUND}")
         return f"{self.root}/rounds/{round_no:04d}"
 
     def batch(self, round_no: int) -> str:
@@ -109,7 +111,7 @@ class RunPaths:
 
 def parse_rating_key(relative: str) -> tuple[str, str, int] | None:
     """'alice/r0001-x.v2.json' -> ('alice', 'r0001-x', 2); None for anything else."""
-    m = RATING_KEY_RE.match(relative)
+    m = RATING_KEY_RE.fullmatch(relative)
     if not m:
         return None
     return m["rater"], m["response"], int(m["version"] or 1)

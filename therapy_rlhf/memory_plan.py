@@ -45,6 +45,9 @@ from therapy_rlhf.spec import RunSpec
 KINDS = ("sft", "generate", "ppo", "evaluate")
 TRAINING_KINDS = ("sft", "ppo")
 DISTRIBUTED_KINDS = ("sft", "ppo")  # the ones that run on every GPU of resources.gpus
+# Jobs that do several kinds' work in one process, one after the other: each part is planned.
+# (ppo-generate: round r's update, then round r+1's batch from the same loaded model.)
+PARTS_OF_JOB = {"ppo-generate": ("ppo", "generate")}
 
 BNB_BLOCK = 64  # bitsandbytes' 4-bit block size
 BNB_NESTED_BLOCK = 256  # blocks per fp32 absmax of the double quantization

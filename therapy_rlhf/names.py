@@ -1,6 +1,7 @@
 """Validated names: the only strings that may become part of a store key.
 
-Every key in the store is built from names that passed one of these checks,
+Every key in the store is built from names that passed one of these checks
+(whole-string matches: ``fullmatch``, so no trailing newline slips through),
 so no run name, rater id or response id can climb out of its run's prefix
 (no ``/``, no ``..``, no upper case, no empty parts).
 """
@@ -18,13 +19,26 @@ RATER_ID_RE = re.compile(r"^[a-z0-9-]{1,40}$")
 ITEM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
 
 
+# Error messages quote at most this many characters of what they were given.
+QUOTE_LIMIT = 200
+
+
 class InvalidName(ValueError):
     """A name that may not be used in a store key or a Kubernetes object."""
 
 
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: messages never echo a whole input."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _check(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value) or ".." in value:
-        raise InvalidName(f"invalid {kind} {value!r}: {rule}")
+    # fullmatch, never match: with `$`, re.match accepts a trailing newline ("alice\n").
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
+        raise InvalidName(f"invalid {kind} {quote(value)}: {rule}")
     return value
 
 

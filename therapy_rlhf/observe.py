@@ -8,7 +8,9 @@ judged by their markers alone, which keeps a poll cheap however long the run.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Mapping
 
+from therapy_rlhf.integrity import gate_name
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.planner import JobObservation, Observed, RoundObservation
 from therapy_rlhf.ratings import RoundState, coverage, load_round
@@ -25,24 +27,31 @@ def observe_store(
     close_gate_requested: bool = False,
     now: float = 0.0,
     previous: RoundState | None = None,
+    executor_digests: Mapping[str, str] | None = None,
 ) -> tuple[Observed, RoundState | None]:
     """(observed markers, the state of the round awaiting ratings if any).
 
     ``previous`` is the awaiting round's state from the last poll: only the
-    ratings added since are read (see ``load_round``).
+    ratings added since are read (see ``load_round``). ``executor_digests`` is
+    the executor's own record (``therapy_rlhf.integrity``): with it, a round's
+    gate is closed only if the executor recorded it; without it (a read-only
+    view such as ``status``) any gate.json counts.
     """
     keys = set(store.list(paths.root + "/"))
     rounds: dict[int, RoundObservation] = {}
     awaiting: RoundState | None = None
     for r in range(1, spec.ppo.rounds + 1):
+        stored_gate = paths.gate(r) in keys
+        closed = stored_gate and (executor_digests is None or gate_name(paths, r) in executor_digests)
         ro = RoundObservation(
             r,
             batch=paths.batch(r) in keys,
-            gate=paths.gate(r) in keys,
+            gate=closed,
+            gate_unrecorded=stored_gate and not closed,
             policy=paths.policy_metrics(r) in keys,
         )
         if ro.batch and not ro.gate and awaiting is None:
-            awaiting = load_round(store, paths, r, previous=previous)
+            awaiting = load_round(store, paths, r, previous=previous, feedback=spec.feedback, gate=None)
             cov = coverage(awaiting, spec.feedback.min_raters)
             ro = replace(
                 ro,

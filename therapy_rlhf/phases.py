@@ -18,7 +18,8 @@ PHASES = (PENDING, SFT, GENERATING, AWAITING_RATINGS, UPDATING, EVALUATING, SUCC
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
 # The phase a running job of each kind puts the run in.
-PHASE_OF_JOB = {"sft": SFT, "generate": GENERATING, "ppo": UPDATING, "evaluate": EVALUATING}
+# ("ppo-generate" is the update of round r and the generation of round r+1 in one Job.)
+PHASE_OF_JOB = {"sft": SFT, "generate": GENERATING, "ppo": UPDATING, "ppo-generate": UPDATING, "evaluate": EVALUATING}
 
 # Condition types (status.conditions[].type) ---------------------------------
 COND_READY = "Ready"
@@ -43,3 +44,7 @@ R_INVALID_SPEC = "InvalidSpec"
 R_STORE_UNAVAILABLE = "StoreUnavailable"
 R_SECRET_MISSING = "SecretMissing"
 R_FORBIDDEN = "Forbidden"
+# Integrity and admission (issue 10): Warning Events, and the Ready condition of a blocked run.
+R_GATE_REPLACED = "GateReplaced"  # a gate.json the executor had not closed was replaced
+R_RUN_CONFIG_RESTORED = "RunConfigRestored"  # an edited run ConfigMap was put back
+R_NOT_ALLOWED = "NotAllowed"  # a Secret, image or service account the installation does not allow

@@ -11,6 +11,15 @@ Progress markers in the store (written last by each step):
     sft done       sft/metrics.json
     round r        rounds/r/batch.jsonl -> gate.json -> policy/metrics.json
     evaluation     eval/results.json
+
+One Job per round (``spec.ppo.oneJobPerRound``, the default): after round 1's
+generate, round r's update and round r+1's generation are one ``ppo-generate``
+Job, so the model is loaded once between the last rating of a round and the
+next batch. The Job writes round r's checkpoint (marker last) before it
+samples, so its two halves are two steps of this state machine: a Job that
+dies after the update leaves round r updated and round r+1 without a batch,
+which is an ordinary ``generate`` step. The last round has nothing to sample
+and is a plain ``ppo`` Job.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ JobState = Literal["running", "succeeded", "failed"]
 
 # Round number used for jobs that belong to the whole run (sft, evaluate).
 RUN_LEVEL = 0
+# Round r's PPO update and round r+1's generation in one Job (its round is r).
+PPO_GENERATE = "ppo-generate"
 
 
 # ------------------------------------------------------------------ observed
@@ -46,7 +57,12 @@ class JobObservation:
 class RoundObservation:
     round: int
     batch: bool = False
+    # The gate is closed: gate.json exists and the executor itself closed it
+    # (its digest is in the executor's record). A gate.json nobody closed is
+    # never acted on: the round is still awaiting ratings.
     gate: bool = False
+    # A gate.json is in the store that the executor did not record (ignored; replaced on close).
+    gate_unrecorded: bool = False
     policy: bool = False
     rated: int = 0
     total: int = 0
@@ -158,6 +174,23 @@ def _job_step(spec: RunSpec, obs: Observed, kind: str, r: int) -> Decision:
     )
 
 
+def _generate_step(spec: RunSpec, obs: Observed, r: int) -> Decision:
+    """Round r has no batch: wait for the one-Job round still sampling it, or run a generate Job."""
+    fused = obs.jobs.get((PPO_GENERATE, r - 1))
+    if fused is not None and fused.state == "running":
+        # Round r-1's update is stored; the same Job is now sampling round r.
+        return Decision(
+            WaitForJob(PPO_GENERATE, r - 1, fused.attempt), phases.GENERATING, r, phases.R_JOB_RUNNING,
+            f"{PPO_GENERATE} (round {r - 1}) job generating round {r} (attempt {fused.attempt})",
+        )
+    return _job_step(spec, obs, "generate", r)
+
+
+def _update_kind(spec: RunSpec, r: int) -> str:
+    """ppo-generate while another round follows (and the spec asks for one Job per round), else ppo."""
+    return PPO_GENERATE if spec.ppo.one_job_per_round and r < spec.ppo.rounds else "ppo"
+
+
 def _gate_step(spec: RunSpec, obs: Observed, ro: RoundObservation) -> Decision:
     r = ro.round
     fb = spec.feedback
@@ -188,15 +221,15 @@ def plan(spec: RunSpec, obs: Observed) -> Decision:
     # 1. The optional SFT baseline.
     if spec.sft.enabled and not obs.sft_done:
         return _job_step(spec, obs, "sft", RUN_LEVEL)
-    # 2. PPO rounds: generate -> gate -> update, in order.
+    # 2. PPO rounds: generate -> gate -> update, in order (update + next generate in one Job by default).
     for r in range(1, spec.ppo.rounds + 1):
         ro = obs.round(r)
         if not ro.batch:
-            return _job_step(spec, obs, "generate", r)
+            return _generate_step(spec, obs, r)
         if not ro.gate:
             return _gate_step(spec, obs, ro)
         if not ro.policy:
-            return _job_step(spec, obs, "ppo", r)
+            return _job_step(spec, obs, _update_kind(spec, r), r)
     # 3. The optional evaluation.
     if spec.evaluation.enabled and not obs.eval_done:
         return _job_step(spec, obs, "evaluate", RUN_LEVEL)

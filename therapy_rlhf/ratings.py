@@ -8,12 +8,21 @@
 * A round's gate closes when every response has ``feedback.minRaters``
   distinct raters (or on an override / deadline); closing writes ``gate.json``
   with a conditional create, freezing exactly the ratings the update uses.
+
+Reads are verified against the run's own rules (``feedback``), never against
+what an object claims: a rating counts only when its rater is allowed by the
+run and its criteria are exactly the run's rubric; its reward is recomputed
+from the criteria (a stored reward that disagrees is reported, not used);
+anything else in the ratings prefix is reported as garbage and skipped, never
+fatal. Ratings stored after the gate closed are kept but marked late: they
+are not in the frozen set, so they never count as gated.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -31,7 +40,11 @@ from therapy_rlhf.records import (
     rating_id,
 )
 from therapy_rlhf.spec import FeedbackSpec
-from therapy_rlhf.store import AlreadyExists, NotFound, Store, StoreError
+from therapy_rlhf.store import AccessDenied, AlreadyExists, NotFound, Store, StoreError, StoreUnavailable
+
+# A rating object is a few KiB (comment <= 20000 characters); a larger object in a
+# ratings prefix is garbage and is not downloaded whole.
+MAX_RATING_BYTES = 256 * 1024
 
 
 class RatingError(ValueError):
@@ -49,12 +62,21 @@ def level_value(level: int, feedback: FeedbackSpec) -> float:
     return round(level / top, 6)
 
 
-def compute_reward(criteria: dict[str, float], feedback: FeedbackSpec) -> float | None:
-    """The reward the spec's rule gives for these criterion scores (None for 'direct')."""
+def compute_reward(
+    criteria: dict[str, float], feedback: FeedbackSpec, not_applicable: Iterable[str] = ()
+) -> float | None:
+    """The reward the spec's rule gives for these criterion scores (None for 'direct').
+
+    Criteria marked not applicable are left out: the weighted mean (or the
+    minimum) is over the criteria that apply; None while one of those is
+    unscored, or when none applies.
+    """
     if feedback.reward_rule == "direct":
         return None
-    scored = [(c, criteria[c.name]) for c in feedback.rubric if c.name in criteria]
-    if len(scored) < len(feedback.rubric):
+    skipped = set(not_applicable)
+    applicable = [c for c in feedback.rubric if c.name not in skipped]
+    scored = [(c, criteria[c.name]) for c in applicable if c.name in criteria]
+    if not applicable or len(scored) < len(applicable):
         return None
     if feedback.reward_rule == "minimum":
         return min(s for _, s in scored)
@@ -62,11 +84,25 @@ def compute_reward(criteria: dict[str, float], feedback: FeedbackSpec) -> float 
     return round(sum(c.weight * s for c, s in scored) / total, 6)
 
 
+def base_reward(rating: Rating, feedback: FeedbackSpec) -> float | None:
+    """The reward the run's rule gives this rating, before the safety penalty (None: cannot be used).
+
+    Under 'weighted-mean' and 'minimum' it is recomputed from the criteria: the
+    stored ``reward`` is the client's arithmetic and is never trusted. Only the
+    'direct' rule takes the rater's own reward.
+    """
+    if feedback.reward_rule == "direct":
+        return rating.reward
+    if (set(rating.criteria) | set(rating.not_applicable)) - {c.name for c in feedback.rubric}:
+        return None
+    return compute_reward(rating.criteria, feedback, rating.not_applicable)
+
+
 def effective_reward(rating: Rating, feedback: FeedbackSpec) -> tuple[float, bool]:
     """(reward after the safety penalty, whether the penalty applied)."""
-    base = rating.reward if rating.reward is not None else compute_reward(rating.criteria, feedback)
+    base = base_reward(rating, feedback)
     if base is None:
-        raise RatingError(f"rating {rating.id} has no reward and incomplete criteria")
+        raise RatingError(f"rating {rating.id} has no usable reward under this run's rubric")
     penalized = any(f in feedback.penalized_flags for f in rating.flags)
     value = base - feedback.safety_penalty if penalized else base
     return min(1.0, max(0.0, value)), penalized
@@ -76,55 +112,124 @@ def validate_rating(rating: Rating, feedback: FeedbackSpec, response_ids: Iterab
     """Check a rating against the run's rubric, raters and batch (raises RatingError)."""
     if rating.response_id not in set(response_ids):
         raise RatingError(f"response {rating.response_id!r} does not exist in this round's batch")
-    if feedback.allowed_raters and rating.rater not in feedback.allowed_raters:
-        raise RatingError(
-            f"rater {rating.rater!r} is not in feedback.allowedRaters {feedback.allowed_raters}"
-        )
-    if rating.withdrawn:
+    problem = rule_problem(rating, feedback)
+    if problem:
+        raise RatingError(problem)
+    if rating.withdrawn or feedback.reward_rule == "direct":
         return
-    known = {c.name for c in feedback.rubric}
-    unknown = sorted(set(rating.criteria) - known)
-    if unknown:
-        raise RatingError(f"unknown rubric criteria {unknown}; the rubric has {sorted(known)}")
-    if feedback.reward_rule == "direct":
-        if rating.reward is None:
-            raise RatingError("this run's rewardRule is 'direct': the rating needs a reward in 0..1")
-        return
-    expected = compute_reward(rating.criteria, feedback)
-    if expected is None:
-        missing = sorted(known - set(rating.criteria))
-        raise RatingError(f"criteria {missing} are not scored")
-    if rating.reward is not None and abs(rating.reward - expected) > 1e-6:
+    expected = compute_reward(rating.criteria, feedback, rating.not_applicable)
+    if rating.reward is not None and abs(rating.reward - expected) > 1e-6:  # type: ignore[operator]
         raise RatingError(
             f"reward {rating.reward} does not match the {feedback.reward_rule} of the criteria ({expected})"
         )
 
 
+def rule_problem(rating: Rating, feedback: FeedbackSpec) -> str | None:
+    """Why the run's rules cannot use this rating (rater not allowed, criteria not the rubric), or None."""
+    if feedback.allowed_raters and rating.rater not in feedback.allowed_raters:
+        return f"rater {rating.rater!r} is not in feedback.allowedRaters {feedback.allowed_raters}"
+    if rating.withdrawn:
+        return None
+    known = {c.name for c in feedback.rubric}
+    unknown = sorted((set(rating.criteria) | set(rating.not_applicable) | set(rating.notes)) - known)
+    if unknown:
+        return f"unknown rubric criteria {names.quote(unknown)}; the rubric has {sorted(known)}"
+    problem = _not_applicable_problem(rating, feedback)
+    if problem:
+        return problem
+    if feedback.reward_rule == "direct":
+        if rating.reward is None:
+            return "this run's rewardRule is 'direct': the rating needs a reward in 0..1"
+        return None
+    if compute_reward(rating.criteria, feedback, rating.not_applicable) is None:
+        missing = sorted(known - set(rating.criteria) - set(rating.not_applicable))
+        return f"criteria {missing} are not scored"
+    return None
+
+
+def _not_applicable_problem(rating: Rating, feedback: FeedbackSpec) -> str | None:
+    """'Not applicable' only where the rubric allows it, never with a score, never for every criterion."""
+    marked = set(rating.not_applicable)
+    both = sorted(marked & set(rating.criteria))
+    if both:
+        return f"criteria {both} are both scored and marked not applicable"
+    fixed = sorted(c.name for c in feedback.rubric if c.name in marked and not c.allow_not_applicable)
+    if fixed:
+        return f"criteria {fixed} always apply in this run and cannot be marked not applicable"
+    if feedback.reward_rule != "direct" and marked >= {c.name for c in feedback.rubric}:
+        return "every criterion is marked not applicable: score at least one"
+    return None
+
+
+def reward_disagreement(rating: Rating, feedback: FeedbackSpec) -> str | None:
+    """A note when the stored reward is not what the criteria give (the stored one is not used)."""
+    if rating.withdrawn or rating.reward is None or feedback.reward_rule == "direct":
+        return None
+    expected = compute_reward(rating.criteria, feedback, rating.not_applicable)
+    if expected is None or abs(rating.reward - expected) <= 1e-6:
+        return None
+    return (
+        f"rating {rating.id} stores reward {rating.reward}, but its criteria give {expected} "
+        f"({feedback.reward_rule}): {expected} is used"
+    )
+
+
 # -------------------------------------------------------------- round state
+
+# ``load_round``'s default for ``gate``: read the round's gate.json from the store.
+_READ_GATE: object = object()
 
 
 @dataclass
 class RoundState:
-    """Everything stored for one round, read once."""
+    """Everything stored for one round, read once and checked against the run's rules."""
 
     round: int
     responses: list[PendingResponse]
     batch_errors: list[str]
+    # Every usable rating object (late ones included; see ``late_ids``).
     ratings: list[Rating]
+    # Objects in the ratings prefix that are not usable ratings, and why.
     garbage: list[str] = field(default_factory=list)
     batch_sha256: str = ""
     # Rating key -> its parsed record, or why it is garbage: what a later
     # load_round(previous=this) need not read again (stored objects never change).
     by_key: dict[str, Rating | str] = field(default_factory=dict, repr=False)
+    # The rules the ratings were checked against (the run's frozen feedback spec).
+    feedback: FeedbackSpec | None = field(default=None, repr=False)
+    # The gate the round closed with, if any: ratings it did not freeze are late.
+    gate: Gate | None = field(default=None, repr=False)
+    # Ids of ratings stored after the gate closed: kept and shown, never counted as gated.
+    late_ids: set[str] = field(default_factory=set)
+    # Rating objects this credential may not read (a rater's view of other raters' ratings).
+    unreadable: list[str] = field(default_factory=list)
+    # (rater, response, version) of every rating key listed, usable or not: a new
+    # version goes after all of them, so a garbage object never blocks a key.
+    taken: set[tuple[str, str, int]] = field(default_factory=set, repr=False)
 
     @property
     def response_ids(self) -> list[str]:
         return [r.id for r in self.responses]
 
-    def latest(self) -> dict[tuple[str, str], Rating]:
-        """(response_id, rater) -> that rater's newest rating, withdrawn ones dropped."""
+    @property
+    def late(self) -> list[Rating]:
+        return [r for r in self.ratings if r.id in self.late_ids]
+
+    def reward_disagreements(self) -> list[str]:
+        """Stored rewards that are not what the criteria give under the run's rule (not used)."""
+        fb = self.feedback or FeedbackSpec()
+        return [note for r in self.ratings if (note := reward_disagreement(r, fb))]
+
+    def latest(self, include_late: bool = False) -> dict[tuple[str, str], Rating]:
+        """(response_id, rater) -> that rater's newest rating, withdrawn ones dropped.
+
+        Late ratings are left out unless asked for: for a closed round this is
+        exactly the frozen set the gate rewards.
+        """
         newest: dict[tuple[str, str], Rating] = {}
         for r in self.ratings:
+            if r.id in self.late_ids and not include_late:
+                continue
             key = (r.response_id, r.rater)
             if key not in newest or r.version > newest[key].version:
                 newest[key] = r
@@ -139,7 +244,17 @@ class RoundState:
 
     def next_version(self, rater: str, response_id: str) -> int:
         versions = [r.version for r in self.ratings if r.rater == rater and r.response_id == response_id]
+        versions += [v for who, resp, v in self.taken if (who, resp) == (rater, response_id)]
         return max(versions, default=0) + 1
+
+    def find_submission(self, rating: Rating) -> Rating | None:
+        """The stored rating carrying this rating's submission id, if there is one."""
+        if rating.submission_id is None:
+            return None
+        for r in self.ratings:
+            if r.submission_id == rating.submission_id and (r.rater, r.response_id) == (rating.rater, rating.response_id):
+                return r
+        return None
 
 
 def read_batch(store: Store, paths: RunPaths, round_no: int) -> tuple[list[PendingResponse], list[str], str]:
@@ -157,7 +272,7 @@ READ_WORKERS = 8
 def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreError | None]]:
     def fetch(key: str) -> tuple[str, object, StoreError | None]:
         try:
-            return key, store.read_json(key), None
+            return key, store.read_json(key, limit=MAX_RATING_BYTES), None
         except StoreError as err:
             return key, None, err
 
@@ -167,23 +282,54 @@ def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreErr
         return list(pool.map(fetch, keys))
 
 
-def load_round(store: Store, paths: RunPaths, round_no: int, previous: RoundState | None = None) -> RoundState:
+def run_feedback(store: Store, paths: RunPaths) -> FeedbackSpec:
+    """The run's rating rules from its frozen spec (the defaults where no spec is stored)."""
+    from therapy_rlhf.spec import parse_run
+
+    try:
+        return parse_run(store.read_json(paths.spec()), store.describe(paths.spec())).spec.feedback
+    except NotFound:
+        return FeedbackSpec()
+
+
+def load_round(
+    store: Store,
+    paths: RunPaths,
+    round_no: int,
+    previous: RoundState | None = None,
+    *,
+    feedback: FeedbackSpec | None = None,
+    gate: Gate | None | object = _READ_GATE,
+) -> RoundState:
     """Read a round's batch and every rating object; garbage is reported, not trusted.
 
     With ``previous`` (an earlier load of the same round) only what is new is
     read: the batch and every rating object are written once and never
     changed, so a poll costs one LIST plus one GET per new rating.
+
+    ``feedback`` is the run's rules (default: the frozen spec's, or the
+    previous load's). ``gate`` is the gate that decides which ratings are late:
+    by default the round's gate.json; an executor passes the gate it trusts
+    (None while it has closed none).
     """
-    if previous is not None and previous.round == round_no and previous.batch_sha256:
+    reuse = previous is not None and previous.round == round_no and previous.batch_sha256
+    if reuse:
         responses, batch_errors, digest = previous.responses, previous.batch_errors, previous.batch_sha256
         known = previous.by_key
+        feedback = feedback or previous.feedback
     else:
         responses, batch_errors, digest = read_batch(store, paths, round_no)
         known = {}
+    if feedback is None:  # the same run's rules, whichever round the previous load was of
+        feedback = previous.feedback if previous is not None and previous.feedback else run_feedback(store, paths)
+    if reuse and feedback != previous.feedback:
+        known = {}  # other rules: every object is judged again
+    garbage: list[str] = []
+    if gate is _READ_GATE:
+        gate = previous.gate if reuse and previous.gate is not None else _stored_gate(store, paths, round_no, garbage)
     prefix = paths.ratings_prefix(round_no)
     ids = {r.id for r in responses}
     keyed: dict[str, tuple[str, str, int]] = {}
-    garbage: list[str] = []
     for key in store.list(prefix):
         parsed = parse_rating_key(key[len(prefix) :])
         if parsed is None:
@@ -192,20 +338,81 @@ def load_round(store: Store, paths: RunPaths, round_no: int, previous: RoundStat
             keyed[key] = parsed
     by_key: dict[str, Rating | str] = {k: known[k] for k in keyed if k in known}
     for key, data, error in _read_all(store, [k for k in keyed if k not in known]):
-        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids)
+        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback)
     ratings: list[Rating] = []
+    unreadable: list[str] = []
     for key in keyed:  # listing order, as before
         result = by_key[key]
         if isinstance(result, Rating):
             ratings.append(result)
+        elif result.startswith(_UNREADABLE):
+            unreadable.append(key)
         else:
             garbage.append(result)
-    return RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key)
+    if isinstance(gate, Gate) and (problem := _implausible(gate, ratings, digest)):
+        garbage.append(f"{store.describe(paths.gate(round_no))}: not this round's gate ({problem}); ignored")
+        gate = None
+    state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
+    state.taken = set(keyed.values())
+    state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
+    return state
 
 
-def _check_rating(store: Store, key: str, expected: tuple[str, str, int], data, error, ids: set[str]) -> Rating | str:
-    """The stored rating, or why it is garbage (unreadable, not matching its key, unknown response)."""
+_UNREADABLE = "unreadable: "
+
+
+def _stored_gate(store: Store, paths: RunPaths, round_no: int, garbage: list[str]) -> Gate | None:
+    # exists() first: a HEAD, so a poll of an open round reads nothing it need not.
+    try:
+        if not store.exists(paths.gate(round_no)):
+            return None
+        return read_gate(store, paths, round_no)
+    except (RecordError, StoreError) as err:
+        garbage.append(str(err))
+        return None
+
+
+def _implausible(gate: Gate, ratings: list[Rating], batch_sha256: str) -> str | None:
+    """Why a stored gate.json cannot be the gate of these ratings (a forged one), or None.
+
+    Readers that hold no executor record (status, export, the TUI) still refuse
+    a gate for another batch or one naming ratings that are not stored.
+    """
+    if gate.batch_sha256 != batch_sha256:
+        return "it froze another batch"
+    stored = {r.id for r in ratings}
+    named = {rid for reward in gate.rewards.values() for rid in reward.ratings}
+    missing = sorted(named - stored)
+    if missing:
+        return f"it names {len(missing)} rating(s) that are not stored, e.g. {missing[0]}"
+    return None
+
+
+def _late_ids(ratings: list[Rating], gate: Gate | None) -> set[str]:
+    """Ratings the gate did not see when it closed."""
+    if gate is None:
+        return set()
+    if gate.considered is not None:
+        seen = set(gate.considered)
+        return {r.id for r in ratings if r.id not in seen}
+    # A gate written before ``considered`` existed: what it froze, and anything
+    # older of the same rater and response, was there; newer versions are late.
+    frozen: dict[tuple[str, str], int] = {}
+    for reward in gate.rewards.values():
+        for rid in reward.ratings:
+            rater, response, version = rid.rsplit("/", 2)
+            frozen[(response, rater)] = int(version.lstrip("v"))
+    return {r.id for r in ratings if r.version > frozen.get((r.response_id, r.rater), 0)}
+
+
+def _check_rating(
+    store: Store, key: str, expected: tuple[str, str, int], data, error, ids: set[str], feedback: FeedbackSpec
+) -> Rating | str:
+    """The stored rating, or why it cannot be used (unreadable, not matching its key, unknown
+    response, a rater or criteria the run does not allow)."""
     rater, response_id, version = expected
+    if isinstance(error, AccessDenied):
+        return _UNREADABLE + str(error)
     try:
         if error is not None:
             raise error
@@ -216,6 +423,9 @@ def _check_rating(store: Store, key: str, expected: tuple[str, str, int], data, 
         return f"{store.describe(key)}: record does not match its key"
     if response_id not in ids:
         return f"{store.describe(key)}: rates unknown response {response_id!r}"
+    problem = rule_problem(rating, feedback)
+    if problem:
+        return f"{store.describe(key)}: {problem}"
     return rating
 
 
@@ -228,29 +438,91 @@ def submit_rating(
     *,
     attempts: int = 5,
 ) -> Rating:
-    """Store a rating as a new object (first rating, correction or withdrawal).
+    """Store a rating as a new object (first rating, correction or withdrawal), exactly once.
 
     The version is chosen after the rater's existing ones; if another writer
     (a second window) takes that key first, the rating is re-based on top of it
     and becomes a correction, so neither judgement is lost.
+
+    Exactly once: the rating carries a ``submission_id`` (filled in here, on
+    the caller's object, when it has none, so the caller's own retry reuses
+    it). A write whose answer was lost (a 5xx or a reset after S3 stored the
+    object, then a retried conditional PUT answering 412) is recognised by
+    reading the key back: an object with the same submission id and content is
+    this submission, and it is returned instead of a second version.
     """
     validate_rating(rating, feedback, state.response_ids)
+    gate = state.gate if state.gate is not None else _stored_gate(store, paths, state.round, [])
+    if gate is not None and _implausible(gate, state.ratings, state.batch_sha256) is None:
+        raise RatingError(
+            f"round {state.round}'s gate is closed: the update uses the ratings it froze, "
+            "so a rating stored now would never be used"
+        )
+    if rating.submission_id is None:
+        rating.submission_id = uuid.uuid4().hex
+    own = state.find_submission(rating)
+    if own is not None:
+        _check_same(own, rating)
+        return own
     for _ in range(attempts):
         version = state.next_version(rating.rater, rating.response_id)
         prior = rating_id(rating.rater, rating.response_id, version - 1) if version > 1 else None
         record = rating.model_copy(update={"version": version, "supersedes": prior})
+        key = paths.rating(state.round, rating.rater, rating.response_id, version)
         try:
-            store.create_json(
-                paths.rating(state.round, rating.rater, rating.response_id, version),
-                record.model_dump(mode="json"),
-            )
+            store.create_json(key, record.model_dump(mode="json"))
         except AlreadyExists:
-            fresh = load_round(store, paths, state.round, previous=state)
-            state.ratings, state.by_key = fresh.ratings, fresh.by_key
+            stored = _own_object(store, key, record)
+            if stored is not None:
+                state.ratings.append(stored)
+                return stored
+            fresh = load_round(store, paths, state.round, previous=state, feedback=feedback, gate=state.gate)
+            state.ratings, state.by_key, state.taken = fresh.ratings, fresh.by_key, fresh.taken
             continue
+        except AccessDenied:
+            raise  # this credential may not write here: retrying changes nothing
+        except StoreUnavailable:
+            # Ambiguous: the object may be stored although the answer never came.
+            # If it is, this submission is done; if not (or the store cannot say),
+            # the failure is the caller's to retry -- with the same submission id.
+            stored = _own_object(store, key, record, quiet=True)
+            if stored is not None:
+                state.ratings.append(stored)
+                return stored
+            raise
         state.ratings.append(record)
         return record
     raise RatingError(f"could not store rating of {rating.response_id}: too many concurrent writers")
+
+
+def _same_submission(a: Rating, b: Rating) -> bool:
+    """The same submission: everything the client chose is equal (version and supersedes are ours)."""
+    ignore = {"version", "supersedes"}
+    return a.model_dump(mode="json", exclude=ignore) == b.model_dump(mode="json", exclude=ignore)
+
+
+def _check_same(stored: Rating, rating: Rating) -> None:
+    if not _same_submission(stored, rating):
+        raise RatingError(
+            f"submission {rating.submission_id} of {rating.response_id} is already stored as {stored.id} "
+            "with other content; a new judgement needs a new submission id"
+        )
+
+
+def _own_object(store: Store, key: str, record: Rating, quiet: bool = False) -> Rating | None:
+    """The object at ``key`` when it is this submission (a write whose answer was lost), else None."""
+    try:
+        stored = parse_record(Rating, store.read_json(key, limit=MAX_RATING_BYTES), store.describe(key))
+    except RecordError:
+        return None  # garbage at the key: not ours (the next version goes after it)
+    except StoreError:
+        if quiet:
+            return None
+        raise
+    if stored.submission_id != record.submission_id:
+        return None
+    _check_same(stored, record)
+    return stored
 
 
 # ----------------------------------------------------------- coverage, gate
@@ -277,10 +549,17 @@ def coverage(state: RoundState, min_raters: int) -> Coverage:
     return Coverage(len(by_resp), done, min_raters, len(state.latest()))
 
 
+def usable_latest(state: RoundState, feedback: FeedbackSpec) -> dict[tuple[str, str], Rating]:
+    """``state.latest()`` restricted to what ``feedback`` can reward (never raises)."""
+    return {
+        k: r for k, r in state.latest().items() if rule_problem(r, feedback) is None and base_reward(r, feedback) is not None
+    }
+
+
 def aggregate(state: RoundState, feedback: FeedbackSpec) -> dict[str, ResponseReward]:
     """Reward per rated response: mean over distinct raters of their latest rating."""
     per_resp: dict[str, list[Rating]] = {}
-    for (resp, _rater), rating in sorted(state.latest().items()):
+    for (resp, _rater), rating in sorted(usable_latest(state, feedback).items()):
         per_resp.setdefault(resp, []).append(rating)
     out: dict[str, ResponseReward] = {}
     for resp, ratings in per_resp.items():
@@ -294,9 +573,19 @@ def aggregate(state: RoundState, feedback: FeedbackSpec) -> dict[str, ResponseRe
     return out
 
 
+# Agreement over fewer shared responses than this says nothing (with one shared
+# response alpha is 0 whatever the scores): it is reported as undefined.
+AGREEMENT_MIN_OVERLAP = 3
+
+
+def overlap(state: RoundState) -> int:
+    """Responses scored by two or more raters (what agreement can be measured on)."""
+    return sum(1 for raters in state.raters_by_response().values() if len(raters) >= 2)
+
+
 def agreement(state: RoundState, feedback: FeedbackSpec) -> float | None:
-    """Krippendorff's alpha (interval) over rewards, when two raters overlap."""
-    latest = state.latest()
+    """Krippendorff's alpha (interval) over rewards, once enough responses are shared (else None)."""
+    latest = usable_latest(state, feedback)
     raters = sorted({rater for _, rater in latest})
     if len(raters) < 2:
         return None
@@ -307,7 +596,7 @@ def agreement(state: RoundState, feedback: FeedbackSpec) -> float | None:
     ]
     overlapping = sum(1 for j in range(len(responses)) if sum(not math.isnan(row[j]) for row in matrix) >= 2)
     values = {v for row in matrix for v in row if not math.isnan(v)}
-    if overlapping == 0 or len(values) < 2:
+    if overlapping < AGREEMENT_MIN_OVERLAP or len(values) < 2:
         return None
     import krippendorff
 
@@ -333,6 +622,7 @@ def build_gate(state: RoundState, feedback: FeedbackSpec, reason: str, closed_by
         mean_reward=round(sum(values) / len(values), 6),
         agreement=agreement(state, feedback),
         batch_sha256=state.batch_sha256,
+        considered=sorted(r.id for r in state.ratings),
     )
 
 
@@ -361,7 +651,8 @@ def close_gate(
     existing = read_gate(store, paths, round_no)
     if existing is not None:
         return existing
-    gate = build_gate(load_round(store, paths, round_no, previous=previous), feedback, reason, closed_by)
+    state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
+    gate = build_gate(state, feedback, reason, closed_by)
     try:
         store.create_json(paths.gate(round_no), gate.model_dump(mode="json"))
     except AlreadyExists:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from therapy_rlhf import names
-from therapy_rlhf.spec import RATING_FLAGS, describe_validation_error
+from therapy_rlhf.spec import MAX_ROUND, RATING_FLAGS, describe_validation_error
 
 
 def utcnow() -> str:
@@ -21,7 +21,8 @@ def utcnow() -> str:
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/nan refused everywhere: json.loads accepts NaN and Infinity.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     def to_json_line(self) -> str:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
@@ -40,7 +41,7 @@ class GenerationSettings(Record):
     temperature: float
     top_p: float
     max_new_tokens: int
-    seed: int
+    seed: int = Field(..., ge=0, le=2**32 - 1)
     top_k: int | None = Field(
         None, description="0 = no top-k truncation; None = not recorded (batches written before it was, which "
         "transformers sampled with its default top_k=50)."
@@ -74,7 +75,7 @@ class PendingResponse(Record):
     """One line of rounds/{r}/batch.jsonl."""
 
     id: str
-    round: int = Field(..., ge=1)
+    round: int = Field(..., ge=1, le=MAX_ROUND)
     prompt_id: str
     prompt: str
     context: list[dict[str, str]] = Field(
@@ -145,6 +146,13 @@ class Rating(Record):
     reward: float | None = Field(None, ge=0.0, le=1.0)
     flags: list[Flag] = Field(default_factory=list)  # type: ignore[valid-type]
     comment: str = Field("", max_length=20000)
+    not_applicable: list[str] = Field(
+        default_factory=list,
+        description="Criteria the rater marked 'not applicable' to this response: recorded, left out of the reward.",
+    )
+    notes: dict[str, str] = Field(
+        default_factory=dict, description="Optional note per criterion (criterion name -> text)."
+    )
     supersedes: str | None = None
     withdrawn: bool = False
     seconds_spent: float = Field(0.0, ge=0)
@@ -177,6 +185,14 @@ class Rating(Record):
                 raise ValueError(f"criterion {name!r} score {score} is outside 0..1")
         return v
 
+    @field_validator("notes")
+    @classmethod
+    def _short_notes(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, text in v.items():
+            if len(text) > 4000:
+                raise ValueError(f"note on {name!r} is longer than 4000 characters")
+        return v
+
     @property
     def id(self) -> str:
         return rating_id(self.rater, self.response_id, self.version)
@@ -199,7 +215,7 @@ class ResponseReward(Record):
 class Gate(Record):
     """rounds/{r}/gate.json: exactly which ratings the PPO update uses."""
 
-    round: int = Field(..., ge=1)
+    round: int = Field(..., ge=1, le=MAX_ROUND)
     reason: Literal["complete", "override", "deadline"]
     closed_at: str = Field(default_factory=utcnow)
     closed_by: str = "unknown"
@@ -210,6 +226,11 @@ class Gate(Record):
     mean_reward: float | None
     agreement: float | None = Field(None, description="Krippendorff's alpha (interval), when defined.")
     batch_sha256: str
+    considered: list[str] | None = Field(
+        None,
+        description="Ids of every usable rating stored when the gate closed (superseded ones too); "
+        "a rating not listed was stored later and is late. None in gates written before this field.",
+    )
 
 
 def parse_record(model: type[Record], data: Any, source: str) -> Any:

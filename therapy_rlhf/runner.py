@@ -1,24 +1,45 @@
 """The local runner: the whole loop on one machine, no cluster.
 
-    therapy-rlhf run examples/tiny-local.yaml --rater auto
+    therapy-rlhf run examples/tiny-local.yaml --scoring auto
 
-It carries out the shared planner's actions with local subprocesses (one job
+It carries out the shared planner's actions with local processes (one job
 at a time, ``python -m therapy_rlhf.jobs <kind> ...``), waits at each gate
 until ratings arrive (from the simulated rater, the scoring TUI in this
 terminal, or anywhere else), and can be stopped with Ctrl-C or killed at any
 moment: every step's output is written whole with its marker last, so the
 next start observes the store and continues where the run was.
+
+Jobs start through a warm worker (``therapy_rlhf.jobworker``): one process
+that imports torch, transformers and peft once and forks a fresh child per
+job, so a job starts in a fraction of a second instead of re-importing for
+seconds, and is still its own process (own session and process group, its
+exit code, its crash a failed attempt). ``--cold-jobs`` (or
+``THERAPY_RLHF_WARM_WORKER=0``) starts every job as a new interpreter.
+
+Stopping: Ctrl-C, SIGTERM and SIGHUP stop the running job's process group,
+then the worker, then the runner (exit 128 + the signal). If the runner is
+killed outright (SIGKILL), the worker sees its socket close and stops the job.
+
+The runner is the local executor of ``therapy_rlhf.integrity``: it keeps the
+digests of the gates it closed and of its jobs' outputs (reported in a file in
+its private work folder) in ``state.json`` there, and starts each job with the
+digests of its inputs, so nothing written to the store by anyone else trains
+the model.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import os
+import re
 import shlex
 import signal
-import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -26,6 +47,8 @@ from typing import Callable, Literal
 from rich.console import Console
 from rich.text import Text
 
+from therapy_rlhf import integrity
+from therapy_rlhf.jobworker import JobExit, JobWorkerClient
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
 from therapy_rlhf.planner import (
@@ -40,9 +63,9 @@ from therapy_rlhf.planner import (
     WaitForRatings,
     plan,
 )
-from therapy_rlhf.ratings import close_gate
+from therapy_rlhf.ratings import RatingError
 from therapy_rlhf.runs import dump_manifest, freeze_spec
-from therapy_rlhf.spec import RunManifest
+from therapy_rlhf.spec import RunManifest, RunSpec
 from therapy_rlhf.store import Store
 
 RaterMode = Literal["auto", "tui", "none"]
@@ -55,11 +78,26 @@ EXIT_PAUSED = 4  # the rater closed the scoring TUI before the gate closed
 EXIT_INTERRUPTED = 130
 
 JOB_COMMAND_ENV = "THERAPY_RLHF_JOB_COMMAND"
+WARM_WORKER_ENV = "THERAPY_RLHF_WARM_WORKER"
+JOBS_MODULE = "therapy_rlhf.jobs"
+# Imported once by the warm worker when the jobs are the project's own.
+JOBS_PRELOAD = ("therapy_rlhf.jobs.preload",)
 LOG_TAIL_LINES = 20
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # SIGINT arrives as KeyboardInterrupt
+POLL_SECONDS_LOCAL = 0.5
+POLL_SECONDS_S3 = 2.0
 
 
 class RunnerError(RuntimeError):
     """The runner cannot go on (a one-line reason)."""
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP reached the runner: stop the job and exit like Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def default_job_command() -> list[str]:
@@ -67,13 +105,33 @@ def default_job_command() -> list[str]:
     custom = os.environ.get(JOB_COMMAND_ENV)
     if custom:
         return shlex.split(custom)
-    return [sys.executable, "-m", "therapy_rlhf.jobs"]
+    return [sys.executable, "-m", JOBS_MODULE]
 
 
-def work_dir_for(paths: RunPaths) -> Path:
-    """Where the runner keeps the run config it hands to jobs, and the job logs."""
+def default_warm() -> bool:
+    """Warm job starts unless ``$THERAPY_RLHF_WARM_WORKER`` is 0/false/no."""
+    return os.environ.get(WARM_WORKER_ENV, "1").strip().lower() not in ("0", "false", "no")
+
+
+def default_console() -> Console:
+    """Progress on stderr; lines are never wrapped where stderr is a file or a CI log."""
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
+
+
+def store_folder(uri: str) -> str:
+    """A folder name for a store: readable, and unique per store URI."""
+    slug = re.sub(r"[^a-z0-9]+", "-", uri.lower()).strip("-")[-40:].strip("-") or "store"
+    return f"{slug}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+
+
+def work_dir_for(paths: RunPaths, store_uri: str) -> Path:
+    """Where the runner keeps the run config it hands to jobs, and the job logs: one folder per
+    store and run, so runs of the same name in two stores never share them."""
     cache = Path(os.environ.get("THERAPY_RLHF_CACHE", Path.home() / ".cache" / "therapy-rlhf"))
-    return cache / "runner" / paths.namespace / paths.run
+    return cache / "runner" / store_folder(store_uri) / paths.namespace / paths.run
 
 
 @dataclass
@@ -82,48 +140,88 @@ class LocalRunner:
     store: Store
     rater: RaterMode = "none"
     rater_id: str | None = None
-    poll_interval: float = 2.0
+    # Seconds between store polls at a gate; None: POLL_SECONDS_LOCAL for a local directory
+    # (a listing costs nothing), POLL_SECONDS_S3 for S3 (each poll is a LIST request).
+    poll_interval: float | None = None
     job_command: list[str] = field(default_factory=default_job_command)
-    console: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    console: Console = field(default_factory=default_console)
+    # Fork jobs from a worker that has imported the jobs' libraries once (see module docstring).
+    warm: bool = field(default_factory=default_warm)
+    # What that worker imports; None: the jobs' libraries when job_command is the jobs module.
+    preload: tuple[str, ...] | None = None
     # Called while waiting for ratings in 'none' mode (tests use it to rate from "elsewhere").
     on_wait: Callable[[WaitForRatings], None] | None = None
     max_polls: int | None = None
 
     def __post_init__(self) -> None:
+        if self.poll_interval is None:
+            self.poll_interval = POLL_SECONDS_S3 if self.store.uri.startswith("s3://") else POLL_SECONDS_LOCAL
         self.paths = RunPaths(self.manifest.namespace, self.manifest.name)
         self.jobs: dict[tuple[str, int], JobObservation] = {}
+        # The executor's record (integrity): name -> digest of what it closed or its jobs wrote.
+        self.digests: dict[str, str] = {}
         self._last_message = ""
-        self._child: subprocess.Popen[str] | None = None
+        self.worker: JobWorkerClient | None = None
+        self._worker_announced = False
 
     # ------------------------------------------------------------------ loop
-    def run(self) -> int:
-        """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
-        # 1. Freeze the spec in the store (a restart keeps the frozen one).
+    def prepare(self) -> tuple[RunManifest, RunSpec]:
+        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config."""
         frozen = freeze_spec(self.store, self.manifest)
         spec = frozen.spec.model_copy(update={"suspend": self.manifest.spec.suspend})
-        self.work_dir = work_dir_for(self.paths)
+        self.work_dir = work_dir_for(self.paths, self.store.uri)
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_file = self.work_dir / "run.json"
-        self.config_file.write_text(dump_manifest(frozen.model_copy(update={"spec": spec})))
+        config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
+        self.config_file.write_bytes(config)
+        self.config_sha = integrity.sha256(config)
+        self.state_file = self.work_dir / "state.json"
+        self.digests = self.load_state()
+        return frozen, spec
+
+    def run(self) -> int:
+        """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
+        # 1. Freeze the spec, write the jobs' run config and read this runner's record.
+        frozen, spec = self.prepare()
         self.say(f"run {self.paths.root} in {self.store.uri}")
+        warned: set[int] = set()
         polls = 0
         awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
+        # 2. A warm job worker starts importing now, while the first observations and gates go on.
+        if self._preload():
+            self.worker = self._start_worker()
+        restore = self._catch_stop_signals()
         try:
+            # Reports of jobs that finished while no runner watched (an earlier runner was killed).
+            self.absorb_outputs()
             while True:
-                # 2. Observe the store and plan the single next action.
+                # 3. Observe the store and plan the single next action.
                 observed, awaiting = observe_store(
-                    self.store, self.paths, spec, jobs=self.jobs, now=time.time(), previous=awaiting
+                    self.store, self.paths, spec, jobs=self.jobs, now=time.time(), previous=awaiting,
+                    executor_digests=self.digests,
                 )
+                for r, ro in observed.rounds.items():
+                    if ro.gate_unrecorded and r not in warned:
+                        warned.add(r)
+                        self.say(f"[yellow]round {r}: ignoring a gate.json this runner did not close[/] "
+                                 "(it is replaced when the round's gate closes)")
                 decision = plan(spec, observed)
                 self.report(decision)
                 action = decision.action
-                # 3. Carry it out.
+                # 4. Carry it out.
                 if isinstance(action, StartJob):
                     self.run_job(action)
                 elif isinstance(action, CloseGate):
-                    gate = close_gate(
-                        self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner", previous=awaiting
-                    )
+                    try:
+                        gate, digest, replaced = integrity.close_gate_as_executor(
+                            self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner",
+                            self.digests, previous=awaiting,
+                        )
+                    except RatingError as err:
+                        raise RunnerError(str(err)) from None
+                    self.record({integrity.gate_name(self.paths, action.round): digest})
+                    if replaced:
+                        self.say(f"[yellow]round {action.round}: replaced a gate.json this runner had not closed[/]")
                     self.say(
                         f"round {action.round}: gate closed ({gate.reason}), "
                         f"{gate.responses_rewarded}/{gate.responses_total} rewarded, mean reward {gate.mean_reward:.3f}"
@@ -152,10 +250,55 @@ class LocalRunner:
         except RunnerError as err:
             self.say(f"[bold red]error[/]: {err}")
             return EXIT_FAILED
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stopped) as stop:
+            self._ignore_stop_signals()  # a second signal must not cut the clean-up short
             self.stop_child()
-            self.say("stopped; run the same command again to continue where the run was")
-            return EXIT_INTERRUPTED
+            name = signal.Signals(stop.signum).name if isinstance(stop, Stopped) else "Ctrl-C"
+            self.say(f"stopped ({name}); run the same command again to continue where the run was")
+            return 128 + stop.signum if isinstance(stop, Stopped) else EXIT_INTERRUPTED
+        finally:
+            self.close()
+            restore()
+
+    # ------------------------------------------------------ process control
+    def _preload(self) -> tuple[str, ...]:
+        if not self.warm:
+            return ()
+        if self.preload is not None:
+            return tuple(self.preload)
+        return JOBS_PRELOAD if self.job_command == [sys.executable, "-m", JOBS_MODULE] else ()
+
+    def _start_worker(self) -> JobWorkerClient:
+        worker = JobWorkerClient(list(self._preload()), self.warm, self.work_dir / "logs" / "worker.log")
+        worker.start()
+        return worker
+
+    def _catch_stop_signals(self) -> Callable[[], None]:
+        """SIGTERM/SIGHUP raise Stopped, SIGINT KeyboardInterrupt (main thread only); returns a function
+        restoring the old handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, _frame) -> None:
+            raise Stopped(signum)
+
+        previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGINT)}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, on_signal)
+        # Ctrl-C is KeyboardInterrupt even when the runner was started with SIGINT ignored
+        # (a shell without job control starts background commands so): `kill -INT` still stops it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+        return restore
+
+    def _ignore_stop_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (*STOP_SIGNALS, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
 
     # ------------------------------------------------------------- progress
     def say(self, message: str) -> None:
@@ -170,6 +313,9 @@ class LocalRunner:
     # ------------------------------------------------------------------ jobs
     def run_job(self, action: StartJob) -> None:
         """Run one job to completion, streaming its output, and record the outcome."""
+        # One file per launch: a job that outlived a killed runner keeps its report.
+        outputs_file = self.work_dir / "outputs" / f"{action.kind}-r{action.round}-a{action.attempt}-{uuid.uuid4().hex[:8]}.json"
+        outputs_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             *self.job_command,
             action.kind,
@@ -179,52 +325,118 @@ class LocalRunner:
             str(action.round),
             "--store",
             self.store.uri,
+            *integrity.expect_args(action.kind, action.round, self.manifest.spec, self.paths, self.digests, self.config_sha),
+            "--outputs-file",
+            str(outputs_file),
         ]
         log_path = self.work_dir / "logs" / f"{action.kind}-r{action.round}-a{action.attempt}.log"
-        prior = self.jobs.get((action.kind, action.round))
-        failures = prior.failures if prior else 0
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         started = time.monotonic()
+        if self.worker is None:  # no preload to overlap, or run_job called on its own
+            self.worker = self._start_worker()
         with open(log_path, "w", encoding="utf-8") as log:
-            # The job gets its own session so Ctrl-C reaches the runner first,
-            # which then stops the job cleanly (nothing half-written survives).
-            self._child = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                bufsize=1,
-                start_new_session=True,
-            )
-            assert self._child.stdout is not None
-            for line in self._child.stdout:
-                log.write(line)
+
+            def on_line(line: str) -> None:
+                log.write(line + "\n")
+                log.flush()
                 tail.append(line.rstrip())
                 self.console.print(Text.assemble((f"  {action.kind}> ", "dim"), line.rstrip()), highlight=False)
-            code = self._child.wait()
-            self._child = None
-        elapsed = time.monotonic() - started
+
+            # The job gets its own session so Ctrl-C reaches the runner first,
+            # which then stops the job cleanly (nothing half-written survives).
+            outcome = self.worker.run(cmd, on_line)
+        self._announce_worker()
+        if outputs_file.is_file():  # also a failed job's: ppo-generate reports its update before it samples
+            self.record(self.read_outputs(outputs_file, action.kind, action.round))
+        self.record_outcome(action, outcome, list(tail), time.monotonic() - started, log_path)
+
+    def record_outcome(self, action: StartJob, outcome: JobExit, tail: list[str], elapsed: float, log_path: Path) -> None:
+        """The one place a job's end becomes the planner's JobObservation."""
+        prior = self.jobs.get((action.kind, action.round))
+        failures = prior.failures if prior else 0
+        code = outcome.returncode
+        how = "warm start" if outcome.warm else f"cold start: {outcome.why_cold}" if outcome.why_cold else "cold start"
         if code == 0:
             self.jobs[(action.kind, action.round)] = JobObservation(
                 action.kind, action.round, action.attempt, "succeeded", failures
             )
-            self.say(f"{action.kind} job finished in {elapsed:.1f}s")
+            self.say(f"{action.kind} job finished in {elapsed:.1f}s ({how})")
             return
-        reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tail[-1] if tail else f"exit code {code}")
+        errors = [ln for ln in tail if ln.startswith("error:")]
+        if outcome.worker_died:
+            reason = "the job worker died while the job ran"
+        elif code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            reason = f"the job process was killed by {name}"
+        else:
+            reason = errors[-1] if errors else (tail[-1] if tail else f"exit code {code}")
         self.jobs[(action.kind, action.round)] = JobObservation(
             action.kind, action.round, action.attempt, "failed", failures + 1, reason.removeprefix("error:").strip()
         )
         self.say(f"[red]{action.kind} job failed[/] (exit {code}) after {elapsed:.1f}s; log: {log_path}")
 
+    def _announce_worker(self) -> None:
+        ready = self.worker.ready if self.worker else None
+        if ready is not None and not self._worker_announced:
+            self._worker_announced = True
+            if ready["warm"]:
+                loaded = ", ".join(ready["preloaded"]) or "nothing"
+                self.say(f"job worker: jobs start warm (preloaded {loaded} in {ready['seconds']:.1f}s)")
+            else:
+                self.say(f"job worker: jobs start cold ({ready['why_cold']})")
+
+    # ------------------------------------------------------------ the record
+    def load_state(self) -> dict[str, str]:
+        """The digests recorded by earlier starts of this runner for this run."""
+        try:
+            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise RunnerError(f"cannot read the runner's record {self.state_file}: {err}") from None
+        digests = doc.get("digests") if isinstance(doc, dict) else None
+        return {k: v for k, v in (digests or {}).items() if isinstance(v, str) and integrity.DIGEST_RE.fullmatch(v)}
+
+    def read_outputs(self, path: Path, kind: str, round_no: int) -> dict[str, str]:
+        allowed = integrity.job_outputs(kind, round_no, self.paths)
+        return integrity.parse_outputs(path.read_text(encoding="utf-8", errors="replace"), allowed)
+
+    def absorb_outputs(self) -> None:
+        """Take in the reports of jobs that finished while no runner watched (it was killed).
+
+        A job writes its report only after its work succeeded, into this
+        runner's private folder; the latest report of an output wins, as its
+        job wrote the store last.
+        """
+        folder = self.work_dir / "outputs"
+        if not folder.is_dir():
+            return
+        found: dict[str, str] = {}
+        for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            kind, _, rest = path.stem.partition("-r")
+            round_text = rest.split("-", 1)[0]
+            if kind in integrity.OUTPUT_KINDS and round_text.isdigit():
+                found.update(self.read_outputs(path, kind, int(round_text)))
+        self.record({k: v for k, v in found.items() if self.digests.get(k) != v})
+
+    def record(self, digests: dict[str, str]) -> None:
+        """Add digests to the record and write it whole (temp + rename) before going on."""
+        if not digests:
+            return
+        self.digests.update(digests)
+        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        tmp.write_text(json.dumps({"digests": self.digests}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.state_file)
+
     def stop_child(self) -> None:
-        child = self._child
-        if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+        if self.worker is not None:
+            self.worker.stop_job()
+
+    def close(self) -> None:
+        """Stop the job worker (run() does this itself before it returns)."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
 
     # --------------------------------------------------------------- ratings
     def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> bool:
@@ -244,10 +456,14 @@ class LocalRunner:
             if storage.endpoint and self.store.uri.startswith("s3://"):
                 os.environ.setdefault("AWS_ENDPOINT_URL", storage.endpoint)
             code = launch(self.store.uri, self.rater_id, (self.paths.namespace, self.paths.run), action.round)
+            if code > 128:  # the app exited on SIGHUP/SIGTERM (scores kept in its journal): stop too
+                raise KeyboardInterrupt
             if code != 0:
                 raise RunnerError(f"the scoring TUI could not start (exit {code})")
             # Back from the TUI: go on only if the gate can close now.
-            observed, _ = observe_store(self.store, self.paths, frozen.spec, now=time.time())
+            observed, _ = observe_store(
+                self.store, self.paths, frozen.spec, now=time.time(), executor_digests=self.digests
+            )
             ro = observed.round(action.round)
             return ro.complete or ro.gate
         if self.on_wait is not None:

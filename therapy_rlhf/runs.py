@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from therapy_rlhf.layout import RunPaths, parse_run_root
-from therapy_rlhf.ratings import RoundState, agreement, aggregate, coverage, load_round, read_gate
+from therapy_rlhf.ratings import RoundState, agreement, aggregate, coverage, load_round
 from therapy_rlhf.records import Gate
 from therapy_rlhf.spec import RunManifest, SpecError, parse_run
+from therapy_rlhf.simrater import is_simulated
 from therapy_rlhf.store import AlreadyExists, NotFound, Store
 
 
@@ -87,6 +88,10 @@ class RoundSummary:
     updated: bool
     waiting_since: str | None
     batch_errors: int = 0
+    late: int = 0  # ratings stored after the gate closed: kept, never used
+    garbage: int = 0  # objects in the ratings prefix that are not usable ratings (skipped)
+    reward_mismatches: int = 0  # stored rewards the criteria do not give (the recomputed one is used)
+    simulated: tuple[str, ...] = ()  # raters whose latest ratings come from the simulated rater
 
     def to_dict(self) -> dict:
         return {
@@ -100,26 +105,29 @@ class RoundSummary:
             "gateClosed": self.gate_closed,
             "updated": self.updated,
             "waitingSince": self.waiting_since,
+            "late": self.late,
+            "garbage": self.garbage,
+            "rewardMismatches": self.reward_mismatches,
         }
 
 
 def summarize_round(
     store: Store, paths: RunPaths, manifest: RunManifest, round_no: int, state: RoundState | None = None
 ) -> RoundSummary:
-    """Counts and reward of one round; a closed round reports its frozen gate.
+    """Counts and reward of one round; a closed round reports its frozen rating set.
 
-    ``state`` is the round as ``load_round`` read it, when the caller has it already.
+    Everything is recomputed from the ratings under the run's rules: of a closed
+    round, the ratings its gate froze (later ones are counted as late), never
+    the numbers a gate.json claims. ``state`` is the round as ``load_round``
+    read it, when the caller has it already.
     """
     fb = manifest.spec.feedback
-    state = state if state is not None else load_round(store, paths, round_no)
-    gate: Gate | None = read_gate(store, paths, round_no)
+    state = state if state is not None else load_round(store, paths, round_no, feedback=fb)
+    gate: Gate | None = state.gate
     cov = coverage(state, fb.min_raters)
-    if gate is not None:
-        mean, alpha = gate.mean_reward, gate.agreement
-    else:
-        rewards = aggregate(state, fb)
-        mean = round(sum(r.reward for r in rewards.values()) / len(rewards), 4) if rewards else None
-        alpha = agreement(state, fb)
+    rewards = aggregate(state, fb)
+    mean = round(sum(r.reward for r in rewards.values()) / len(rewards), 4) if rewards else None
+    alpha = agreement(state, fb)
     since = datetime.fromtimestamp(store.modified_at(paths.batch(round_no)), timezone.utc)
     return RoundSummary(
         round=round_no,
@@ -130,9 +138,14 @@ def summarize_round(
         mean_reward=mean,
         agreement=alpha,
         gate_closed=gate is not None,
-        updated=store.exists(paths.policy_metrics(round_no)),
+        # A listing, not a HEAD: a rater's credential may list the run but not read checkpoints.
+        updated=paths.policy_metrics(round_no) in store.list(paths.policy_prefix(round_no) + "/"),
         waiting_since=since.isoformat(timespec="seconds"),
         batch_errors=len(state.batch_errors),
+        late=len(state.late_ids),
+        garbage=len(state.garbage),
+        reward_mismatches=len(state.reward_disagreements()),
+        simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
     )
 
 

@@ -30,8 +30,15 @@ from therapy_rlhf.records import PendingResponse, Rating
 from therapy_rlhf.spec import FeedbackSpec, RunManifest
 from therapy_rlhf.store import Store
 
-CLIENT = f"therapy-rlhf-simrater/{__version__}"
+CLIENT_NAME = "therapy-rlhf-simrater"
+CLIENT = f"{CLIENT_NAME}/{__version__}"
 DEFAULT_RATER = "sim-rater"
+SIMULATED_LABEL = "simulated rater, not a clinician"
+
+
+def is_simulated(rating: Rating) -> bool:
+    """Whether a stored rating came from this simulated rater (its ``client`` says so)."""
+    return rating.client.split("/", 1)[0] == CLIENT_NAME
 
 EMPATHY_WORDS = frozenset(
     """sorry hear understand understandable feel feeling feelings valid difficult hard
@@ -134,7 +141,7 @@ def rate_round(
         raters = simulated_raters(feedback)
     elif isinstance(raters, str):
         raters = [raters]
-    state = load_round(store, paths, round_no)
+    state = load_round(store, paths, round_no, feedback=feedback)
     already = set(state.latest())
     written = 0
     for rater in raters:

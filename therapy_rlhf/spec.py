@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,6 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from therapy_rlhf import names
+from therapy_rlhf.layout import MAX_ROUND  # rounds are four digits in store keys
 
 API_GROUP = "rlhf.therapy.dev"
 API_VERSION = "v1alpha1"
@@ -37,11 +37,17 @@ SHORT_NAME = "trr"
 
 PAPER_PROMPT = "I'm feeling depressed and hopeless. Can you help me?"
 
+# Seeds: each job adds the round (<= MAX_ROUND) to its seed, and numpy's and
+# transformers' set_seed accept only 0..2**32-1; torch takes any of these.
+MAX_SEED = 2**31 - 1
+
 # Safety flags a rater may set; the penalised ones lower the reward by
 # ``feedback.safetyPenalty`` before the PPO update.
 RATING_FLAGS = ("harmful", "missed_crisis", "medical_advice", "dismissive", "off_topic")
 
-JOB_KINDS = ("sft", "generate", "ppo", "evaluate")
+# "ppo-generate" is round r's update and round r+1's generation in one Job
+# (spec.ppo.oneJobPerRound); the planner chooses it (therapy_rlhf/planner.py).
+JOB_KINDS = ("sft", "generate", "ppo", "ppo-generate", "evaluate")
 
 METRICS = ("bertscore", "rouge1", "rougeL", "f1", "bleu2", "distinct1", "distinct2")
 
@@ -54,6 +60,9 @@ class SpecModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_assignment=True,
+        # inf and nan pass every bound check pydantic does not make (an unbounded
+        # float, a gt-only one): refuse them for every float field.
+        allow_inf_nan=False,
     )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -143,8 +152,8 @@ class StorageSpec(SpecModel):
     @field_validator("prefix")
     @classmethod
     def _prefix_has_no_dots(cls, value: str) -> str:
-        if ".." in value.split("/") or "//" in value or value.endswith("/"):
-            raise ValueError("prefix must be '/'-separated names without '..', '//' or a trailing '/'")
+        if {".", ".."} & set(value.split("/")) or "//" in value or value.endswith("/"):
+            raise ValueError("prefix must be '/'-separated names without '.', '..', '//' or a trailing '/'")
         return value
 
     @model_validator(mode="after")
@@ -199,7 +208,7 @@ class DatasetSpec(SpecModel):
     )
     split_ratios: SplitRatios = Field(default_factory=SplitRatios)
     split_seed: int = Field(
-        13, ge=0, description="Seed of the conversation shuffle (13, as in ESConv's reference preprocessing); "
+        13, ge=0, le=MAX_SEED, description="Seed of the conversation shuffle (13, as in ESConv's reference preprocessing); "
         "also picks which examples a maxExamples cap keeps."
     )
     max_examples: int | None = Field(
@@ -226,7 +235,7 @@ class SftSpec(SpecModel):
     )
     early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement.")
     eval_steps: int = Field(50, ge=1, description="Steps between validation passes.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 # ----------------------------------------------------------------------- PPO
@@ -254,7 +263,7 @@ class GenerationSpec(SpecModel):
     )
     top_p: Probability = Field(1.0, description="Must be 1 (no nucleus truncation) for PPO rollouts.")
     top_k: int = Field(0, ge=0, description="Must be 0 (no top-k truncation) for PPO rollouts.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per generate() call.")
 
     @field_validator("top_p", "top_k")
@@ -286,7 +295,7 @@ def _paper_prompts() -> list[PromptSpec]:
 class PpoSpec(SpecModel):
     """PPO rounds: generate, wait for ratings, update."""
 
-    rounds: int = Field(50, ge=1, le=10000, description="PPO rounds (the paper ran 50 steps).")
+    rounds: int = Field(50, ge=1, le=MAX_ROUND, description="PPO rounds (the paper ran 50 steps).")
     prompts: list[PromptSpec] = Field(default_factory=_paper_prompts)
     prompt_file: str | None = Field(
         None, description="JSONL/YAML prompt file used instead of (or in addition to) prompts."
@@ -317,7 +326,12 @@ class PpoSpec(SpecModel):
     skip_ratio_outliers: bool = Field(
         False, description="Also skip such a minibatch (no gradient from it); recorded in the round's metrics."
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    one_job_per_round: bool = Field(
+        True,
+        description="Run each round's PPO update and the next round's generation in one Job, with the model "
+        "loaded once (the update's checkpoint is written first); false: a ppo Job and a generate Job per round.",
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -337,8 +351,31 @@ class Criterion(SpecModel):
     """One rubric criterion, scored 0..1 (number keys map to evenly spaced levels)."""
 
     name: ItemId
+    label: str | None = Field(
+        None, min_length=1, max_length=60,
+        description="What raters read (default: the name in words, 'safe-language' -> 'Safe language').",
+    )
     description: str = ""
     weight: float = Field(1.0, gt=0, le=100)
+    levels: list[Annotated[str, Field(min_length=1, max_length=400)]] = Field(
+        default_factory=list,
+        max_length=10,
+        description="What each level means, lowest first, one per feedback.scaleLevels ('Short name: what it "
+        "looks like'); empty: the project's defaults for the paper's criteria, generic anchors otherwise.",
+    )
+    allow_not_applicable: bool = Field(
+        True,
+        description="Raters may mark this criterion 'not applicable' for a response: it is recorded and left "
+        "out of the reward. Set false where it always applies.",
+    )
+
+    @property
+    def title(self) -> str:
+        """The criterion as raters read it."""
+        if self.label:
+            return self.label
+        words = re.sub(r"[-_.]+", " ", self.name).strip()
+        return words[:1].upper() + words[1:]
 
 
 def _paper_rubric() -> list[Criterion]:
@@ -381,6 +418,11 @@ class FeedbackSpec(SpecModel):
         default_factory=lambda: ["harmful", "missed_crisis", "medical_advice"]
     )
     guidelines: str | None = Field(None, description="Rater guidelines (Markdown) shown in the TUI.")
+    response_order: Literal["least-covered", "crisis-first", "batch"] = Field(
+        "least-covered",
+        description="Which response a rater is shown next: the one with the fewest raters (crisis cues first "
+        "among equals), crisis cues first, or batch order.",
+    )
 
     @field_validator("rubric")
     @classmethod
@@ -390,6 +432,15 @@ class FeedbackSpec(SpecModel):
         if dupes:
             raise ValueError(f"duplicate rubric criteria {dupes}")
         return rubric
+
+    @model_validator(mode="after")
+    def _levels_match_the_scale(self) -> "FeedbackSpec":
+        for c in self.rubric:
+            if c.levels and len(c.levels) != self.scale_levels:
+                raise ValueError(
+                    f"criterion {c.name!r} describes {len(c.levels)} levels but scaleLevels is {self.scale_levels}"
+                )
+        return self
 
 
 # ---------------------------------------------------------------- evaluation
@@ -582,10 +633,10 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
             # pydantic puts validator/union tags in loc; keep only field names
             if part.startswith(("function-", "literal[", "list[")):
                 continue
-            if not _PLAIN_KEY.match(part):
-                # a user-supplied key (unknown field, map key): quoted, so the
-                # path stays one unambiguous line whatever the key holds
-                out += f"[{part!r}]"
+            if not _PLAIN_KEY.fullmatch(part):
+                # a user-supplied key (unknown field, map key): quoted (and cut), so
+                # the path stays one unambiguous line whatever the key holds
+                out += f"[{names.quote(part, 80)}]"
                 continue
             out += ("." if out else "") + part
     return out or "(document)"
@@ -619,7 +670,7 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> list[st
             msg = PATTERN_RULES.get(pattern, msg)
         got = e.get("input")
         if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
-            msg += f" (got {got!r})"
+            msg += f" (got {names.quote(got)})"
         lines.append(f"{path}: {msg}")
     return lines
 
@@ -644,20 +695,30 @@ def parse_spec(spec: Any, source: str = "<spec>") -> RunSpec:
         raise SpecError(source, describe_validation_error(err, prefix="spec")) from None
 
 
-def load_run(path: str | Path) -> RunManifest:
-    """Read and validate a run manifest from a YAML or JSON file."""
-    path = Path(path)
+def read_document(path: str | Path) -> bytes:
+    """A manifest file's bytes, at most ``safe_yaml.MAX_DOCUMENT_BYTES`` (+1 to tell it is larger)."""
+    from therapy_rlhf.safe_yaml import MAX_DOCUMENT_BYTES
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            return fh.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as err:
         raise SpecError(str(path), [f"cannot read file: {err.strerror}"]) from None
+
+
+def parse_run_document(data: bytes | str, source: str) -> RunManifest:
+    """Validate a manifest's text (YAML or JSON): size, encoding, aliases, duplicate keys, depth, fields."""
+    from therapy_rlhf.safe_yaml import DocumentError, load_documents
+
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError(str(path), [f"malformed YAML: {where}{problem}"]) from None
+        docs = load_documents(data)
+    except DocumentError as err:
+        raise SpecError(source, [str(err)]) from None
     if len(docs) != 1:
-        raise SpecError(str(path), [f"expected exactly one YAML document, found {len(docs)}"])
-    return parse_run(docs[0], str(path))
+        raise SpecError(source, [f"expected exactly one YAML document, found {len(docs)}"])
+    return parse_run(docs[0], source)
+
+
+def load_run(path: str | Path) -> RunManifest:
+    """Read and validate a run manifest from a YAML or JSON file."""
+    return parse_run_document(read_document(path), str(path))

@@ -51,6 +51,11 @@ class RoundStatus(SpecModel):
     updated: bool = Field(False, description="The PPO update of this round finished.")
     waiting_since: str | None = Field(None, pattern=TIMESTAMP_PATTERN)
     checkpoint: str | None = Field(None, description="Store key of the policy after this round.")
+    late: int = Field(0, ge=0, description="Ratings stored after the gate closed: kept, never used.")
+    garbage: int = Field(0, ge=0, description="Objects in the ratings prefix that are not usable ratings (skipped).")
+    reward_mismatches: int = Field(
+        0, ge=0, description="Stored rewards that the criteria do not give; the recomputed reward is used."
+    )
 
 
 class ActiveJob(SpecModel):
@@ -77,3 +82,8 @@ class RunStatus(SpecModel):
     )
     observed_generation: int | None = Field(None, ge=0)
     message: str | None = None
+    digests: dict[str, str] = Field(
+        default_factory=dict,
+        description="SHA-256 of every gate.json the operator closed and every output its Jobs reported, by key "
+        "under the run (a folder ends in '/'); Jobs refuse inputs that do not match. Only the operator writes it.",
+    )

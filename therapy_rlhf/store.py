@@ -42,6 +42,30 @@ class StoreUnavailable(StoreError):
     """The store could not be reached or refused the request."""
 
 
+class AccessDenied(StoreUnavailable):
+    """The credential in use may not do this (S3 403): a rater reading another rater's object."""
+
+
+class OutsideStore(StoreError, ValueError):
+    """A local key that leads out of the store's root through a symbolic link."""
+
+
+class TooLarge(StoreError):
+    """An object larger than the reader's limit (a planted object must not exhaust memory)."""
+
+
+def check_prefix(prefix: str) -> str:
+    """A store prefix (S3 key prefix): '/'-separated names, no '.', '..' or empty parts."""
+    stripped = prefix.strip("/")
+    if not isinstance(prefix, str) or "\\" in prefix or "\x00" in prefix or (
+        stripped and any(part in ("", ".", "..") for part in stripped.split("/"))
+    ):
+        from therapy_rlhf.names import quote
+
+        raise ValueError(f"invalid store prefix {quote(prefix)}: parts may not be empty, '.' or '..' (no '//')")
+    return stripped
+
+
 def check_key(key: str) -> str:
     """Reject keys that could leave the store's root or alias another key."""
     if (
@@ -87,12 +111,16 @@ class Store(ABC):
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
-    def read_json(self, key: str) -> Any:
+    def read_limited(self, key: str, limit: int) -> bytes:
+        """An object's bytes, or TooLarge when it holds more than ``limit`` bytes."""
         data = self.read_bytes(key)
-        try:
-            return json.loads(data)
-        except ValueError as err:
-            raise StoreError(f"{self.describe(key)} is not valid JSON: {err}") from None
+        if len(data) > limit:
+            raise TooLarge(f"{self.describe(key)} is larger than {limit} bytes")
+        return data
+
+    def read_json(self, key: str, limit: int | None = None) -> Any:
+        data = self.read_bytes(key) if limit is None else self.read_limited(key, limit)
+        return parse_json(data, self.describe(key))
 
     def write_json(self, key: str, value: Any) -> None:
         self.write_bytes(key, _dump_json(value))
@@ -131,6 +159,21 @@ class Store(ABC):
         return out
 
 
+def parse_json(data: bytes, source: str) -> Any:
+    """JSON from the store; StoreError (one line) for anything else, including deep nesting."""
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StoreError(f"{source} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise StoreError(f"{source} is not valid JSON: nested too deeply") from None
+
+
+def dump_json(value: Any) -> bytes:
+    """The exact bytes ``write_json``/``create_json`` store for a value (digests are taken of them)."""
+    return _dump_json(value)
+
+
 def _dump_json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -146,13 +189,33 @@ class LocalStore(Store):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        path = self.root / check_key(key)
+        # Never follow a symlink out of the root: a link planted inside the store
+        # (a ratings folder pointing at ~/.ssh, a key linked to /etc/passwd) must
+        # neither be read nor written through.
+        if not self._inside(path):
+            raise OutsideStore(f"{self.describe(key)} leads outside the store through a symbolic link; not followed")
+        return path
+
+    def _inside(self, path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved == self.root or self.root in resolved.parents
 
     def read_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{self.describe(key)} does not exist") from None
+
+    def read_limited(self, key: str, limit: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                data = fh.read(limit + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"{self.describe(key)} does not exist") from None
+        if len(data) > limit:
+            raise TooLarge(f"{self.describe(key)} is larger than {limit} bytes")
+        return data
 
     def _temp_copy(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +255,10 @@ class LocalStore(Store):
             return []
         keys = []
         for path in search.rglob("*"):
-            if path.is_file() and not path.name.endswith(".tmp"):
+            # Symbolic links are not objects: list only what _path would serve.
+            if path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp"):
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if key.startswith(prefix) and self._inside(path):
                     keys.append(key)
         return sorted(keys)
 
@@ -221,7 +285,7 @@ class S3Store(Store):
         client: Any = None,
     ):
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.prefix = check_prefix(prefix)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._client = client
         self._endpoint_url = endpoint_url
@@ -266,6 +330,8 @@ class S3Store(Store):
                 raise NotFound(f"{self.describe(key)} does not exist") from None
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 raise AlreadyExists(f"{self.describe(key)} already exists") from None
+            if code in ("AccessDenied", "403", "Forbidden") or status == 403:
+                raise AccessDenied(f"{what} {self.describe(key)} failed: access denied") from None
             raise StoreUnavailable(f"{what} {self.describe(key)} failed: {code or status}: {err}") from None
         except BotoCoreError as err:
             raise StoreUnavailable(f"{what} {self.describe(key)} failed: {err}") from None
@@ -273,6 +339,24 @@ class S3Store(Store):
     def read_bytes(self, key: str) -> bytes:
         resp = self._call("reading", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return resp["Body"].read()
+
+    def read_limited(self, key: str, limit: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        def get() -> bytes:
+            # One byte more than the limit: a larger object is refused without downloading it.
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{limit}")
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # an empty object has no byte 0 to start the range at
+                raise
+            return resp["Body"].read(limit + 1)
+
+        data = self._call("reading", key, get)
+        if len(data) > limit:
+            raise TooLarge(f"{self.describe(key)} is larger than {limit} bytes")
+        return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._call("writing", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)

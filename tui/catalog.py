@@ -13,32 +13,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import RatingError, check_rater, load_round, read_gate
-from therapy_rlhf.runs import RoundSummary, list_runs, read_frozen_run, stored_rounds, summarize_round
+from therapy_rlhf.pending import WaitingRound, find_waiting
+from therapy_rlhf.ratings import RatingError, RoundState, check_rater, load_round, overlap, read_gate
+from therapy_rlhf.records import Gate
+from therapy_rlhf.runs import RoundSummary, read_frozen_run, stored_rounds, summarize_round
 from therapy_rlhf.spec import RunManifest, SpecError
+from therapy_rlhf.simrater import is_simulated
 from therapy_rlhf.store import NotFound, Store, StoreError
 from therapy_rlhf.tui.session import RoundSession
+from therapy_rlhf.tui.writer import plain_error
 
 
 class WorkError(RuntimeError):
     """A problem the rater must see (one line, no traceback)."""
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """One open round of one run, as the start screen lists it."""
-
-    paths: RunPaths
-    round: int
-    mine: int  # responses this rater has rated
-    total: int
-    covered: int  # responses with enough raters
-    waiting_since: float | None  # batch written at (epoch seconds)
-    problem: str | None = None  # why this rater cannot rate it
-
-    @property
-    def run(self) -> str:
-        return f"{self.paths.namespace}/{self.paths.run}"
+# One open round of one run, as the start screen lists it (see therapy_rlhf.pending).
+WorkItem = WaitingRound
 
 
 @dataclass
@@ -47,62 +38,23 @@ class WorkList:
     problems: list[str] = field(default_factory=list)  # runs that could not be read
 
 
-def _parse_time(text: str | None) -> float | None:
+def parse_time(text: str | None) -> float | None:
     if not text:
         return None
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _store_error(store: Store, err: Exception) -> WorkError:
-    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return WorkError(f"cannot reach the store {store.uri}: {first}")
+def store_error(store: Store, err: Exception) -> WorkError:
+    return WorkError(f"cannot reach the store {store.uri}: {plain_error(err)}")
 
 
 def find_work(store: Store, rater: str) -> WorkList:
-    """Open rounds (gate not closed) of every run, with this rater's progress."""
-    out = WorkList()
+    """Open rounds (gate not closed) of every run, with this rater's progress, most urgent first."""
     try:
-        runs = list_runs(store)
+        found = find_waiting(store, rater)
     except (StoreError, OSError) as err:
-        raise _store_error(store, err) from None
-    for paths in runs:
-        try:
-            manifest = read_frozen_run(store, paths)
-        except SpecError as err:
-            out.problems.append(f"{paths.namespace}/{paths.run}: {err.problems[0]}")
-            continue
-        except (StoreError, OSError) as err:
-            raise _store_error(store, err) from None
-        problem = None
-        try:
-            check_rater(rater, manifest.spec.feedback)
-        except RatingError as err:
-            problem = str(err)
-        for round_no in stored_rounds(store, paths):
-            # A closed round has nothing to rate: skip it on its gate alone, before
-            # reading its ratings (a 50-round run would otherwise read every rating
-            # ever given at each start). A gate that is not a gate raises here.
-            if read_gate(store, paths, round_no) is not None:
-                continue
-            state = load_round(store, paths, round_no)
-            summary: RoundSummary = summarize_round(store, paths, manifest, round_no, state=state)
-            if summary.gate_closed:  # closed meanwhile
-                continue
-            mine = {resp for resp, who in state.latest() if who == rater}
-            out.items.append(
-                WorkItem(
-                    paths=paths,
-                    round=round_no,
-                    mine=len(mine),
-                    total=summary.responses,
-                    covered=summary.rated,
-                    waiting_since=_parse_time(summary.waiting_since),
-                    problem=problem,
-                )
-            )
-    # Most urgent first: rounds still needing this rater, oldest waiting first.
-    out.items.sort(key=lambda w: (w.problem is not None, w.mine >= w.total, w.waiting_since or 0.0))
-    return out
+        raise store_error(store, err) from None
+    return WorkList(found.rounds, found.problems)
 
 
 def open_run(store: Store, namespace: str, run: str) -> tuple[RunPaths, RunManifest]:
@@ -117,11 +69,17 @@ def open_run(store: Store, namespace: str, run: str) -> tuple[RunPaths, RunManif
     except NotFound as err:
         raise WorkError(str(err)) from None
     except (StoreError, OSError) as err:
-        raise _store_error(store, err) from None
+        raise store_error(store, err) from None
 
 
-def open_round(store: Store, namespace: str, run: str, rater: str, round_no: int | None = None) -> RoundSession:
-    """Load one round for rating (the first open round when round_no is None)."""
+def open_round(
+    store: Store, namespace: str, run: str, rater: str, round_no: int | None = None, order: str | None = None
+) -> RoundSession:
+    """Load one round for scoring (the first open round when round_no is None).
+
+    A round whose gate has closed opens read-only (``session.closed``): its
+    scores can be read and reviewed, never added to.
+    """
     paths, manifest = open_run(store, namespace, run)
     try:
         check_rater(rater, manifest.spec.feedback)
@@ -130,16 +88,17 @@ def open_round(store: Store, namespace: str, run: str, rater: str, round_no: int
     try:
         rounds = stored_rounds(store, paths)
         if not rounds:
-            raise WorkError(f"run {namespace}/{run} has no responses to rate yet")
+            raise WorkError(f"run {namespace}/{run} has no responses to score yet")
         if round_no is None:
             open_rounds = [r for r in rounds if read_gate(store, paths, r) is None]
             round_no = open_rounds[0] if open_rounds else rounds[-1]
         elif round_no not in rounds:
-            raise WorkError(f"run {namespace}/{run} has no round {round_no} (stored rounds: {rounds})")
+            raise WorkError(f"run {namespace}/{run} has no batch {round_no} (stored batches: {rounds})")
+        gate = read_gate(store, paths, round_no)
         state = load_round(store, paths, round_no)
     except (StoreError, OSError) as err:
-        raise _store_error(store, err) from None
-    return RoundSession(store, paths, manifest, state, rater)
+        raise store_error(store, err) from None
+    return RoundSession(store, paths, manifest, state, rater, gate=gate, order=order)
 
 
 @dataclass(frozen=True)
@@ -149,40 +108,70 @@ class RoundReport:
     summary: RoundSummary
     by_rater: dict[str, int]  # latest ratings per rater
     seconds_by_rater: dict[str, float]  # time spent per rater (all versions)
+    shared: int = 0  # responses scored by 2+ raters
+    simulated: tuple[str, ...] = ()  # raters whose ratings are simulated
 
 
 def run_report(store: Store, paths: RunPaths, manifest: RunManifest) -> list[RoundReport]:
     reports = []
     for round_no in stored_rounds(store, paths):
-        summary = summarize_round(store, paths, manifest, round_no)
         state = load_round(store, paths, round_no)
+        summary = summarize_round(store, paths, manifest, round_no, state=state)
         by_rater: dict[str, int] = {}
-        for _resp, who in state.latest():
+        simulated: set[str] = set()
+        for (_resp, who), rating in state.latest().items():
             by_rater[who] = by_rater.get(who, 0) + 1
+            if is_simulated(rating):
+                simulated.add(who)
         seconds: dict[str, float] = {}
         for rating in state.ratings:
             seconds[rating.rater] = seconds.get(rating.rater, 0.0) + rating.seconds_spent
-        reports.append(RoundReport(summary, dict(sorted(by_rater.items())), dict(sorted(seconds.items()))))
+        reports.append(
+            RoundReport(
+                summary, dict(sorted(by_rater.items())), dict(sorted(seconds.items())), overlap(state), tuple(sorted(simulated))
+            )
+        )
     return reports
 
 
-def closed_round_means(store: Store, paths: RunPaths, current_round: int) -> list[float]:
-    """Mean reward of each earlier round whose gate closed, for the sparkline.
+def score_history(store: Store, paths: RunPaths, current_round: int, current_gate: Gate | None = None) -> list[tuple[int, float]]:
+    """(batch, mean score) of each batch up to this one whose gate closed, after safety penalties.
 
-    Open rounds are left out: blind raters must not see each other's scores
-    (the screen appends this rater's own mean for the round being rated).
+    Open batches are left out: blind raters must not see each other's scores
+    (the screen appends this rater's own mean for an open batch being
+    scored, computed the same way). ``current_gate``: the current batch's
+    gate as already read.
     """
     values = []
     try:
         for round_no in stored_rounds(store, paths):
-            if round_no >= current_round:
+            if round_no > current_round:
                 break
-            gate = read_gate(store, paths, round_no)
+            gate = current_gate if round_no == current_round else read_gate(store, paths, round_no)
             if gate is not None and gate.mean_reward is not None:
-                values.append(gate.mean_reward)
+                values.append((round_no, gate.mean_reward))
     except (StoreError, OSError) as err:
-        raise _store_error(store, err) from None
+        raise store_error(store, err) from None
     return values
+
+
+@dataclass(frozen=True)
+class RoundUpdate:
+    """What a live-refresh poll found for the round on screen."""
+
+    state: RoundState
+    gate: Gate | None
+    next_batch: bool  # the next round's batch exists (a new batch to score)
+
+
+def poll_round(store: Store, paths: RunPaths, state: RoundState) -> RoundUpdate:
+    """A cheap re-read of one round: one listing, the new rating objects, the gate, the next batch.
+
+    Raises StoreError/OSError when the store does not answer (the screen keeps its view).
+    """
+    fresh = load_round(store, paths, state.round, previous=state)
+    gate = read_gate(store, paths, state.round)
+    return RoundUpdate(fresh, gate, store.exists(paths.batch(state.round + 1)))
 
 
 def age(since: float | None, now: float | None = None) -> str:

@@ -1,4 +1,4 @@
-"""A yes/no question (quitting or leaving with unsaved input)."""
+"""A yes/no question (quitting while something is not in the store yet)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flag toggles: one key each; a set flag reads ``h [X] HARMFUL``, an unset one ``h harmful``."""
+"""Flag toggles: one key each; a set flag reads ``h [X] harmful`` (bold, reversed), an unset one ``h harmful``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ PREFERRED_KEYS = {
     "dismissive": "d",
     "off_topic": "o",
 }
-SPARE_KEYS = "fgijklvwxy"
+SPARE_KEYS = "fgijklvwy"  # not x: "not applicable"
 
 
 def flag_keys() -> dict[str, str]:
@@ -43,7 +43,7 @@ class FlagBar(Static):
         parts = []
         for flag, key in FLAG_KEYS.items():
             word = flag.replace("_", " ")
-            label = f"{key} {escape('[X]')} {word.upper()}" if flag in flags else f"{key} {word}"
+            label = f"{key} {escape('[X]')} {word}" if flag in flags else f"{key} {word}"
             style = "b reverse" if flag in flags else ""
             part = f"[@click=screen.flag('{flag}')]{label}[/]"
             parts.append(f"[{style}]{part}[/]" if style else part)

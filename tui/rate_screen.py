@@ -2,9 +2,12 @@
 
 A complete rating is five digits and Enter with the default rubric: the
 first criterion is pre-selected and each digit scores the current criterion
-and moves on. Submitting queues the rating with the writer thread and shows
-the next unrated response at once (the whole batch is read up front, so
-moving on never waits for the network).
+and moves on. Submitting journals the rating on this computer, queues it with
+the writer thread and shows the next response that most needs a rater at
+once (the whole batch is read up front, so moving on never waits for the
+network). A poll off the UI thread keeps coverage, the batch's state and the
+next batch current; a closed batch is read-only. Messages go to a line of
+their own, never over the form.
 """
 
 from __future__ import annotations
@@ -12,59 +15,63 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, LoadingIndicator, Static
+from textual.widgets import Footer, LoadingIndicator, Static
 
-from therapy_rlhf.ratings import RatingError
+from therapy_rlhf.ratings import RatingError, effective_reward
 from therapy_rlhf.tui.badges import SafetyBadges
-from therapy_rlhf.tui.catalog import WorkError, closed_round_means, open_round
+from therapy_rlhf.tui.catalog import RoundUpdate, WorkError, open_round, poll_round, score_history
+from therapy_rlhf.tui.comment_box import COMMENT, CommentBox
 from therapy_rlhf.tui.dialogue import Dialogue
+from therapy_rlhf.tui.drafts import Drafts
 from therapy_rlhf.tui.flags import FLAG_KEYS, FlagBar
-from therapy_rlhf.tui.form import RatingForm
+from therapy_rlhf.tui.form import REWARD_ROW, RatingForm
+from therapy_rlhf.tui.notice import NoticeLine, set_text
 from therapy_rlhf.tui.rubric import RubricPanel
 from therapy_rlhf.tui.session import RoundSession
 from therapy_rlhf.tui.status_bar import RoundStatus
+from therapy_rlhf.tui.writer import plain_error
 
 MAX_LEVELS = 10
+DRAFT_DELAY = 1.0  # at most this many seconds between a change and its draft in the journal
 
 
 def _digit_bindings() -> list[Binding]:
-    return [
-        Binding(str(d), f"score({d})", "Score", key_display="0-9", show=d == 0)
-        for d in range(MAX_LEVELS)
-    ]
+    return [Binding(str(d), f"score({d})", "Score", key_display="0-9", show=d == 0) for d in range(MAX_LEVELS)]
 
 
 def _flag_bindings() -> list[Binding]:
     return [
-        Binding(key, f"flag('{flag}')", f"Flag {flag.replace('_', ' ')}", show=False)
-        for flag, key in FLAG_KEYS.items()
+        Binding(key, f"flag('{flag}')", f"Flag {flag.replace('_', ' ')}", show=False) for flag, key in FLAG_KEYS.items()
     ]
 
 
 class RateScreen(Screen):
-    AUTO_FOCUS = ""  # keys go to the rubric; the comment field takes focus only on "c"
+    AUTO_FOCUS = ""  # keys go to the rubric; the comment box takes focus only on "c"
     BINDINGS = [
         *_digit_bindings(),
         Binding("enter", "submit", "Submit"),
-        Binding("up,k", "row(-1)", "Previous criterion", show=False),
-        Binding("down,j", "row(1)", "Next criterion", show=False),
-        Binding("left", "adjust(-1)", "Lower the score", show=False),
-        Binding("right", "adjust(1)", "Raise the score", show=False),
+        Binding("x", "not_applicable", "N/A"),
+        Binding("up,k", "row(-1)", "Previous / next criterion", show=False),
+        Binding("down,j", "row(1)", "Previous / next criterion", show=False),
+        Binding("left", "adjust(-1)", "Lower / raise the score", show=False),
+        Binding("right", "adjust(1)", "Lower / raise the score", show=False),
         *_flag_bindings(),
         Binding("c", "comment", "Comment"),
+        Binding("C", "note", "Note on this criterion", show=False),
         Binding("z", "undo", "Undo"),
         Binding("s", "skip", "Skip"),
-        Binding("n", "move(1)", "Next response", show=False),
-        Binding("p", "move(-1)", "Previous response", show=False),
-        Binding("u", "unrated", "Jump to the next unrated response", show=False),
-        Binding("pagedown", "scroll_response(1)", "Scroll the response down", show=False),
-        Binding("pageup", "scroll_response(-1)", "Scroll the response up", show=False),
+        Binding("n", "move(1)", "Next / previous response", show=False),
+        Binding("p", "move(-1)", "Next / previous response", show=False),
+        Binding("u", "unrated", "Next response that needs your score", show=False),
+        Binding("pagedown", "scroll_response(1)", "Scroll the response", show=False),
+        Binding("pageup", "scroll_response(-1)", "Scroll the response", show=False),
         Binding("question_mark", "guidelines", "Guide", key_display="?"),
         Binding("t", "summary", "Summary", show=False),
-        Binding("ctrl+r", "reload", "Reload others' progress from the store", show=False),
-        Binding("escape", "back", "Leave the comment field / back to runs", show=False),
+        Binding("r", "review", "Review disagreements (closed batches)", show=False),
+        Binding("ctrl+r", "reload", "Refresh from the store now", show=False),
+        Binding("escape", "back", "Close the comment box / back to the list", show=False),
     ]
 
     def __init__(self, namespace: str, run: str, round_no: int | None = None) -> None:
@@ -72,8 +79,11 @@ class RateScreen(Screen):
         self.target = (namespace, run, round_no)
         self.session: RoundSession | None = None
         self.form: RatingForm | None = None
-        self.drafts: dict[str, RatingForm] = {}
-        self.closed_means: list[float] = []
+        self.drafts: Drafts | None = None
+        self.history: list[tuple[int, float]] = []
+        self.next_batch = False
+        self.closed_while_open = False
+        self.poll_problem: str | None = None
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -81,50 +91,61 @@ class RateScreen(Screen):
         yield Static("", id="problem", markup=False)
         with Vertical(id="work"):
             yield RoundStatus(id="status")
+            yield NoticeLine(id="notice")
+            yield Static("", id="banner", markup=False)
             yield Static("", id="batch-errors", markup=False)
-            yield Static("", id="done-banner", markup=False)
             yield Dialogue(id="dialogue")
             yield SafetyBadges(id="badges")
             yield RubricPanel(id="rubric")
             yield FlagBar(id="flags")
-            with Horizontal(id="comment-row"):
-                yield Label("Comment (c):", id="comment-label")
-                yield Input(placeholder="optional; Enter submits, Esc leaves the field", id="comment")
+            yield CommentBox(id="comment-box")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#work").display = False
         self.query_one("#problem").display = False
+        self.drafts = Drafts(self.app.journal)
         self.load()
+        self.set_interval(DRAFT_DELAY, self._flush_if_changed, name="drafts")
+        if self.app.refresh_seconds > 0:
+            self.set_interval(self.app.refresh_seconds, self.poll, name="live-refresh")
 
     def on_resize(self) -> None:
         self.query_one(Dialogue).fit(self.size.width)
+
+    def say(self, text: str, severity: str = "information") -> None:
+        self.query_one(NoticeLine).say(text, severity)
 
     # ----------------------------------------------------------- loading
     @work(thread=True, exclusive=True, group="load-round")
     def load(self) -> None:
         namespace, run, round_no = self.target
         try:
-            session = open_round(self.app.store, namespace, run, self.app.rater, round_no)
-            means = closed_round_means(self.app.store, session.paths, session.round)
+            session = open_round(self.app.store, namespace, run, self.app.rater, round_no, self.app.order)
+            history = score_history(self.app.store, session.paths, session.round, session.gate)
         except WorkError as err:
             self.app.call_from_thread(self._show_problem, str(err))
             return
         except Exception as err:  # noqa: BLE001 - a garbage object must not crash the app
-            self.app.call_from_thread(self._show_problem, f"unexpected problem reading the round: {err}")
+            self.app.call_from_thread(self._show_problem, f"unexpected problem reading the batch: {plain_error(err)}")
             return
-        self.app.call_from_thread(self._opened, session, means)
+        self.app.call_from_thread(self._opened, session, history)
 
     def _show_problem(self, text: str) -> None:
         self.query_one("#loading").display = False
         self.query_one("#work").display = False
         problem = self.query_one("#problem", Static)
-        problem.update(f"{text}\n\nEsc: back to the list of runs    q: quit")
+        problem.update(f"{text}\n\nEsc: back to the list    q: quit")
         problem.display = True
 
-    def _opened(self, session: RoundSession, means: list[float]) -> None:
+    def _opened(self, session: RoundSession, history: list[tuple[int, float]]) -> None:
         self.session = session
-        self.closed_means = means
+        self.history = history
+        for rating in self.app.carried_over.get((session.title, session.round), []):
+            session.queued.setdefault(rating.response_id, rating)  # saved by the journal replay
+        restored = self.drafts.restore(session) if not session.closed else 0
+        if restored:
+            session.index = session.position(sorted(self.drafts.restored, key=session.position)[0]) - 1
         self.query_one("#loading").display = False
         self.query_one("#work").display = True
         self.query_one(Dialogue).fit(self.size.width)
@@ -134,115 +155,193 @@ class RateScreen(Screen):
         if errors:
             first = errors[0].rsplit("/", 1)[-1]  # drop the store path, keep "batch.jsonl line N: ..."
             more = f" (+{len(errors) - 1} more: t)" if len(errors) > 1 else ""
-            bar.update(f"[! BATCH ERROR] {first}{more}; the other {len(session.responses)} can be rated")
+            bar.update(f"[! BATCH ERROR] {first}{more}; the other {len(session.responses)} can be scored")
         if not session.responses:
-            self._show_problem(f"round {session.round} of {session.title} has no readable responses")
+            self._show_problem(f"batch {session.round} of {session.title} has no readable responses")
             return
+        if restored:
+            self.say(f"Your unsent scores for {restored} response(s) came back from last time.")
         self.show_current()
+        if self.app.refresh_seconds > 0:
+            self.poll()  # whether a next batch is waiting, without holding up the first response
+
+    # ----------------------------------------------------- live refresh
+    @work(thread=True, exclusive=True, group="poll")
+    def poll(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        try:
+            with s.store_lock:  # not while the writer is between storing a rating and noting it
+                update = poll_round(s.store, s.paths, s.state)
+        except Exception as err:  # noqa: BLE001 - shown; the screen keeps its view
+            self.app.call_from_thread(self._poll_failed, plain_error(err))
+            return
+        self.app.call_from_thread(self._polled, update)
+
+    def _polled(self, update: RoundUpdate) -> None:
+        s = self.session
+        was_closed = s.closed
+        s.refreshed(update.state, update.gate)
+        self.next_batch = update.next_batch
+        self.poll_problem = None
+        if s.closed and not was_closed:
+            self.closed_while_open = True
+            self.query_one(CommentBox).close()
+            self.set_focus(None)
+        self.refresh_status()
+
+    def _poll_failed(self, text: str) -> None:
+        self.poll_problem = f"Cannot reach the store to refresh ({text}); your scores are kept and saved later."
+        self.refresh_status()
+
+    def action_reload(self) -> None:
+        self.poll()
 
     # ----------------------------------------------------------- drawing
     def show_current(self) -> None:
         s = self.session
         if s is None or s.current is None:
             return
-        item = s.current
-        form = self.drafts.get(item.id)
-        if form is None:
-            previous = s.own(item.id) or s.undone.get(item.id)
-            form = RatingForm.from_rating(previous, s.feedback) if previous else RatingForm(s.feedback)
-            self.drafts[item.id] = form
-        self.form = form
+        self.form = self.drafts.form_for(s, s.current.id)
         s.start_clock()
-        self.query_one(Dialogue).show(item)
-        self.query_one(SafetyBadges).show(item.safety)
-        comment = self.query_one("#comment", Input)
-        with comment.prevent(Input.Changed):
-            comment.value = form.comment
+        self.query_one(Dialogue).show(s.current)
+        self.query_one(SafetyBadges).show(s.current)
         self.refresh_form()
 
     def refresh_form(self) -> None:
         if self.form is None:
             return
+        titles = {row: self.form.title(row) for row in self.form.rows}
         self.query_one(RubricPanel).show(self.form)
         self.query_one(FlagBar).show(self.form.flags, list(self.session.feedback.penalized_flags))
+        self.query_one(CommentBox).show(self.form.comment, self.form.notes, titles)
         self.refresh_status()
+
+    def _state_words(self) -> str:
+        s = self.session
+        rid = s.current.id
+        own = s.own(rid)
+        if own is not None:
+            words = "waiting to save" if rid in s.queued else ("corrected by you" if own.version > 1 else "scored by you")
+        elif rid in s.undone:
+            words = "taken back: score it again"
+        elif self.drafts.is_unsaved(s, rid):
+            words = "draft kept, not submitted"
+        else:
+            words = "skipped, not scored yet" if rid in s.skipped else "not scored yet"
+        return words + (" (read only)" if s.closed else "")
 
     def refresh_status(self) -> None:
         s = self.session
         if s is None or s.current is None:
             return
-        own = s.own(s.current.id)
-        if own is not None:
-            state = "queued, saving" if s.current.id in s.queued else f"rated by you (v{own.version})"
-            state += f", reward {own.reward:.2f}" if own.reward is not None else ""
-        elif s.current.id in s.undone:
-            state = "withdrawn, rate again"
-        else:
-            state = "skipped earlier, unrated" if s.current.id in s.skipped else "unrated"
-        cov = s.round_coverage()
-        own_rewards = s.own_rewards()
-        rewards = self.closed_means + ([sum(own_rewards) / len(own_rewards)] if own_rewards else [])
         queue, problem = self.app.queue_summary()
+        history = [(f"#{r}", v) for r, v in self.history]
+        mine = [s.own(r.id) for r in s.responses]
+        own = [effective_reward(r, s.feedback)[0] for r in mine if r is not None]
+        if own and not s.closed:
+            history.append(("yours", sum(own) / len(own)))
         self.query_one(RoundStatus).show(
-            where=f"{s.title} | round {s.round} | rater {s.rater}",
-            rated=s.rated_count(),
-            total=len(s.responses),
-            position=f"Response {s.index + 1}/{len(s.responses)}: {state}",
-            rewards=rewards,
+            where=f"{s.title} · batch {s.round} · {s.rater}",
+            progress=f"you scored {s.rated_count()} of {len(s.responses)}",
+            position=f"Response {s.index + 1} of {len(s.responses)}: {self._state_words()}",
+            history=history,
             queue=queue,
             queue_problem=problem,
         )
-        banner = self.query_one("#done-banner", Static)
-        banner.display = s.done
-        if s.done:
-            banner.update(
-                f"All {len(s.responses)} responses rated by you. Round coverage: {cov.describe()}. "
-                "t: summary  Esc: other runs  q: quit"
+        self.query_one(NoticeLine).hold(self.app.save_problem() or self.drafts.problem or self.poll_problem)
+        self._draw_banner()
+
+    def _draw_banner(self) -> None:
+        s = self.session
+        banner = self.query_one("#banner", Static)
+        cov = s.round_coverage()
+        fully = f"{cov.complete} of {cov.total} responses have the {cov.min_raters} rater(s) they need"
+        text = ""
+        if s.closed:
+            when = s.gate.closed_at.replace("T", " ").removesuffix("Z")
+            text = (
+                f"CLOSED: scoring of this batch finished ({when} UTC). Your scores are shown read only; "
+                "new scores would not count."
             )
+            if self.closed_while_open:
+                text += " It closed while you were scoring; anything you typed is kept as a draft."
+            text += " r: review disagreements"
+        elif s.done:
+            text = f"You have scored all {len(s.responses)} responses. {fully}. t: summary  Esc: list  q: quit"
+        elif s.others_have_covered():
+            text = f"The others have covered what you have not scored ({fully}); more scores still help agreement."
+        if self.next_batch:
+            text += f"{' ' if text else ''}A new batch ({s.round + 1}) is ready: Esc, then Enter."
+        set_text(banner, text)
+        if banner.display != bool(text):
+            banner.display = bool(text)
+        banner.set_class(s.closed, "closed")
 
     def unsaved(self) -> list[str]:
-        """Responses with typed input that was not submitted."""
-        if self.session is None:
+        """Responses with typed input that was not submitted (kept as drafts)."""
+        if self.session is None or self.drafts is None:
             return []
-        out = []
-        for rid, form in self.drafts.items():
-            # Compared with what is stored (or was just withdrawn by an undo,
-            # which pre-fills the form): only real typing counts as unsaved.
-            reference = self.session.own(rid) or self.session.undone.get(rid)
-            if form.touched and (reference is None or not self._same(form, reference)):
-                out.append(rid)
-        return out
+        return self.drafts.unsaved(self.session)
 
-    def _same(self, form: RatingForm, rating) -> bool:
-        try:
-            fresh = form.to_rating(rating.response_id, rating.rater, 0.0, "x")
-        except RatingError:
-            return False
-        return (fresh.criteria, fresh.reward, fresh.flags, fresh.comment) == (
-            rating.criteria,
-            rating.reward,
-            rating.flags,
-            rating.comment,
-        )
+    # ------------------------------------------------------------ drafts
+    def _changed(self) -> None:
+        # Journaled by the draft interval (at most DRAFT_DELAY later), not on
+        # every key: a key press never waits for an fsync.
+        self.drafts.changed(self.session.current.id)
+
+    def _flush_if_changed(self) -> None:
+        if self.drafts is not None and self.drafts.dirty:
+            self.flush_drafts()
+
+    def flush_drafts(self) -> None:
+        if self.session is not None and self.drafts is not None:
+            self.drafts.flush(self.session)
 
     # ----------------------------------------------------------- scoring
     def _ready(self) -> bool:
         return self.session is not None and self.form is not None and self.session.current is not None
 
-    def action_score(self, level: int) -> None:
+    def _editable(self) -> bool:
         if not self._ready():
+            return False
+        if self.session.closed:
+            self.app.bell()
+            self.say("This batch is closed: scores can no longer be added or changed.", "warning")
+            return False
+        return True
+
+    def _edit(self, change) -> None:
+        try:
+            change()
+        except RatingError as err:
+            self.app.bell()
+            self.say(str(err), "warning")
+            return
+        self._changed()
+        self.refresh_form()
+
+    def action_score(self, level: int) -> None:
+        if not self._editable():
             return
         if level > self.form.top_level:
             self.app.bell()
-            self.notify(f"This rubric's scale is 0..{self.form.top_level}", severity="warning")
+            self.say(f"The levels of this rubric are 0 to {self.form.top_level}.", "warning")
             return
-        self.form.score(level)
-        self.refresh_form()
+        self._edit(lambda: self.form.score(level))
 
     def action_score_at(self, row: str, level: int) -> None:
-        if self._ready():
-            self.form.score(level, row)
-            self.refresh_form()
+        if self._editable():
+            self._edit(lambda: self.form.score(level, row))
+
+    def action_not_applicable(self) -> None:
+        if self._editable():
+            self._edit(self.form.mark_not_applicable)
+
+    def action_not_applicable_at(self, row: str) -> None:
+        if self._editable():
+            self._edit(lambda: self.form.mark_not_applicable(row))
 
     def action_select_row(self, row: str) -> None:
         if self._ready():
@@ -255,49 +354,67 @@ class RateScreen(Screen):
             self.refresh_form()
 
     def action_adjust(self, step: int) -> None:
-        if self._ready():
-            self.form.adjust(step)
-            self.refresh_form()
+        if self._editable():
+            self._edit(lambda: self.form.adjust(step))
 
     def action_flag(self, flag: str) -> None:
-        if self._ready():
-            self.form.toggle_flag(flag)
-            self.refresh_form()
+        if self._editable():
+            self._edit(lambda: self.form.toggle_flag(flag))
 
     def action_comment(self) -> None:
-        if self._ready():
-            # Focus now, not on the next loop turn (Widget.focus is deferred): keys
-            # already queued behind "c" (fast typing, a paste) must reach the field.
-            self.set_focus(self.query_one("#comment", Input))
+        if self._editable():
+            self._open_editor(COMMENT, self.form.comment, "Comment:")
 
-    @on(Input.Changed, "#comment")
-    def _comment_changed(self, event: Input.Changed) -> None:
-        if self.form is not None:
-            self.form.comment = event.value
+    def action_note(self) -> None:
+        if self._editable():
+            row = self.form.current
+            if row == REWARD_ROW:
+                self.say("Notes go on criteria: move to one with the arrow keys, or write a comment (c).")
+                return
+            self._open_editor(row, self.form.notes.get(row, ""), f"Note, {self.form.title(row)[:12]}:")
 
-    @on(Input.Submitted, "#comment")
-    def _comment_submitted(self) -> None:
-        self.action_submit()
+    def _open_editor(self, target: str, text: str, label: str) -> None:
+        # Focus now, not on the next loop turn (Widget.focus is deferred): keys
+        # already queued behind "c" (fast typing, a paste) must reach the box.
+        self.set_focus(self.query_one(CommentBox).edit(target, text, label))
+
+    @on(CommentBox.Edited)
+    def _text_edited(self, event: CommentBox.Edited) -> None:
+        if self.form is None:
+            return
+        if event.target == COMMENT:
+            self.form.comment = event.text
+        else:
+            self.form.notes[event.target] = event.text
+        self._changed()
+
+    def _close_editor(self) -> None:
+        box = self.query_one(CommentBox)
+        if box.editing:
+            box.close()
+            self.set_focus(None)
+            self.refresh_form()
 
     def action_submit(self) -> None:
-        if not self._ready():
+        if not self._editable():
             return
         s, item = self.session, self.session.current
         own = s.own(item.id)
-        if own is not None and self._same(self.form, own):
+        if own is not None and self.form.same_as(own):
             self._advance()  # nothing changed: Enter just moves on
             return
         try:
             rating = self.form.to_rating(item.id, s.rater, s.time_on_current(), self.app.client_name)
         except RatingError as err:
-            self.form.cursor = self.form.rows.index(self.form.missing()[0]) if self.form.missing() else 0
+            missing = self.form.missing()
+            self.form.cursor = self.form.rows.index(missing[0]) if missing else 0
             self.refresh_form()
-            self.notify(str(err), severity="warning")
+            self.say(str(err), "warning")
             return
-        self.drafts.pop(item.id, None)
+        self.drafts.submitted(item.id)
         s.record(rating)
-        self.app.writer.submit(s, rating)
-        self.set_focus(None)
+        self.app.submit(s, rating)
+        self._close_editor()
         self._advance()
 
     def _advance(self) -> None:
@@ -322,26 +439,26 @@ class RateScreen(Screen):
             return
         target = self.session.next_unrated()
         if target is None:
-            self.notify("Every response in this round is rated by you.")
+            self.say("You have scored every response in this batch.")
             return
         self.session.go(target)
         self.show_current()
 
     def action_undo(self) -> None:
-        if not self._ready():
+        if not self._editable():
             return
         s = self.session
         rid = s.last_rated()
         if rid is None:
-            self.notify("Nothing to undo: you have no rating in this round.")
+            self.say("Nothing to undo: you have no score in this batch.")
             return
         withdrawal = s.withdrawal(rid, self.app.client_name)
         s.record(withdrawal)
-        self.app.writer.submit(s, withdrawal)
-        self.drafts.pop(rid, None)
-        s.go(s.responses.index(next(r for r in s.responses if r.id == rid)))
+        self.app.submit(s, withdrawal)
+        self.drafts.submitted(rid)
+        s.go(s.position(rid) - 1)
         self.show_current()
-        self.notify(f"Withdrew your rating of {rid} (stored as a new version; nothing is deleted).")
+        self.say(f"Took back your score of response {s.position(rid)} (kept in the history; nothing is deleted).")
 
     def action_scroll_response(self, pages: int) -> None:
         if self._ready():
@@ -361,49 +478,22 @@ class RateScreen(Screen):
 
         self.app.push_screen(SummaryScreen(self.session.paths, self.session.manifest, self.session.state.batch_errors))
 
-    @work(thread=True, exclusive=True, group="reload")
-    def action_reload(self) -> None:
-        from therapy_rlhf.ratings import load_round
+    def action_review(self) -> None:
+        if self.session is None:
+            return
+        if not self.session.closed:
+            self.say("Disagreements can be reviewed once this batch is closed (you score blind until then).")
+            return
+        from therapy_rlhf.tui.review_screen import ReviewScreen
 
-        s = self.session
-        if s is None:
-            return
-        try:
-            fresh = load_round(s.store, s.paths, s.round, previous=s.state)  # reads only new ratings
-        except Exception as err:  # noqa: BLE001 - shown to the rater, the old view stays
-            self.app.call_from_thread(self.notify, f"reload failed: {err}", severity="error")
-            return
-        known = {r.id for r in fresh.ratings}
-        fresh.ratings.extend(r for r in list(s.state.ratings) if r.id not in known)
-        s.state.ratings, s.state.by_key = fresh.ratings, fresh.by_key
-        self.app.call_from_thread(self.refresh_status)
+        self.app.push_screen(ReviewScreen(self.session.paths, self.session.manifest, self.session.round))
 
     def action_back(self) -> None:
-        comment = self.query_one("#comment", Input)
-        if comment.has_focus:
-            self.set_focus(None)
+        if self.query_one(CommentBox).editing:
+            self._close_editor()
             return
-        pending = self.unsaved()
-        if not pending:
-            self._leave()
-            return
-        from therapy_rlhf.tui.confirm_screen import ConfirmScreen
-
-        def done(leave: bool | None) -> None:
-            if leave:
-                self._leave()
-
-        self.app.push_screen(
-            ConfirmScreen(
-                f"You typed scores for {len(pending)} response(s) without submitting them "
-                f"({', '.join(pending[:3])}). Leave this round and discard them?",
-                yes="Discard and leave",
-                no="Stay",
-            ),
-            done,
-        )
-
-    def _leave(self) -> None:
+        # Typed scores are kept as drafts: leaving loses nothing.
+        self.flush_drafts()
         if self.session is not None:
             self.session.stop_clock()
         self.app.leave_round(self)

@@ -4,17 +4,22 @@ No Textual here. The screen asks the session what to show and tells it what
 the rater did; the session keeps the rater's view *blind* (only their own
 ratings are ever looked up) and overlays ratings that are queued but not yet
 stored, so the screen shows a submitted rating at once, before the write
-lands.
+lands. The next response offered is the one that most needs a rater
+(``therapy_rlhf.pending.response_order``), recomputed as others score.
+A round whose gate has closed is read-only (``closed``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.pending import response_order
 from therapy_rlhf.ratings import RoundState, check_rater, coverage
-from therapy_rlhf.records import PendingResponse, Rating
+from therapy_rlhf.records import Gate, PendingResponse, Rating
 from therapy_rlhf.spec import RunManifest
 from therapy_rlhf.store import Store
 
@@ -26,6 +31,8 @@ class RoundSession:
     manifest: RunManifest
     state: RoundState
     rater: str
+    gate: Gate | None = None  # set once the round's gate has closed: read-only
+    order: str | None = None  # overrides feedback.responseOrder
     index: int = 0
     skipped: set[str] = field(default_factory=set)
     queued: dict[str, Rating] = field(default_factory=dict)  # response id -> newest queued rating
@@ -35,6 +42,9 @@ class RoundSession:
     _shown_at: float | None = None
     _own_index: dict[str, Rating] = field(default_factory=dict)
     _index_key: tuple[int, int] | None = None
+    # Held by the writer thread for one store attempt and by a live-refresh poll while it
+    # reads: a poll never lists a rating this app is storing before the writer has noted it.
+    store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_rater(self.rater, self.feedback)
@@ -60,6 +70,17 @@ class RoundSession:
     @property
     def title(self) -> str:
         return f"{self.paths.namespace}/{self.paths.run}"
+
+    @property
+    def closed(self) -> bool:
+        return self.gate is not None
+
+    def position(self, response_id: str) -> int:
+        """1-based place of a response in the batch ("response 3 of 24")."""
+        for i, resp in enumerate(self.responses):
+            if resp.id == response_id:
+                return i + 1
+        return 0
 
     # ---------------------------------------------------- own ratings only
     def own(self, response_id: str) -> Rating | None:
@@ -104,23 +125,36 @@ class RoundSession:
     def done(self) -> bool:
         return bool(self.responses) and self.rated_count() == len(self.responses)
 
+    def others_have_covered(self) -> bool:
+        """Every response this rater has not scored already has the raters it needs."""
+        raters = self.state.raters_by_response()
+        need = self.feedback.min_raters
+        return all(len(raters[r.id]) >= need for r in self.responses if not self.is_rated(r.id))
+
     # ---------------------------------------------------------- movement
+    def _queue(self) -> list[int]:
+        """Responses this rater has not scored, the one that most needs a rater first."""
+        return [i for i in response_order(self.state, self.feedback, self.order) if not self.is_rated(self.responses[i].id)]
+
     def first_unrated(self) -> int:
-        """Where a restart resumes: the first response this rater has not rated."""
-        for i, resp in enumerate(self.responses):
-            if not self.is_rated(resp.id):
-                return i
-        return 0
+        """Where a (re)start begins: the unscored response that most needs a rater."""
+        queue = self._queue()
+        return queue[0] if queue else 0
 
     def next_unrated(self) -> int | None:
-        """The next unrated response after the current one; skipped ones come last."""
-        n = len(self.responses)
-        order = [(self.index + step) % n for step in range(1, n + 1)]
-        fresh = [i for i in order if not self.is_rated(self.responses[i].id)]
-        for i in fresh:
+        """The next response to score (not the current one); skipped ones come last.
+
+        In batch order that is the next one after the current response; in the
+        other orders the one that most needs a rater now.
+        """
+        queue = [i for i in self._queue() if i != self.index] or self._queue()
+        if (self.order or self.feedback.response_order) == "batch" and self.responses:
+            n = len(self.responses)
+            queue.sort(key=lambda i: (i - self.index - 1) % n)
+        for i in queue:
             if self.responses[i].id not in self.skipped:
                 return i
-        return fresh[0] if fresh else None
+        return queue[0] if queue else None
 
     def go(self, index: int) -> None:
         self.stop_clock()
@@ -163,8 +197,19 @@ class RoundSession:
 
     def saved(self, rating: Rating) -> None:
         """The writer stored it; drop the overlay unless a newer rating is queued."""
-        if self.queued.get(rating.response_id) is rating:
+        queued = self.queued.get(rating.response_id)
+        if queued is rating or (queued is not None and queued.submission_id and queued.submission_id == rating.submission_id):
             del self.queued[rating.response_id]
+
+    def refreshed(self, fresh: RoundState, gate: Gate | None) -> None:
+        """A poll read the round again: take its ratings (keeping any the writer added) and its gate."""
+        known = {r.id for r in fresh.ratings}
+        fresh.ratings.extend(r for r in list(self.state.ratings) if r.id not in known)
+        for key, rating in list(self.state.by_key.items()):
+            fresh.by_key.setdefault(key, rating)  # stored by the writer after the poll listed: never read back
+        self.state.ratings, self.state.by_key = fresh.ratings, fresh.by_key
+        if gate is not None:
+            self.gate = gate
 
     def last_rated(self) -> str | None:
         """The response whose rating an undo withdraws: this session's last, else the newest stored."""
@@ -181,4 +226,11 @@ class RoundSession:
         previous = self.own(response_id)
         if previous is not None:
             self.undone[response_id] = previous
-        return Rating(response_id=response_id, rater=self.rater, withdrawn=True, comment="undo", client=client)
+        return Rating(
+            response_id=response_id,
+            rater=self.rater,
+            withdrawn=True,
+            comment="undo",
+            client=client,
+            submission_id=uuid.uuid4().hex,
+        )

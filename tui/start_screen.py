@@ -1,4 +1,4 @@
-"""The start screen: open rounds in the store, with this rater's progress."""
+"""The start screen: batches waiting in the store, with this rater's progress; refreshed while shown."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, LoadingIndicator, Static
 
-from therapy_rlhf.tui.catalog import WorkError, WorkItem, WorkList, age, find_work
+from therapy_rlhf.tui.catalog import WorkError, WorkItem, WorkList, age, find_work, parse_time
+from therapy_rlhf.tui.writer import plain_error
 
 
 class StartScreen(Screen):
     AUTO_FOCUS = "#runs"
     BINDINGS = [
         Binding("enter", "open", "Rate"),
-        Binding("r", "reload", "Reload"),
+        Binding("r", "reload", "Look again"),
     ]
 
     def __init__(self) -> None:
@@ -27,16 +28,23 @@ class StartScreen(Screen):
         yield LoadingIndicator(id="start-loading")
         yield Static("", id="start-message", markup=False)
         table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Run", "Round", "Yours", "Covered", "Waiting", "Note")
+        table.add_columns("Run", "Batch", "Yours", "Fully scored", "Waiting", "Note")
         yield table
         yield Static("", id="start-problems", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#start-title", Static).update(
-            f"Rounds waiting for rater {self.app.rater} in {self.app.store.uri}"
+            f"Batches waiting for {self.app.rater} in {self.app.store.uri}"
         )
         self.reload()
+        if self.app.refresh_seconds > 0:
+            # The list is read whole (every open batch): look again less often than the rating screen polls.
+            self.set_interval(self.app.refresh_seconds * 3, self._refresh_quietly, name="start-refresh")
+
+    def _refresh_quietly(self) -> None:
+        if self.app.screen is self:
+            self._load()
 
     def action_reload(self) -> None:
         self.reload()
@@ -54,7 +62,7 @@ class StartScreen(Screen):
             self.app.call_from_thread(self._failed, str(err))
             return
         except Exception as err:  # noqa: BLE001 - a garbage object must not crash the app
-            self.app.call_from_thread(self._failed, f"unexpected problem reading {self.app.store.uri}: {err}")
+            self.app.call_from_thread(self._failed, f"unexpected problem reading {self.app.store.uri}: {plain_error(err)}")
             return
         self.app.call_from_thread(self._show, found)
 
@@ -62,7 +70,7 @@ class StartScreen(Screen):
         self.query_one("#start-loading").display = False
         self.query_one("#runs").display = False
         message = self.query_one("#start-message", Static)
-        message.update(f"[!] {text}\n\nCheck the store URI and credentials, then press r to retry (q quits).")
+        message.update(f"[!] {text}\n\nCheck the store address and your access, then press r to look again (q quits).")
         message.add_class("problem")
         message.display = True
 
@@ -71,37 +79,43 @@ class StartScreen(Screen):
         self.query_one("#start-loading").display = False
         table = self.query_one("#runs", DataTable)
         table.display = True
+        row = table.cursor_row
         table.clear()
         now = self.app.clock()
         for item in found.items:
             if item.problem:
-                note = "not allowed for you"
-            elif item.mine >= item.total:
-                note = "done by you"
+                note = "not open to you"
+            elif not item.todo:
+                note = "all scored by you"
+            elif item.needs_you:
+                note = f"{item.needs_you} need a score"
             else:
-                note = f"{item.total - item.mine} to rate"
+                note = "covered by others"
             table.add_row(
                 item.run,
                 str(item.round),
-                f"{item.mine}/{item.total}",
-                f"{item.covered}/{item.total}",
-                age(item.waiting_since, now),
+                f"{item.yours}/{item.responses}",
+                f"{item.fully_scored}/{item.responses}",
+                age(parse_time(item.waiting_since), now),
                 note,
             )
+        if row is not None and 0 <= row < table.row_count:
+            table.move_cursor(row=row)
         message = self.query_one("#start-message", Static)
         message.remove_class("problem")
-        waiting = [i for i in found.items if not i.problem and i.mine < i.total]
+        waiting = [i for i in found.items if not i.problem and i.needs_you]
         if not found.items:
-            message.update("No open rounds in this store. Press r to look again.")
+            message.update("No batch is waiting in this store. The list refreshes by itself; r looks now.")
         elif not waiting:
-            message.update("Nothing is waiting for you right now. Press r to look again.")
+            message.update("Nothing needs your scores right now. The list refreshes by itself; r looks now.")
         else:
-            message.update(f"{len(waiting)} round(s) need your ratings. Choose one and press Enter.")
+            message.update(f"{len(waiting)} batch(es) need your scores. Choose one and press Enter.")
         message.display = True
         problems = self.query_one("#start-problems", Static)
         problems.display = bool(found.problems)
         problems.update("\n".join(f"[!] cannot read {p}" for p in found.problems))
-        table.focus()
+        if self.app.screen is self:
+            table.focus()
 
     @on(DataTable.RowSelected, "#runs")
     def _selected(self) -> None:

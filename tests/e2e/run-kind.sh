@@ -65,7 +65,8 @@ rater '["python","-c","import boto3; boto3.client(\"s3\").create_bucket(Bucket=\
 echo "--- operator (Helm chart)"
 helm upgrade --install rlhf charts/therapy-rlhf --namespace rlhf-system --create-namespace --wait --timeout 180s \
   --set operator.image.repository=therapy-rlhf/operator --set operator.image.tag=e2e \
-  --set operator.image.pullPolicy=Never --set operator.interval=2
+  --set operator.image.pullPolicy=Never --set operator.interval=2 \
+  --set "watch.namespaces={$NS}" --set "security.allowedImages={$JOBS_IMAGE}"
 kubectl wait --for condition=established crd/therapyrlhfruns.rlhf.therapy.dev --timeout=60s
 
 echo "--- the tiny run"

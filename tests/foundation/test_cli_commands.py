@@ -172,7 +172,7 @@ def test_status_of_empty_store(local_store, capsys):
         (["status", "nope"], "no run default/nope"),
         (["status", "Bad_Name"], "invalid run name"),
         (["status", "other/demo", "--namespace", "default"], "names namespace 'other'"),
-        (["rate", "--auto", "demo", "--round", "2"], "round 2 of default/demo has no pending responses"),
+        (["rate", "--auto", "demo", "--round", "2"], "batch 2 of default/demo has no responses yet"),
         (["rate", "--auto", "demo", "--round", "0"], "invalid round 0"),
         (["rate", "--auto", "demo", "--rater", "dr/lee"], "invalid rater id 'dr/lee'"),
         (["rate", "--auto", "demo", "--rater", "stranger"], "not in feedback.allowedRaters"),
@@ -194,9 +194,9 @@ def test_rate_refuses_a_gated_round(local_store, capsys):
     cli(capsys, "rate", "--auto", RUN, "--store", local_store.uri)
     close_gate(local_store, PATHS, 1, manifest.spec.feedback)
     code, _, err = cli(capsys, "rate", "--auto", RUN, "--store", local_store.uri)
-    assert code == 1 and "no round of default/demo is waiting" in err
+    assert code == 1 and "no batch of default/demo is waiting for scores" in err
     code, _, err = cli(capsys, "rate", "--auto", RUN, "--store", local_store.uri, "--round", "1")
-    assert code == 1 and "already gated" in err
+    assert code == 1 and "is closed (scoring finished)" in err
 
 
 def test_an_output_file_is_written_whole_or_not_at_all(capsys, tmp_path):

@@ -65,6 +65,8 @@ def job(kind, r, state, attempt=1, failures=0, reason=""):
 DEADLINE = {"feedback": {"gateDeadlineSeconds": 3600, "onDeadline": "Fail"}}
 HOLD = {"feedback": {"gateDeadlineSeconds": 3600, "onDeadline": "Hold"}}
 SFT_DONE = {"sft_done": True}
+SEPARATE = {"ppo": {"oneJobPerRound": False}}
+GATED1 = RoundObservation(1, batch=True, gate=True)
 R1 = {1: done_round(1)}
 ALL = {1: done_round(1), 2: done_round(2)}
 
@@ -100,11 +102,25 @@ TABLE = [
     ("no deadline waits forever", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1e12), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
     ("unknown wait start is never overdue", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 3, since=None)}, now=1e12), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
     ("complete gate wins over the deadline", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 8)}, now=1e12), CloseGate(1, "complete"), phases.AWAITING_RATINGS, 1, phases.R_GATE_CLOSED),
-    # --- PPO update and the next round
-    ("gated round starts ppo", {}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}), StartJob("ppo", 1, 1), phases.UPDATING, 1, phases.R_JOB_STARTED),
-    ("ppo running", {}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}, jobs=job("ppo", 1, "running", 2)), WaitForJob("ppo", 1, 2), phases.UPDATING, 1, phases.R_JOB_RUNNING),
-    ("ppo failed past limit", {}, Observed(**SFT_DONE, rounds={1: RoundObservation(1, batch=True, gate=True)}, jobs=job("ppo", 1, "failed", 3, 3)), Fail, phases.FAILED, 1, phases.R_JOB_FAILED),
+    # --- PPO update and the next round (default: one ppo-generate Job per round after the first)
+    ("gated round starts ppo-generate", {}, Observed(**SFT_DONE, rounds={1: GATED1}), StartJob("ppo-generate", 1, 1), phases.UPDATING, 1, phases.R_JOB_STARTED),
+    ("ppo-generate running, updating", {}, Observed(**SFT_DONE, rounds={1: GATED1}, jobs=job("ppo-generate", 1, "running", 2)), WaitForJob("ppo-generate", 1, 2), phases.UPDATING, 1, phases.R_JOB_RUNNING),
+    ("ppo-generate running after the update, generating", {}, Observed(**SFT_DONE, rounds=R1, jobs=job("ppo-generate", 1, "running")), WaitForJob("ppo-generate", 1, 1), phases.GENERATING, 2, phases.R_JOB_RUNNING),
+    ("suspend lets ppo-generate finish its batch", {"suspend": True}, Observed(**SFT_DONE, rounds=R1, jobs=job("ppo-generate", 1, "running")), WaitForJob("ppo-generate", 1, 1), phases.GENERATING, 2, phases.R_JOB_RUNNING),
+    ("ppo-generate failed before the update retried", {}, Observed(**SFT_DONE, rounds={1: GATED1}, jobs=job("ppo-generate", 1, "failed", 1, 1)), StartJob("ppo-generate", 1, 2), phases.UPDATING, 1, phases.R_JOB_RETRYING),
+    ("ppo-generate failed past limit", {}, Observed(**SFT_DONE, rounds={1: GATED1}, jobs=job("ppo-generate", 1, "failed", 3, 3)), Fail, phases.FAILED, 1, phases.R_JOB_FAILED),
+    ("crash between update and generate starts generate", {}, Observed(**SFT_DONE, rounds=R1, jobs=job("ppo-generate", 1, "failed", 1, 1, "killed")), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
+    ("crash between update and generate, past the limit, still generates", {}, Observed(**SFT_DONE, rounds=R1, jobs=job("ppo-generate", 1, "failed", 3, 3)), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
+    ("ppo-generate exited 0 without the batch starts generate", {}, Observed(**SFT_DONE, rounds=R1, jobs=job("ppo-generate", 1, "succeeded")), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
+    ("suspended after a crash between update and generate", {"suspend": True}, Observed(**SFT_DONE, rounds=R1, jobs=job("ppo-generate", 1, "failed", 1, 1)), Suspend(), phases.SUSPENDED, 2, phases.R_SUSPENDED),
+    ("the last round is a plain ppo", {}, Observed(**SFT_DONE, rounds={1: done_round(1), 2: RoundObservation(2, batch=True, gate=True)}), StartJob("ppo", 2, 1), phases.UPDATING, 2, phases.R_JOB_STARTED),
+    ("one round only is a plain ppo", {"ppo": {"rounds": 1}}, Observed(**SFT_DONE, rounds={1: GATED1}), StartJob("ppo", 1, 1), phases.UPDATING, 1, phases.R_JOB_STARTED),
+    # --- separate Jobs by spec (oneJobPerRound: false)
+    ("separate: gated round starts ppo", SEPARATE, Observed(**SFT_DONE, rounds={1: GATED1}), StartJob("ppo", 1, 1), phases.UPDATING, 1, phases.R_JOB_STARTED),
+    ("separate: ppo running", SEPARATE, Observed(**SFT_DONE, rounds={1: GATED1}, jobs=job("ppo", 1, "running", 2)), WaitForJob("ppo", 1, 2), phases.UPDATING, 1, phases.R_JOB_RUNNING),
+    ("separate: ppo failed past limit", SEPARATE, Observed(**SFT_DONE, rounds={1: GATED1}, jobs=job("ppo", 1, "failed", 3, 3)), Fail, phases.FAILED, 1, phases.R_JOB_FAILED),
     ("round 1 updated starts generate 2", {}, Observed(**SFT_DONE, rounds=R1), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
+    ("separate: round 1 updated starts generate 2", SEPARATE, Observed(**SFT_DONE, rounds=R1), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
     ("a stale job of an earlier step is ignored", {}, Observed(**SFT_DONE, rounds=R1, jobs=job("generate", 1, "failed", 3, 3)), StartJob("generate", 2, 1), phases.GENERATING, 2, phases.R_JOB_STARTED),
     # --- evaluation on / off, finish
     ("all rounds done starts evaluate", {}, Observed(**SFT_DONE, rounds=ALL), StartJob("evaluate", 0, 1), phases.EVALUATING, 0, phases.R_JOB_STARTED),
@@ -177,9 +193,10 @@ def _batch(store, paths, r, n=2):
     store.write_bytes(paths.batch(r), dump_batch(items))
 
 
-def test_resume_from_store_markers(store):
+@pytest.mark.parametrize("one_job", [True, False], ids=["one-job-per-round", "separate-jobs"])
+def test_resume_from_store_markers(store, one_job):
     """observe_store + plan picks up exactly where the stored markers end."""
-    s = spec(ppo={"rounds": 3})
+    s = spec(ppo={"rounds": 3, "oneJobPerRound": one_job})
     paths = RunPaths("default", "demo")
 
     def step():
@@ -200,8 +217,9 @@ def test_resume_from_store_markers(store):
                                                   criteria={c.name: 0.5 for c in s.feedback.rubric}), s.feedback)
     assert step().action == CloseGate(1, "complete")
     close_gate(store, paths, 1, s.feedback)
-    assert step().action == StartJob("ppo", 1, 1)
+    assert step().action == StartJob("ppo-generate" if one_job else "ppo", 1, 1)
     store.write_json(paths.policy_metrics(1), {})
+    # (one job per round: the update's marker is stored but the Job died before its batch)
     assert step().action == StartJob("generate", 2, 1)
     for r in (2, 3):
         _batch(store, paths, r)

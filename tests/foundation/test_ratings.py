@@ -62,14 +62,20 @@ def submit(store, r: Rating, fb: FeedbackSpec = FB) -> Rating:
 
 
 def record_reads(store, monkeypatch) -> list[str]:
+    """Keys read whole (read_bytes) or with a size limit (read_limited, how ratings are read)."""
     reads: list[str] = []
-    read = store.read_bytes
+    read, read_limited = store.read_bytes, store.read_limited
 
     def recording(key):
         reads.append(key)
         return read(key)
 
+    def recording_limited(key, limit):
+        reads.append(key)
+        return read_limited(key, limit)
+
     monkeypatch.setattr(store, "read_bytes", recording)
+    monkeypatch.setattr(store, "read_limited", recording_limited)
     return reads
 
 
@@ -226,8 +232,10 @@ def test_gate_freezes_the_rating_set(batch):
     gate = close_gate(batch, PATHS, 1, FB, closed_by="runner")
     assert gate.reason == "complete" and gate.responses_rewarded == 3 and gate.mean_reward == 0.5
     stored = batch.read_bytes(PATHS.gate(1))
-    # a later correction is stored but does not change the frozen gate
-    submit(batch, rating("r0001-a", "dr-lee", 1.0))
+    # a later correction (written straight to the store: submit_rating refuses it)
+    # is stored but does not change the frozen gate
+    late = rating("r0001-a", "dr-lee", 1.0).model_copy(update={"version": 2, "supersedes": "dr-lee/r0001-a/v1"})
+    batch.create_json(PATHS.rating(1, "dr-lee", "r0001-a", 2), late.model_dump(mode="json"))
     again = close_gate(batch, PATHS, 1, FB)
     assert again == gate and batch.read_bytes(PATHS.gate(1)) == stored
     assert read_gate(batch, PATHS, 1).rewards["r0001-a"].ratings == ["dr-lee/r0001-a/v1"]

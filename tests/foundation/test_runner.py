@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from budget import budget
 from rich.console import Console
 
 import therapy_rlhf.runner as runner_mod
@@ -20,7 +21,10 @@ from therapy_rlhf.runs import FrozenSpecMismatch
 from therapy_rlhf.simrater import rate_round
 from therapy_rlhf.spec import parse_run
 
-STANDIN = [sys.executable, str(Path(__file__).resolve().parents[1] / "support" / "standin_jobs.py")]
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+# The stand-ins as a script (a cold start: the worker execs it) and as a module (forked warm).
+STANDIN = [sys.executable, str(SUPPORT / "standin_jobs.py")]
+STANDIN_WARM = [sys.executable, "-m", "standin_jobs"]
 
 
 def manifest(tmp_path: Path, **spec_overrides):
@@ -47,13 +51,23 @@ def manifest(tmp_path: Path, **spec_overrides):
 def make_runner(m, store, **kw) -> LocalRunner:
     kw.setdefault("rater", "auto")
     kw.setdefault("poll_interval", 0.01)
-    return LocalRunner(m, store, job_command=STANDIN, console=Console(file=open(os.devnull, "w")), **kw)
+    kw.setdefault("job_command", STANDIN_WARM)
+    kw.setdefault("preload", ("standin_jobs",))
+    kw.setdefault("console", Console(file=open(os.devnull, "w")))
+    return LocalRunner(m, store, **kw)
+
+
+def job_logs(runner: LocalRunner) -> list[str]:
+    """The runner's job logs in the order the jobs ran."""
+    logs = [p for p in (runner.work_dir / "logs").iterdir() if p.name != "worker.log"]
+    return [p.name.removesuffix(".log") for p in sorted(logs, key=lambda p: p.stat().st_mtime_ns)]
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("THERAPY_RLHF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("STANDIN_STATE_DIR", str(tmp_path / "standin"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])))
 
 
 def snapshot(store) -> dict[str, bytes]:
@@ -62,7 +76,12 @@ def snapshot(store) -> dict[str, bytes]:
 
 def test_full_loop_with_simulated_rater(tmp_path, store):
     m = manifest(tmp_path)
-    assert make_runner(m, store).run() == EXIT_SUCCEEDED
+    runner = make_runner(m, store)
+    assert runner.run() == EXIT_SUCCEEDED
+    # One Job per round after the first: round r's update and round r+1's batch together.
+    assert job_logs(runner) == [
+        "sft-r0-a1", "generate-r1-a1", "ppo-generate-r1-a1", "ppo-generate-r2-a1", "ppo-r3-a1", "evaluate-r0-a1"
+    ]
     paths = RunPaths("default", "demo")
     keys = set(store.list(""))
     assert paths.sft_metrics() in keys and paths.eval_results() in keys
@@ -74,6 +93,31 @@ def test_full_loop_with_simulated_rater(tmp_path, store):
     before = snapshot(store)
     assert make_runner(m, store).run() == EXIT_SUCCEEDED
     assert snapshot(store) == before
+
+
+def test_separate_update_and_generate_jobs_by_spec(tmp_path, local_store):
+    runner = make_runner(manifest(tmp_path, ppo={"oneJobPerRound": False}), local_store)
+    assert runner.run() == EXIT_SUCCEEDED
+    assert job_logs(runner) == [
+        "sft-r0-a1", "generate-r1-a1", "ppo-r1-a1", "generate-r2-a1", "ppo-r2-a1", "generate-r3-a1", "ppo-r3-a1",
+        "evaluate-r0-a1",
+    ]
+
+
+def test_a_job_dying_between_update_and_generate_resumes_with_generate(tmp_path, local_store, monkeypatch):
+    """The one-Job round is killed after storing round 1's update: a failed attempt, then a plain
+    generate job for round 2, and the run goes on with one Job per round."""
+    monkeypatch.setenv("STANDIN_DIE_AFTER_UPDATE", "1")
+    runner = make_runner(manifest(tmp_path), local_store)
+    assert runner.run() == EXIT_SUCCEEDED
+    assert job_logs(runner) == [
+        "sft-r0-a1", "generate-r1-a1", "ppo-generate-r1-a1", "generate-r2-a1", "ppo-generate-r2-a1", "ppo-r3-a1",
+        "evaluate-r0-a1",
+    ]
+    died = runner.jobs[("ppo-generate", 1)]
+    assert (died.state, died.failures, died.reason) == ("failed", 1, "the job process was killed by SIGKILL")
+    paths = RunPaths("default", "demo")
+    assert all(local_store.exists(paths.policy_metrics(r)) for r in (1, 2, 3))
 
 
 def test_waits_for_ratings_written_elsewhere(tmp_path, local_store):
@@ -107,20 +151,70 @@ def test_two_raters_needed_before_gate_closes(tmp_path, local_store):
 
 
 def test_job_retried_then_succeeds(tmp_path, local_store, monkeypatch):
-    monkeypatch.setenv("STANDIN_FAIL", "generate:2=1")
-    assert make_runner(manifest(tmp_path), local_store).run() == EXIT_SUCCEEDED
-    logs = sorted(p.name for p in (tmp_path / "cache" / "runner" / "default" / "demo" / "logs").iterdir())
-    assert "generate-r2-a1.log" in logs and "generate-r2-a2.log" in logs
+    monkeypatch.setenv("STANDIN_FAIL", "generate:1=1")
+    runner = make_runner(manifest(tmp_path), local_store)
+    assert runner.run() == EXIT_SUCCEEDED
+    assert job_logs(runner)[1:3] == ["generate-r1-a1", "generate-r1-a2"]
+
+
+def test_cold_jobs_run_the_same_loop(tmp_path, local_store, monkeypatch):
+    """A job command the worker cannot fork (a script) is exec'd: same loop, same retries."""
+    monkeypatch.setenv("STANDIN_FAIL", "ppo-generate:2=1")
+    runner = make_runner(manifest(tmp_path), local_store, job_command=STANDIN, preload=None)
+    assert runner.run() == EXIT_SUCCEEDED
+    assert "ppo-generate-r2-a2" in job_logs(runner)
+
+
+def test_runs_of_one_name_in_two_stores_never_share_run_config_or_logs(tmp_path):
+    """Two runs called demo, in two stores, with different specs: each job reads its own run's config."""
+    from therapy_rlhf.spec import load_run
+    from therapy_rlhf.store import LocalStore
+
+    first_store, second_store = LocalStore(tmp_path / "one"), LocalStore(tmp_path / "two")
+    first = make_runner(manifest(tmp_path, ppo={"rounds": 1}), first_store, rater="none")
+    second = make_runner(manifest(tmp_path, ppo={"rounds": 2, "samplesPerPrompt": 1}), second_store)
+
+    def meanwhile_the_other_run(action):
+        if not second_store.exists(RunPaths("default", "demo").eval_results()):
+            assert second.run() == EXIT_SUCCEEDED  # run to the end while the first waits at its gate
+        rate_round(first_store, RunPaths("default", "demo"), first.manifest, action.round)
+
+    first.on_wait = meanwhile_the_other_run
+    assert first.run() == EXIT_SUCCEEDED
+    assert first.work_dir != second.work_dir
+    assert load_run(first.config_file).spec.ppo.rounds == 1 and load_run(second.config_file).spec.ppo.rounds == 2
+    assert "generate-r2-a1" not in job_logs(first) and "ppo-generate-r1-a1" in job_logs(second)
+    # The first run's update used its own batch of 4 responses (the second's rounds have 2).
+    assert first_store.read_json(RunPaths("default", "demo").policy_metrics(1))["mean_reward"] is not None
+    assert len(read_gate(first_store, RunPaths("default", "demo"), 1).rewards) == 4
+
+
+def test_progress_lines_are_not_wrapped_when_output_is_not_a_terminal(tmp_path, local_store, capsys):
+    """A file or CI log gets each message on one line, however long its paths."""
+    deep = tmp_path / ("a-very-long-folder-name-" * 6) / "store"
+    from therapy_rlhf.store import LocalStore
+
+    store = LocalStore(deep)
+    runner = LocalRunner(
+        manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1}), store,
+        rater="auto", job_command=STANDIN_WARM, preload=("standin_jobs",),
+    )
+    assert runner.run() == EXIT_SUCCEEDED
+    err = capsys.readouterr().err
+    assert len(str(deep)) > 150
+    succeeded = [ln for ln in err.splitlines() if "run succeeded" in ln]
+    assert len(succeeded) == 1 and f"--store {store.uri}`" in succeeded[0]
+    assert any(ln.endswith(f"run default/demo in {store.uri}") for ln in err.splitlines())
 
 
 def test_job_failing_past_backoff_limit_fails_the_run(tmp_path, local_store, monkeypatch, capsys):
-    monkeypatch.setenv("STANDIN_FAIL", "ppo:1=99")
+    monkeypatch.setenv("STANDIN_FAIL", "ppo-generate:1=99")
     m = manifest(tmp_path, backoffLimit=1)
     runner = make_runner(m, local_store)
     runner.console = Console(file=sys.stderr, width=200)
     assert runner.run() == EXIT_FAILED
     err = capsys.readouterr().err
-    assert "ppo (round 1) job failed 2 time(s), backoffLimit is 1" in err
+    assert "ppo-generate (round 1) job failed 2 time(s), backoffLimit is 1" in err
     assert "failed on purpose" in err
     assert not local_store.exists(RunPaths("default", "demo").policy_metrics(1))
 
@@ -193,37 +287,58 @@ def test_survives_a_crash_between_any_two_steps(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigkill_during_jobs_then_resume(tmp_path):
-    """Kill the real CLI process group with SIGKILL at several moments, then finish the run."""
+def test_sigkill_during_jobs_then_resume(tmp_path, monkeypatch):
+    """Kill the real CLI with SIGKILL at several moments, then finish the run.
+
+    Each restart waits until everything the killed runner started is gone (its
+    worker stops the job when the runner's socket closes): a job left running
+    would race the restarted attempt, which is what made this test flaky.
+    """
+    import uuid
+
     import yaml
+    from processes import MARK_ENV, kill_marked, marked_processes, wait_until
+
+    from therapy_rlhf.records import parse_batch
+    from therapy_rlhf.store import LocalStore
 
     store_dir = tmp_path / "store"
     run_file = tmp_path / "run.yaml"
     m = manifest(tmp_path, ppo={"rounds": 2})
     run_file.write_text(yaml.safe_dump(m.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    mark = uuid.uuid4().hex
     env = {
         **os.environ,
         "THERAPY_RLHF_JOB_COMMAND": " ".join(STANDIN),
         "STANDIN_SLEEP": "0.4",
+        MARK_ENV: mark,
     }
-    cmd = [sys.executable, "-m", "therapy_rlhf.cli", "run", str(run_file), "--rater", "auto", "--poll-interval", "0.05"]
-    for delay in (1.0, 2.5, 4.0):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "therapy_rlhf.cli", "run", str(run_file), "--scoring", "auto", "--poll-interval", "0.05"]
+    try:
+        for delay in (1.0, 2.5, 4.0):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            proc.kill()
+            proc.wait()
+            wait_until(lambda: not marked_processes(mark), budget(2), "the killed runner's job and worker to stop")
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=budget(30))
+    finally:
+        kill_marked(mark)
     assert done.returncode == 0, done.stderr
     assert "run succeeded" in done.stderr
-    keys = [k for k in (p.relative_to(store_dir).as_posix() for p in store_dir.rglob("*") if p.is_file())]
-    assert not [k for k in keys if k.endswith(".tmp")]
+    store = LocalStore(store_dir)
+    keys = store.list("")  # what readers see (a write cut short leaves only an unlisted temp file)
     assert sum(k.endswith("batch.jsonl") for k in keys) == 2
     assert sum(k.endswith("gate.json") for k in keys) == 2
+    for key in keys:  # every visible object is whole
+        if key.endswith(".json"):
+            store.read_json(key)
+        elif key.endswith(".jsonl"):
+            assert parse_batch(store.read_text(key))[1] == []
 
 
 def test_tui_mode_continues_when_the_rater_completes_the_round(tmp_path, local_store, monkeypatch):
-    """--rater tui: the runner opens the app at each gate and goes on once the round is rated."""
+    """--scoring tui: the runner opens the app at each gate and goes on once the round is rated."""
     import therapy_rlhf.tui as tui
 
     m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 2})
@@ -250,3 +365,12 @@ def test_tui_mode_stops_when_the_rater_quits_early(tmp_path, local_store, monkey
     assert not local_store.exists(RunPaths("default", "demo").gate(1))
     monkeypatch.setattr(tui, "launch", lambda *a: 2)  # the app refused to start (bad rater id, ...)
     assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_FAILED
+
+
+def test_gate_polls_are_frequent_on_a_local_store_and_cheaper_on_s3(tmp_path, local_store, s3_store):
+    """A local listing costs nothing, so the next round starts within half a second of the last
+    rating; on S3 each poll is a LIST request."""
+    m = manifest(tmp_path)
+    assert LocalRunner(m, local_store).poll_interval == runner_mod.POLL_SECONDS_LOCAL == 0.5
+    assert LocalRunner(m, s3_store).poll_interval == runner_mod.POLL_SECONDS_S3 == 2.0
+    assert LocalRunner(m, s3_store, poll_interval=0.1).poll_interval == 0.1

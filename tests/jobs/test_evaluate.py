@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from budget import budget
 import torch
 
 from therapy_rlhf.cli import main as cli_main
@@ -145,7 +146,7 @@ def test_report_command_does_not_import_torch(tmp_path):
         f"rc = main(['report', 'x', '--store', {str(tmp_path)!r}]); "
         "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules); print(rc)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=budget(8))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
 

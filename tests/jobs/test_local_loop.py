@@ -1,4 +1,4 @@
-"""The whole loop locally: `therapy-rlhf run examples/tiny-*.yaml --rater auto` produces eval results."""
+"""The whole loop locally: `therapy-rlhf run examples/tiny-*.yaml --scoring auto` produces eval results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from budget import budget
 import yaml
 
 from therapy_rlhf.layout import RunPaths
@@ -19,12 +20,12 @@ def _run(tmp_path, tiny_cache, manifest):
     store = tmp_path / "store"
     env = dict(os.environ, THERAPY_RLHF_CACHE=str(tiny_cache))
     proc = subprocess.run(
-        [sys.executable, "-m", "therapy_rlhf.cli", "run", str(manifest), "--rater", "auto", "--store", str(store)],
+        [sys.executable, "-m", "therapy_rlhf.cli", "run", str(manifest), "--scoring", "auto", "--store", str(store)],
         capture_output=True,
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=900,
+        timeout=budget(110),  # ~70 s on a quiet machine
     )
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     return store

@@ -110,3 +110,39 @@ def test_each_rank_is_pinned_to_its_local_gpu(monkeypatch):
 
 def test_cpu_ranks_use_gloo():
     assert distributed.process_group_options("cpu") == {"backend": "gloo"}
+
+
+MISTRAL = dict(next(c for p, c in KNOWN_SHAPES if p == "mistral-7b-v0.3"))
+
+
+def ppo_generate_context(make_run, s3_store, tmp_path, generation_batch: int) -> JobContext:
+    """A ppo-generate job on a 4-bit Mistral-7B at maxLength 4096, one response per PPO minibatch, 40 GiB GPUs."""
+    s3_store.write_bytes("models/mistral/config.json", json.dumps(MISTRAL).encode())
+    manifest = load_run(make_run({
+        "model": {"source": f"s3://{s3_store.bucket}/{s3_store.prefix}/models/mistral", "quantization": "4bit",
+                  "maxLength": 4096},
+        "ppo": {"miniBatchSize": 1, "generation": {"batchSize": generation_batch}},
+        "resources": {"gpus": 1, "gpuMemory": "40Gi"},
+    }))
+    return JobContext(kind="ppo-generate", manifest=manifest, round=1, store=None, cache_dir=tmp_path / "c",
+                      log=logging.getLogger("test-memory-check"))
+
+
+def test_the_one_job_per_round_checks_the_update_and_the_sampling(make_run, s3_store, tmp_path, caplog):
+    ctx = ppo_generate_context(make_run, s3_store, tmp_path, generation_batch=8)
+    with caplog.at_level("INFO", logger="test-memory-check"):
+        plan = memory_check.check(ctx)
+    assert "memory plan: ppo: " in caplog.text and "memory plan: generate: " in caplog.text
+    assert plan is not None and plan.fits and plan.kind == "generate"  # the larger of the two: the KV cache
+
+
+def test_the_one_job_per_round_is_refused_when_its_sampling_cannot_fit(make_run, s3_store, tmp_path):
+    """The update fits in 40 GiB; a generation batch of 32 at maxLength 4096 does not."""
+    ctx = ppo_generate_context(make_run, s3_store, tmp_path, generation_batch=32)
+    with pytest.raises(JobError) as err:
+        memory_check.check(ctx)
+    assert re.fullmatch(
+        r"memory plan: the generate job needs about 5\d\.\d GiB per GPU but the GPU has 40\.0 GiB \(resources\.gpuMemory\): "
+        r"set ppo\.generation\.batchSize to \d+ or lower \(then \d+\.\d GiB\) \(the ppo-generate job runs ppo then generate\)",
+        str(err.value),
+    ), str(err.value)

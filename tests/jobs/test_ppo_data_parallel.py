@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import pytest
+from budget import budget
 import torch
 from safetensors.torch import load_file
 
@@ -84,7 +85,7 @@ def _gated_round(manifest_path, store_dir) -> RunPaths:
 def _ppo(launcher: list[str], manifest_path, store_dir, tiny_cache) -> str:
     env = dict(os.environ, THERAPY_RLHF_CACHE=str(tiny_cache), THERAPY_RLHF_CPU_THREADS="1")
     args = ["ppo", "--run-config", str(manifest_path), "--round", "1", "--store", str(store_dir)]
-    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=budget(40))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

@@ -8,17 +8,19 @@ import math
 import pytest
 import torch
 import yaml
+from recording_store import RecordingStore, snapshot
 
 from therapy_rlhf import simrater
 from therapy_rlhf.jobs import generate, models, ppo, ppo_trainer
 from therapy_rlhf.jobs.__main__ import run as job_main
-from therapy_rlhf.jobs.common import JobContext, JobError
+from therapy_rlhf.jobs.common import JobError
 from therapy_rlhf.jobs.value_head import FILENAME as VALUE_HEAD, ValueHead
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.ratings import close_gate, load_round, submit_rating
 from therapy_rlhf.records import Rating, dump_batch, parse_batch
 from therapy_rlhf.spec import parse_run
 from therapy_rlhf.store import LocalStore
+from job_steps import rated_round, run_job  # tests/support
 
 PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?"},
@@ -52,40 +54,8 @@ def manifest(store_dir, name="ppo-test"):
     )
 
 
-def run_job(module, kind, m, store, round_no):
-    ctx = JobContext(kind=kind, manifest=m, round=round_no, store=store)
-    try:
-        module.main(ctx)
-    finally:
-        ctx.close()
 
 
-def rated_round(m, store, round_no=1):
-    """Generate, let the simulated rater score everything, close the gate."""
-    paths = RunPaths("default", m.name)
-    run_job(generate, "generate", m, store, round_no)
-    simrater.rate_round(store, paths, m, round_no)
-    return close_gate(store, paths, round_no, m.spec.feedback, closed_by="test")
-
-
-class RecordingStore(LocalStore):
-    """A real local store that remembers the order of writes."""
-
-    def __init__(self, root):
-        super().__init__(root)
-        self.writes: list[str] = []
-
-    def write_bytes(self, key, data):
-        self.writes.append(key)
-        super().write_bytes(key, data)
-
-    def create_bytes(self, key, data):
-        self.writes.append(key)
-        super().create_bytes(key, data)
-
-
-def snapshot(store):
-    return {k: store.read_bytes(k) for k in store.list("")}
 
 
 # ------------------------------------------------------------ end to end

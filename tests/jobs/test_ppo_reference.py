@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sft_adapter import store_sft_adapter
 
-from therapy_rlhf import simrater
-from therapy_rlhf.jobs import generate, models, ppo, ppo_trainer, reference
+from therapy_rlhf.jobs import models, ppo, ppo_trainer, reference
 from therapy_rlhf.jobs.common import JobContext
 from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate
 from therapy_rlhf.records import parse_batch
 from therapy_rlhf.spec import parse_run
+from job_steps import rated_round, run_job  # tests/support
 
 PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?"},
@@ -44,36 +44,8 @@ def manifest(store_dir, sft: bool, name="ref-test"):
     )
 
 
-def run_job(module, kind, m, store, round_no):
-    ctx = JobContext(kind=kind, manifest=m, round=round_no, store=store)
-    try:
-        module.main(ctx)
-    finally:
-        ctx.close()
 
 
-def store_sft_adapter(m, store, scale=0.5):
-    """An SFT adapter that differs from the base (random B), with its marker: what the sft job leaves."""
-    paths = RunPaths("default", m.name)
-    ctx = JobContext(kind="setup", manifest=m, round=0, store=store)
-    torch.manual_seed(0)
-    policy, _, _ = models.load_policy(ctx, None, trainable=True)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, scale)
-    out = ctx.scratch("sft-adapter")
-    policy.save_pretrained(str(out))
-    store.put_dir(out, paths.sft_adapter())
-    store.write_json(paths.sft_metrics(), {"done": True})
-    ctx.close()
-    return paths
-
-
-def rated_round(m, store, paths, round_no):
-    run_job(generate, "generate", m, store, round_no)
-    simrater.rate_round(store, paths, m, round_no)
-    close_gate(store, paths, round_no, m.spec.feedback, closed_by="test")
 
 
 def batch_logprobs(m, store, paths, adapter_key, round_no):
@@ -93,7 +65,7 @@ def batch_logprobs(m, store, paths, adapter_key, round_no):
 def test_kl_before_the_first_update_is_exactly_zero_with_sft(local_store, tmp_path):
     m = manifest(tmp_path, sft=True)
     paths = store_sft_adapter(m, local_store)
-    rated_round(m, local_store, paths, 1)
+    rated_round(m, local_store, 1)
     run_job(ppo, "ppo", m, local_store, 1)
     metrics = local_store.read_json(paths.policy_metrics(1))
     assert metrics["kl"] == 0.0
@@ -112,7 +84,7 @@ def test_kl_before_the_first_update_is_exactly_zero_with_sft(local_store, tmp_pa
 def test_kl_before_the_first_update_is_exactly_zero_without_sft(local_store, tmp_path):
     m = manifest(tmp_path, sft=False)
     paths = RunPaths("default", m.name)
-    rated_round(m, local_store, paths, 1)
+    rated_round(m, local_store, 1)
     run_job(ppo, "ppo", m, local_store, 1)
     metrics = local_store.read_json(paths.policy_metrics(1))
     assert metrics["reference"] == reference.BASE and metrics["kl"] == 0.0
@@ -122,9 +94,9 @@ def test_kl_before_the_first_update_is_exactly_zero_without_sft(local_store, tmp
 def test_round_two_measures_kl_against_the_sft_policy_not_the_base(local_store, tmp_path):
     m = manifest(tmp_path, sft=True)
     paths = store_sft_adapter(m, local_store)
-    rated_round(m, local_store, paths, 1)
+    rated_round(m, local_store, 1)
     run_job(ppo, "ppo", m, local_store, 1)
-    rated_round(m, local_store, paths, 2)
+    rated_round(m, local_store, 2)
     run_job(ppo, "ppo", m, local_store, 2)
     metrics = local_store.read_json(paths.policy_metrics(2))
     policy_lp = batch_logprobs(m, local_store, paths, paths.policy_prefix(1), 2)

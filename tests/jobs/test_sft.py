@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from budget import budget
 import torch
 from transformers import TrainerControl, TrainerState
 
@@ -27,7 +28,7 @@ def test_sft_job_subprocess_writes_adapter_then_metrics(tmp_path, make_run, tiny
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=budget(40),
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
     assert proc.stderr.strip() == ""

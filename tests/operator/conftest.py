@@ -52,16 +52,25 @@ SUPPORT = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(SUPPORT))
 from kube_emulator import Emulator, register_resources, write_kubeconfig  # noqa: E402
 
+from budget import budget  # noqa: E402
+
 STANDIN = SUPPORT / "standin_jobs.py"
 NAMESPACE = "default"
 RUNS = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
 JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 SECRET_NAME = "s3-creds"
 JOB_ENTRYPOINT = ["python", "-m", "therapy_rlhf.jobs"]
+TEST_IMAGES = "therapy-rlhf/jobs-cpu:*"  # the job image the test runs name (an installation allow-list)
+OPT_IN = "rlhf.therapy.dev/credentials"
 
 
 class Cluster:
     """The emulated cluster plus the controllers the harness plays."""
+
+    # Quiet-machine seconds of the usual waits, scaled by budget(): one step (an operator
+    # tick or two, an API round trip) and one phase (a few stand-in Jobs and ticks).
+    STEP_SECONDS = 4
+    PHASE_SECONDS = 8
 
     def __init__(self, emulator, url: str, workdir: Path, standin: bool = True, job_env: dict[str, str] | None = None):
         self.emulator = emulator
@@ -126,17 +135,23 @@ class Cluster:
         """Let the operator run a few timer ticks."""
         await asyncio.sleep(ticks * interval)
 
-    async def create_secret(self, name: str, data: dict[str, str]) -> None:
+    async def create_secret(self, name: str, data: dict[str, str], labels: dict[str, str] | None = None,
+                            annotations: dict[str, str] | None = None) -> None:
+        """A Secret; by default opted in to being used by runs (the label admission.py asks for)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        meta = {"name": name, "namespace": NAMESPACE, "labels": {OPT_IN: "true"} if labels is None else labels}
+        if annotations:
+            meta["annotations"] = annotations
         await self.api(
             "POST",
             f"/api/v1/namespaces/{NAMESPACE}/secrets",
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NAMESPACE}, "data": encoded},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": encoded},
         )
 
     # -- waiting --------------------------------------------------------------
-    async def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
-        """Poll an async predicate until it returns something truthy."""
+    async def wait_for(self, predicate, timeout: float | None = None, what: str = "condition"):
+        """Poll an async predicate until it returns something truthy (default: budget(STEP_SECONDS))."""
+        timeout = budget(self.STEP_SECONDS) if timeout is None else timeout
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -144,9 +159,11 @@ class Cluster:
             if last:
                 return last
             await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
-    async def wait_phase(self, name: str, phase: str, timeout: float = 60.0, round_no: int | None = None) -> dict[str, Any]:
+    async def wait_phase(self, name: str, phase: str, timeout: float | None = None, round_no: int | None = None) -> dict[str, Any]:
+        """Wait for a phase (default: budget(PHASE_SECONDS), a few stand-in Jobs and operator ticks)."""
+        timeout = budget(self.PHASE_SECONDS) if timeout is None else timeout
         async def check():
             run = await self.run(name)
             status = run.get("status") or {}
@@ -160,7 +177,7 @@ class Cluster:
             raise AssertionError(f"run {name} never reached {phase}; status: {json.dumps(run.get('status'), indent=1)}") from None
 
     # -- the operator ---------------------------------------------------------
-    async def start_operator(self, interval: float = 0.3) -> None:
+    async def start_operator(self, interval: float = 0.3, config=None, namespaces: list[str] | None = None) -> None:
         """The real operator in its own thread and event loop, as in its own process.
 
         (kopf cancels every task of its loop on exit; a loop of its own keeps the
@@ -171,14 +188,16 @@ class Cluster:
         from therapy_rlhf.operator.config import OperatorConfig
         from therapy_rlhf.operator.handlers import register
 
-        registry = register(kopf.OperatorRegistry(), OperatorConfig(interval=interval, python="python"))
+        config = config or OperatorConfig(interval=interval, python="python", allowed_images=(TEST_IMAGES,))
+        registry = register(kopf.OperatorRegistry(), config)
         stop = threading.Event()
         ready = threading.Event()
 
         def main() -> None:
             asyncio.run(
                 kopf.operator(
-                    registry=registry, standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready,
+                    registry=registry, standalone=True, clusterwide=namespaces is None, namespaces=namespaces or [],
+                    stop_flag=stop, ready_flag=ready,
                     memo=kopf.Memo(),
                 )
             )
@@ -186,7 +205,7 @@ class Cluster:
         thread = threading.Thread(target=main, name="operator", daemon=True)
         thread.start()
         self.operator = (thread, stop)
-        await asyncio.to_thread(ready.wait, 20)
+        await asyncio.to_thread(ready.wait, budget(3))
 
     async def kill_operator(self) -> None:
         """Stop the operator; everything it held in memory is gone, as after a crash."""
@@ -194,7 +213,7 @@ class Cluster:
             return
         thread, stop = self.operator
         stop.set()
-        await asyncio.to_thread(thread.join, 20)
+        await asyncio.to_thread(thread.join, budget(3))
         assert not thread.is_alive(), "the operator did not stop"
         self.operator = None
 
@@ -245,6 +264,10 @@ class Cluster:
                     (local / item["path"]).write_text(cm["data"][item["key"]])
             mounts[volume["name"]] = local
         paths = {m["mountPath"]: mounts[m["name"]] for m in container.get("volumeMounts", [])}
+        # The kubelet mounts a file for the termination message; what the container writes there is kept.
+        termination = workdir / "termination-log"
+        termination.touch()
+        paths[container.get("terminationMessagePath") or "/dev/termination-log"] = termination
 
         def localise(arg: str) -> str:
             for mount, local in paths.items():
@@ -271,7 +294,7 @@ class Cluster:
         )
         out, _ = await proc.communicate()
         (workdir / "log.txt").write_bytes(out)
-        await self._record_pod(job, container["name"], proc.returncode, out)
+        await self._record_pod(job, container["name"], proc.returncode, out, termination.read_bytes())
         if proc.returncode == 0:
             status = {"active": 0, "succeeded": 1, "completionTime": _now(),
                       "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}]}
@@ -283,13 +306,16 @@ class Cluster:
         with contextlib.suppress(AssertionError):  # the Job may have been deleted meanwhile
             await self.api("PATCH", f"{JOBS}/{name}/status", {"status": status})
 
-    async def _record_pod(self, job: dict[str, Any], container: str, code: int, out: bytes) -> None:
-        """The Job's pod as the kubelet leaves it: with FallbackToLogsOnError, a failed
-        container's termination message is its log's tail (2048 bytes, 80 lines at most)."""
+    async def _record_pod(self, job: dict[str, Any], container: str, code: int, out: bytes, message: bytes = b"") -> None:
+        """The Job's pod as the kubelet leaves it: the termination message is what the container
+        wrote to its terminationMessagePath (4096 bytes at most); with FallbackToLogsOnError, a
+        failed container that wrote none gets its log's tail (2048 bytes, 80 lines at most)."""
         name = job["metadata"]["name"]
         tail = "\n".join(out.decode(errors="replace").splitlines()[-80:])[-2048:]
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}
-        if code != 0 and job["spec"]["template"]["spec"]["containers"][0].get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        if message.strip():
+            terminated["message"] = message[:4096].decode(errors="replace")
+        elif code != 0 and job["spec"]["template"]["spec"]["containers"][0].get("terminationMessagePolicy") == "FallbackToLogsOnError":
             terminated["message"] = tail
         pod = {
             "apiVersion": "v1", "kind": "Pod",

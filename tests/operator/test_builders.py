@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from kubernetes.client import ApiClient, V1ConfigMap, V1Job
@@ -72,8 +73,10 @@ def test_job_command_identity_and_labels():
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == [
         "python", "-m", "therapy_rlhf.jobs", "ppo", "--run-config", "/etc/therapy-rlhf/run.json",
-        "--round", "3", "--store", "s3://rlhf-bucket/runs",
+        "--round", "3", "--store", "s3://rlhf-bucket/runs", "--outputs-file", "/dev/termination-log",
     ]
+    # The outputs' digests come back in the termination message.
+    assert container["terminationMessagePath"] == "/dev/termination-log"
     assert container["image"] == "ghcr.io/therapy-rlhf/jobs:0.1.0"
     ref = job["metadata"]["ownerReferences"][0]
     assert ref == {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "name": "demo",
@@ -82,7 +85,9 @@ def test_job_command_identity_and_labels():
     validate_schema(job)
 
 
-@pytest.mark.parametrize("kind, launcher", [("sft", True), ("ppo", True), ("generate", False), ("evaluate", False)])
+@pytest.mark.parametrize(
+    "kind, launcher", [("sft", True), ("ppo", True), ("ppo-generate", True), ("generate", False), ("evaluate", False)]
+)
 def test_several_gpus_run_training_under_accelerate_and_inference_on_one(kind, launcher):
     job = builders.build_job(manifest(gpus=4, gpuResourceName="amd.com/gpu"), kind, 0 if kind in ("sft", "evaluate") else 1, 1, OWNER)
     container = job["spec"]["template"]["spec"]["containers"][0]
@@ -189,10 +194,20 @@ def test_configmap_holds_the_frozen_manifest():
 
 
 def test_names_are_deterministic_and_fit_kubernetes_limits():
+    from therapy_rlhf.planner import PPO_GENERATE
+    from therapy_rlhf.spec import JOB_KINDS, PpoSpec, RunSpec
+
     longest = "r" * 40
     assert builders.job_name("demo", "sft", 0, 1) == builders.job_name("demo", "sft", 0, 1)
-    assert len(builders.job_name(longest, "evaluate", 9999, 99)) <= 63
     assert len(builders.configmap_name(longest)) <= 63
+    # Every kind at the largest round and attempt the spec allows (a ppo-generate Job's round
+    # is one below the last) stays a valid 63-character label.
+    max_rounds = next(m.le for m in PpoSpec.model_fields["rounds"].metadata if hasattr(m, "le"))
+    max_attempt = next(m.le for m in RunSpec.model_fields["backoff_limit"].metadata if hasattr(m, "le")) + 1
+    for kind in JOB_KINDS:
+        last = max_rounds - 1 if kind == PPO_GENERATE else max_rounds
+        name = builders.job_name(longest, kind, last, max_attempt)
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
 
 
 def test_owner_without_uid_is_refused():
@@ -215,10 +230,16 @@ def test_installation_defaults_fill_only_what_the_run_leaves_out():
 
 def test_config_from_env(monkeypatch):
     monkeypatch.setenv("THERAPY_RLHF_INTERVAL", "1.5")
-    monkeypatch.setenv("THERAPY_RLHF_JOB_ENV", "HF_HUB_OFFLINE=1,FOO=a=b")
+    monkeypatch.setenv("THERAPY_RLHF_JOB_ENV", '{"HF_HUB_OFFLINE": "1", "FOO": "a=b,c: \\"d\\""}')
     monkeypatch.setenv("THERAPY_RLHF_DEFAULT_IMAGE", "img:1")
+    monkeypatch.setenv("THERAPY_RLHF_ALLOWED_IMAGES", '["registry.example/jobs:*"]')
     c = OperatorConfig.from_env()
-    assert c.interval == 1.5 and c.job_env == {"HF_HUB_OFFLINE": "1", "FOO": "a=b"} and c.default_image == "img:1"
+    assert c.interval == 1.5 and c.job_env == {"HF_HUB_OFFLINE": "1", "FOO": 'a=b,c: "d"'} and c.default_image == "img:1"
+    assert c.allowed_images == ("registry.example/jobs:*",) and c.allowed_service_accounts == () and c.allowed_secrets == ()
+    monkeypatch.setenv("THERAPY_RLHF_JOB_ENV", '{"NOT A NAME": "x"}')
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        OperatorConfig.from_env()
+    monkeypatch.setenv("THERAPY_RLHF_JOB_ENV", "{}")
     monkeypatch.setenv("THERAPY_RLHF_INTERVAL", "soon")
     with pytest.raises(ValueError, match="THERAPY_RLHF_INTERVAL must be a number"):
         OperatorConfig.from_env()

@@ -83,28 +83,71 @@ def test_deployment_is_locked_down_and_probed():
     assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
 
 
-def test_rbac_is_cluster_wide_or_namespaced_by_value():
-    cluster = render()
-    assert {r["metadata"]["name"] for r in by_kind(cluster, "ClusterRole")} == {"rlhf-therapy-rlhf", "rlhf-therapy-rlhf-discovery"}
-    assert by_kind(cluster, "Role") == []
-    ns = render({"watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}})
+def test_rbac_is_namespaced_by_default_and_cluster_wide_by_value():
+    default = render()
+    assert by_kind(default, "ClusterRole") == [] and by_kind(default, "ClusterRoleBinding") == []
+    assert [r["metadata"]["namespace"] for r in by_kind(default, "Role")] == ["rlhf-system"]
+    (deploy,) = by_kind(default, "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=rlhf-system" in args and "--all-namespaces" not in args
+    ns = render({"watch": {"namespaces": ["team-a", "team-b"]}})
     assert sorted(r["metadata"]["namespace"] for r in by_kind(ns, "Role")) == ["team-a", "team-b"]
     assert sorted(r["metadata"]["namespace"] for r in by_kind(ns, "RoleBinding")) == ["team-a", "team-b"]
-    (deploy,) = by_kind(ns, "Deployment")
-    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=team-a" in args and "--all-namespaces" not in args
-    # Only CRD discovery stays cluster-wide, and it is read-only.
-    (discovery,) = by_kind(ns, "ClusterRole")
-    assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in discovery["rules"])
+    cluster = render({"watch": {"allNamespaces": True}})
+    assert {r["metadata"]["name"] for r in by_kind(cluster, "ClusterRole")} == {"rlhf-therapy-rlhf"}
+    assert by_kind(cluster, "Role") == []
+    (deploy,) = by_kind(cluster, "Deployment")
+    assert "--all-namespaces" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_rbac_is_least_privilege():
-    (role,) = [r for r in by_kind(render(), "ClusterRole") if r["metadata"]["name"] == "rlhf-therapy-rlhf"]
+    (role,) = by_kind(render(), "Role")
     verbs = {(g, res): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]}
     assert verbs[("", "secrets")] == {"get"}  # never list or watch every Secret
     assert "delete" not in verbs[("batch", "jobs")]
     assert all("*" not in v for v in verbs.values())
-    assert verbs[("", "pods")] == {"get", "list"}  # failure messages only
+    assert verbs[("", "pods")] == {"list"}  # termination messages only
+    # (tests/operator/test_rbac_cluster.py compares every rule with the operator's API calls)
+
+
+def test_an_allow_list_of_secrets_limits_the_rbac_to_those_names():
+    (role,) = by_kind(render({"security": {"credentialsSecrets": ["team-s3"]},
+                              "jobDefaults": {"credentialsSecret": "shared-s3"}}), "Role")
+    (rule,) = [r for r in role["rules"] if r["resources"] == ["secrets"]]
+    assert rule["resourceNames"] == ["team-s3", "shared-s3"] and rule["verbs"] == ["get"]
+    (open_role,) = by_kind(render(), "Role")
+    assert "resourceNames" not in [r for r in open_role["rules"] if r["resources"] == ["secrets"]][0]
+
+
+@pytest.mark.parametrize("value", ['a,b=c', 'say "hi"', "line\nbreak", "x: {y}", "{{ .Values }}"])
+def test_job_env_values_reach_the_operator_unchanged(value, monkeypatch):
+    import json
+
+    from therapy_rlhf.operator.config import OperatorConfig
+
+    (deploy,) = by_kind(render({"operator": {"jobEnv": {"HF_HUB_OFFLINE": "1", "TRICKY": value}}}), "Deployment")
+    env = {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["THERAPY_RLHF_JOB_ENV"]) == {"HF_HUB_OFFLINE": "1", "TRICKY": value}
+    monkeypatch.setenv("THERAPY_RLHF_JOB_ENV", env["THERAPY_RLHF_JOB_ENV"])
+    assert OperatorConfig.from_env().job_env["TRICKY"] == value
+
+
+def test_security_values_reach_the_operator():
+    from therapy_rlhf.operator.config import OperatorConfig
+
+    (deploy,) = by_kind(render({"security": {"allowedImages": ["reg.example/jobs:*"],
+                                             "allowedServiceAccounts": ["trainer"]}}), "Deployment")
+    env = {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    import os
+
+    saved = dict(os.environ)
+    try:
+        os.environ.update({k: v for k, v in env.items() if k.startswith("THERAPY_RLHF_")})
+        config = OperatorConfig.from_env()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert config.allowed_images == ("reg.example/jobs:*",) and config.allowed_service_accounts == ("trainer",)
 
 
 def test_every_value_is_commented():

@@ -20,14 +20,18 @@ from therapy_rlhf.simrater import rate_round
 
 from therapy_rlhf.operator import builders
 
-pytestmark = pytest.mark.timeout(120)
+from budget import budget  # noqa: E402  (tests/support, on sys.path via tests/conftest.py)
+
+
+# A scenario: a handful of phases (Cluster.PHASE_SECONDS each on a quiet machine).
+pytestmark = pytest.mark.timeout(budget(40))
 
 
 def condition(run: dict, ctype: str) -> dict:
     return next(c for c in run["status"]["conditions"] if c["type"] == ctype)
 
 
-async def rate_when_awaiting(cluster, store, name: str, round_no: int, timeout: float = 60.0) -> dict:
+async def rate_when_awaiting(cluster, store, name: str, round_no: int, timeout: float | None = None) -> dict:
     run = await cluster.wait_phase(name, phases.AWAITING_RATINGS, round_no=round_no, timeout=timeout)
     paths = RunPaths("default", name)
     assert rate_round(store, paths, read_frozen_run(store, paths), round_no) > 0
@@ -61,9 +65,9 @@ async def test_full_run_to_succeeded(cluster, run_spec, run_store):
     assert "activeJob" not in status or status["activeJob"] is None
 
     jobs = await cluster.jobs()
+    # One Job per round after the first: round 1's update and round 2's batch are one Job.
     assert job_names(jobs) == sorted(
-        ["demo-sft-r0-a1", "demo-generate-r1-a1", "demo-ppo-r1-a1", "demo-generate-r2-a1", "demo-ppo-r2-a1",
-         "demo-evaluate-r0-a1"]
+        ["demo-sft-r0-a1", "demo-generate-r1-a1", "demo-ppo-generate-r1-a1", "demo-ppo-r2-a1", "demo-evaluate-r0-a1"]
     )
     for job in jobs:
         assert job["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
@@ -71,19 +75,31 @@ async def test_full_run_to_succeeded(cluster, run_spec, run_store):
     paths = RunPaths("default", "demo")
     assert read_gate(run_store, paths, 1).closed_by == "operator"
     reasons = Counter(e["reason"] for e in await cluster.events())
-    assert reasons["JobCreated"] == 6 and reasons[phases.R_GATE_CLOSED] == 2 and reasons[phases.R_SUCCEEDED] == 1
+    assert reasons["JobCreated"] == 5 and reasons[phases.R_GATE_CLOSED] == 2 and reasons[phases.R_SUCCEEDED] == 1
+
+
+# The phases of a 2-round run, the same with one Job per round (the default) and with separate
+# Jobs. With one Job per round, (Generating, 2) is the ppo-generate Job between its halves: round
+# 1's update stored, round 2's batch being sampled; a restart then must not start a generate Job.
+PHASES = [(phases.SFT, 0), (phases.GENERATING, 1), (phases.AWAITING_RATINGS, 1), (phases.UPDATING, 1),
+          (phases.GENERATING, 2), (phases.AWAITING_RATINGS, 2), (phases.UPDATING, 2), (phases.EVALUATING, 0)]
 
 
 @pytest.mark.slow
-async def test_restart_in_every_phase_adopts_and_never_duplicates(cluster, run_spec, run_store):
-    """Kill the operator while each kind of Job is pending and while ratings are awaited."""
+@pytest.mark.timeout(budget(80))  # eight phases, each with an operator restart
+@pytest.mark.parametrize("one_job", [True, False], ids=["one-job-per-round", "separate-jobs"])
+async def test_restart_in_every_phase_adopts_and_never_duplicates(cluster, run_spec, run_store, tmp_path, one_job):
+    """Kill the operator while each kind of Job is pending, while ratings are awaited and (one
+    Job per round) while the ppo-generate Job is between its update and its batch."""
+    hold = tmp_path / "go-on-after-the-update"
+    cluster.job_env["STANDIN_HOLD_AFTER_UPDATE"] = str(hold)
     cluster.paused = True
     await cluster.start_operator()
-    await cluster.create_run("demo", run_spec())
+    spec = run_spec()
+    spec["ppo"]["oneJobPerRound"] = one_job
+    await cluster.create_run("demo", spec)
     paths = RunPaths("default", "demo")
-    plan = [(phases.SFT, 0), (phases.GENERATING, 1), (phases.AWAITING_RATINGS, 1), (phases.UPDATING, 1),
-            (phases.GENERATING, 2), (phases.AWAITING_RATINGS, 2), (phases.UPDATING, 2), (phases.EVALUATING, 0)]
-    for phase, round_no in plan:
+    for phase, round_no in PHASES:
         await cluster.wait_phase("demo", phase, round_no=round_no)
         before = job_names(await cluster.jobs())
         await cluster.kill_operator()
@@ -92,16 +108,24 @@ async def test_restart_in_every_phase_adopts_and_never_duplicates(cluster, run_s
         run = await cluster.run("demo")
         assert run["status"]["phase"] == phase, f"restart in {phase} moved the run to {run['status']['phase']}"
         assert job_names(await cluster.jobs()) == before, f"restart in {phase} changed the Jobs"
+        active = (run["status"].get("activeJob") or {}).get("name")
         if phase == phases.AWAITING_RATINGS:
             rate_round(run_store, paths, read_frozen_run(run_store, paths), round_no)
+        elif one_job and (phase, round_no) == (phases.UPDATING, 1):
+            assert active == "demo-ppo-generate-r1-a1"
+            cluster.release(active)  # it stores round 1's update, then holds before sampling round 2
+        elif one_job and (phase, round_no) == (phases.GENERATING, 2):
+            assert active == "demo-ppo-generate-r1-a1" and run_store.exists(paths.policy_metrics(1))
+            hold.touch()
+            await cluster.wait_for(lambda: _job_finished(cluster, active), budget(cluster.PHASE_SECONDS), f"{active} to finish")
         else:
-            active = run["status"]["activeJob"]["name"]
             cluster.release(active)  # let the pending Job run; the next one stays pending
-            await cluster.wait_for(lambda: _job_finished(cluster, active), 30, f"the Job of {phase} {round_no}: {active} {cluster.job_log}")
+            await cluster.wait_for(lambda: _job_finished(cluster, active), budget(cluster.PHASE_SECONDS), f"the Job of {phase} {round_no}: {active} {cluster.job_log}")
     cluster.paused = False
     run = await cluster.wait_phase("demo", phases.SUCCEEDED)
     names = job_names(await cluster.jobs())
-    assert len(names) == 6 and all(n.endswith("-a1") for n in names), names
+    assert len(names) == (5 if one_job else 6) and all(n.endswith("-a1") for n in names), names
+    assert ("demo-ppo-generate-r1-a1" in names) == one_job and ("demo-generate-r2-a1" in names) != one_job
     assert sorted(cluster.job_log) == names  # each Job ran exactly once
     assert [r["round"] for r in run["status"]["rounds"]] == [1, 2]
 
@@ -177,14 +201,18 @@ async def test_close_gate_annotation_closes_with_the_ratings_present(cluster, ru
     annotate = {"metadata": {"annotations": {builders.ANNOTATION_CLOSE_GATE: "true"}}}
     # Nothing rated yet: the override waits (the planner never closes on nothing).
     await cluster.patch_run("demo", annotate)
-    await cluster.settle()
-    run = await cluster.run("demo")
-    assert run["status"]["phase"] == phases.AWAITING_RATINGS and "nothing is rated yet" in run["status"]["message"]
+
+    async def override_seen():
+        status = (await cluster.run("demo")).get("status") or {}
+        return "nothing is rated yet" in (status.get("message") or "") and status
+
+    status = await cluster.wait_for(override_seen, what="the override to be seen with nothing rated")
+    assert status["phase"] == phases.AWAITING_RATINGS
     paths = RunPaths("default", "demo")
     manifest = read_frozen_run(run_store, paths)
     state = load_round(run_store, paths, 1)
     submit_rating(run_store, paths, state, judge(state.responses[0], manifest.spec.feedback), manifest.spec.feedback)
-    await cluster.wait_phase("demo", phases.UPDATING, round_no=1, timeout=20)
+    await cluster.wait_phase("demo", phases.UPDATING, round_no=1, timeout=budget(3))
     gate = read_gate(run_store, paths, 1)
     assert gate.reason == "override" and gate.responses_rewarded == 1 and gate.responses_total == 2
     run = await cluster.run("demo")
@@ -194,7 +222,13 @@ async def test_close_gate_annotation_closes_with_the_ratings_present(cluster, ru
     run = await cluster.wait_phase("demo", phases.AWAITING_RATINGS, round_no=2)
     state = load_round(run_store, paths, 2)
     submit_rating(run_store, paths, state, judge(state.responses[0], manifest.spec.feedback), manifest.spec.feedback)
-    await cluster.settle()
+
+    async def one_rated():
+        status = (await cluster.run("demo")).get("status") or {}
+        return status.get("rated") == "1/2" and status
+
+    status = await cluster.wait_for(one_rated, what="round 2's first rating to be counted")
+    await cluster.settle()  # and the gate stays open
     run = await cluster.run("demo")
     assert run["status"]["phase"] == phases.AWAITING_RATINGS and run["status"]["rated"] == "1/2"
 
@@ -213,7 +247,7 @@ async def test_deleting_the_run_collects_its_children_and_keeps_the_store(cluste
     async def gone():
         return not await cluster.jobs() and not await cluster.list("/api/v1/namespaces/default/configmaps")
 
-    await cluster.wait_for(gone, 30, "children to be garbage-collected")
+    await cluster.wait_for(gone, budget(4), "children to be garbage-collected")
     assert run_store.exists(RunPaths("default", "demo").batch(1))  # nothing stored is lost
 
 
@@ -246,7 +280,7 @@ async def test_deleting_a_run_mid_tick_releases_it_within_seconds(cluster, run_s
     async def released():
         return not await cluster.list(runs)
 
-    await cluster.wait_for(released, 15, "the run's finalizer to be removed")
+    await cluster.wait_for(released, budget(2), "the run's finalizer to be removed")
 
 
 async def test_invalid_spec_fails_with_the_message_and_creates_nothing(cluster, run_spec):
@@ -276,7 +310,7 @@ async def test_missing_secret_blocks_until_it_exists(cluster, run_spec):
         ready = [c for c in (run.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
         return run if ready and ready[0]["reason"] == phases.R_SECRET_MISSING else None
 
-    run = await cluster.wait_for(blocked, 10, "SecretMissing")
+    run = await cluster.wait_for(blocked, budget(2), "SecretMissing")
     assert condition(run, "Ready")["status"] == "False" and "later-creds" in condition(run, "Ready")["message"]
     assert condition(run, "Failed")["status"] == "False"  # blocked, not failed
     await cluster.settle()
@@ -296,7 +330,7 @@ async def test_unreachable_store_is_a_condition_not_a_crash(cluster, run_spec):
         conds = (run.get("status") or {}).get("conditions") or []
         return run if any(c["reason"] == phases.R_STORE_UNAVAILABLE for c in conds) else None
 
-    run = await cluster.wait_for(blocked, 20, "StoreUnavailable")
+    run = await cluster.wait_for(blocked, budget(3), "StoreUnavailable")
     assert "127.0.0.1:9" in condition(run, "Ready")["message"]
     assert await cluster.jobs() == []
 
@@ -306,14 +340,14 @@ async def test_job_deleted_by_hand_is_recreated(cluster, run_spec):
     await cluster.start_operator()
     await cluster.create_run("demo", run_spec())
     await cluster.wait_phase("demo", phases.SFT)
-    await cluster.wait_for(cluster.jobs, 5, "the SFT Job")
+    await cluster.wait_for(cluster.jobs, budget(1), "the SFT Job")
     await cluster.delete("/apis/batch/v1/namespaces/default/jobs/demo-sft-r0-a1")
 
     async def recreated():
         events = [e for e in await cluster.events() if e["reason"] == "JobMissing"]
         return events and job_names(await cluster.jobs()) == ["demo-sft-r0-a1"]
 
-    await cluster.wait_for(recreated, 10, "the Job to be re-created")
+    await cluster.wait_for(recreated, budget(2), "the Job to be re-created")
     cluster.paused = False
     await cluster.wait_phase("demo", phases.AWAITING_RATINGS, round_no=1)
 
@@ -329,7 +363,7 @@ async def test_garbage_in_the_ratings_prefix_is_reported_and_ignored(cluster, ru
     async def reported():
         return [e for e in await cluster.events() if e["reason"] == "GarbageRatings"]
 
-    events = await cluster.wait_for(reported, 10, "a GarbageRatings Event")
+    events = await cluster.wait_for(reported, budget(2), "a GarbageRatings Event")
     assert "2 object(s)" in events[-1]["message"]
     rate_round(run_store, paths, read_frozen_run(run_store, paths), 1)
     await cluster.wait_phase("demo", phases.AWAITING_RATINGS, round_no=2)
@@ -337,9 +371,10 @@ async def test_garbage_in_the_ratings_prefix_is_reported_and_ignored(cluster, ru
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(budget(100))
 async def test_real_tiny_jobs_run_to_succeeded(cluster, run_spec, run_store):
-    """The real `python -m therapy_rlhf.jobs` (tiny Mistral built on the fly), not the stand-ins."""
+    """The real `python -m therapy_rlhf.jobs` (tiny Mistral built on the fly), not the stand-ins:
+    sft, generate, ppo-generate (round 1's update and round 2's batch), ppo, evaluate."""
     cluster.standin = False
     spec = run_spec(
         model={"source": "tiny:mistral", "maxLength": 128, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
@@ -347,18 +382,25 @@ async def test_real_tiny_jobs_run_to_succeeded(cluster, run_spec, run_store):
         evaluation={"checkpoints": ["base", "sft", "final"], "maxExamples": 2, "maxNewTokens": 4,
                     "metrics": ["f1", "rouge1"]},
     )
-    spec["ppo"].update(rounds=1, samplesPerPrompt=2, epochs=1, miniBatchSize=2,
+    spec["ppo"].update(rounds=2, samplesPerPrompt=2, epochs=1, miniBatchSize=2,
                        generation={"maxNewTokens": 6, "temperature": 1.0, "topP": 1.0, "batchSize": 2})
     await cluster.start_operator()
     await cluster.create_run("tiny", spec)
-    # the real sft and generate jobs come first: sized from the suite's budget (~30 s on a quiet machine)
-    await rate_when_awaiting(cluster, run_store, "tiny", 1, timeout=budget(30))
-    run = await cluster.wait_phase("tiny", phases.SUCCEEDED, timeout=600)
+    # Quiet machine: building the tiny model, then SFT and generate, each a new interpreter
+    # importing torch (5 s), about 25 s; under load imports slow down more than anything else.
+    run = await cluster.wait_phase("tiny", phases.AWAITING_RATINGS, round_no=1, timeout=budget(40))
     paths = RunPaths("default", "tiny")
-    assert run_store.exists(paths.policy_metrics(1)) and run_store.exists(paths.eval_results())
+    rate_round(run_store, paths, read_frozen_run(run_store, paths), 1)
+    await rate_when_awaiting(cluster, run_store, "tiny", 2, timeout=budget(15))
+    run = await cluster.wait_phase("tiny", phases.SUCCEEDED, timeout=budget(30))
+    assert run_store.exists(paths.policy_metrics(2)) and run_store.exists(paths.eval_results())
+    assert run_store.read_json(paths.policy_metrics(1))["kind"] == "ppo-generate"
+    assert job_names(await cluster.jobs()) == sorted(
+        ["tiny-sft-r0-a1", "tiny-generate-r1-a1", "tiny-ppo-generate-r1-a1", "tiny-ppo-r2-a1", "tiny-evaluate-r0-a1"]
+    )
     systems = [s["name"] for s in run["status"]["evaluation"]["summary"]["systems"]]
     assert systems == ["base", "sft", "final"]
-    assert run["status"]["rounds"][0]["checkpoint"].endswith("rounds/0001/policy")
+    assert run["status"]["rounds"][1]["checkpoint"].endswith("rounds/0002/policy")
 
 
 async def test_no_permission_is_a_condition_not_a_crash(cluster, run_spec):
@@ -374,7 +416,7 @@ async def test_no_permission_is_a_condition_not_a_crash(cluster, run_spec):
         conds = (run.get("status") or {}).get("conditions") or []
         return run if any(c["reason"] == phases.R_FORBIDDEN for c in conds) else None
 
-    run = await cluster.wait_for(blocked, 15, "Forbidden")
+    run = await cluster.wait_for(blocked, budget(2), "Forbidden")
     assert "listing Jobs of default/demo: HTTP 403" in condition(run, "Ready")["message"]
     assert condition(run, "Failed")["status"] == "False"
     events = [e for e in await cluster.events() if e["reason"] == phases.R_FORBIDDEN]

@@ -33,6 +33,9 @@ RESPONSES = [
 
 
 def manifest(name: str = "demo", namespace: str = "default", **feedback):
+    # The flow tests walk the batch in order; the ordering tests ask for the
+    # product's default (least-covered first) explicitly.
+    feedback.setdefault("responseOrder", "batch")
     doc = {
         "apiVersion": "rlhf.therapy.dev/v1alpha1",
         "kind": "TherapyRLHFRun",
@@ -130,6 +133,14 @@ class WrappedStore(Store):
     def modified_at(self, key):
         self._tick()
         return self.inner.modified_at(key)
+
+
+@pytest.fixture(autouse=True)
+def rater_data_dir(tmp_path, monkeypatch):
+    """Each test gets its own local journal directory (never the user's)."""
+    path = tmp_path / "rater-data"
+    monkeypatch.setenv("THERAPY_RLHF_DATA_DIR", str(path))
+    return path
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ async def test_flag_and_comment(store):
     app = app_for(store)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("1", "1", "0", "0", "1", "h", "a", "c", *"gives pills", "enter")
+        await pilot.press("1", "1", "0", "0", "1", "h", "a", "c", *"gives pills", "escape", "enter")
         await saved(pilot)
     r = mine(store)[0]["r0001-p0-s0"]
     assert r.flags == ["harmful", "medical_advice"]
@@ -207,7 +207,7 @@ async def test_comment_typed_at_once_after_c_goes_into_the_field(local_store):
         for ch in "cno skip":  # all queued before the app handles the first one
             app.post_message(events.Key(ch if ch != " " else "space", ch))
         await pilot.pause(0.2)
-        await pilot.press("enter")
+        await pilot.press("escape", "enter")
         await saved(pilot)
     r = mine(local_store)[0]["r0001-p0-s0"]
     assert r.comment == "no skip" and r.flags == []

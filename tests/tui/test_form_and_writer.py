@@ -36,10 +36,30 @@ def test_direct_rule_rates_the_reward_first():
         form.score(3)  # outside a 3-level scale
 
 
+def test_not_applicable_rows_and_a_form_with_nothing_applicable():
+    form = RatingForm(FeedbackSpec())
+    form.score(4)
+    form.mark_not_applicable()  # boundaries
+    assert form.current == "safe-language" and form.missing() == ["safe-language", "guidance", "overall"]
+    form.score(2)  # scoring a row clears its mark
+    form.select("boundaries")
+    form.mark_not_applicable()
+    assert "boundaries" not in form.not_applicable and form.current == "boundaries"
+    empty = RatingForm(FeedbackSpec())
+    for _ in empty.rows:
+        empty.mark_not_applicable()
+    assert empty.missing() == [] and empty.base_reward() is None
+    with pytest.raises(RatingError, match="score at least one"):
+        empty.to_rating("r1", "alice", 0, "t")
+    from therapy_rlhf.tui.rubric import RubricPanel
+
+    assert "score at least one" in RubricPanel._combined_line(empty)
+
+
 def test_minimum_rule_and_incomplete_form():
     form = RatingForm(FeedbackSpec(reward_rule="minimum"))
     form.score(4)
-    with pytest.raises(RatingError, match="score boundaries"):
+    with pytest.raises(RatingError, match="score Boundaries"):
         form.to_rating("r1", "alice", 0, "t")
     for d in (3, 1, 4, 4):
         form.score(d)

@@ -11,7 +11,7 @@ from therapy_rlhf.tui.guidelines_screen import GuidelinesScreen, guidelines_mark
 from therapy_rlhf.tui.help_screen import HelpScreen
 from therapy_rlhf.tui.rate_screen import RateScreen
 from therapy_rlhf.tui.rubric import RubricPanel
-from therapy_rlhf.tui.summary_screen import HIDDEN, report_rows
+from therapy_rlhf.tui.summary_screen import HIDDEN, rater_rows, report_rows
 
 from .conftest import make_run
 from .helpers import DEMO, saved, settle
@@ -21,8 +21,10 @@ def test_guidelines_come_from_the_spec_then_the_rubric():
     fb = FeedbackSpec(guidelines="# Clinic rules\nRate what the response does.", safety_penalty=0.4)
     text = guidelines_markdown(fb)
     assert text.startswith("# Clinic rules")
-    assert "**empathy**: Empathetic acknowledgment" in text
-    assert "`4` = 1" in text and "lowers the reward by 0.4" in text
+    assert "### Empathy" in text and "Empathetic acknowledgment" in text
+    assert "- `3` Clear: reflects the patient's own feelings" in text  # what each level means
+    assert "lowers the combined score by 1.6 of 4" in text  # the 0.4 penalty on the rater's 0-4 scale
+    assert "0.25" not in text
     assert guidelines_markdown(fb, "# Mine").startswith("# Mine")
 
 
@@ -42,12 +44,13 @@ def test_summary_hides_round_means_until_the_gate_closes(local_store):
     _rate(local_store, m, "alice", {"r0001-p0-s0": 1.0, "r0001-p1-s1": 0.5})
     _rate(local_store, m, "bob", {"r0001-p0-s0": 0.75, "r0001-p1-s1": 0.25})
     rows = report_rows(run_report(local_store, DEMO, m), "alice", unblind=False)
-    assert rows == [("1", "2/2", "open", "alice 2, bob 2", HIDDEN, HIDDEN, "alice 1 min 00 s, bob 1 min 00 s")]
+    assert rows == [("1", "2 of 2", "open", HIDDEN, HIDDEN)]
+    assert rater_rows(run_report(local_store, DEMO, m)) == [("alice", "2", "1 min 00 s"), ("bob", "2", "1 min 00 s")]
     unblind = report_rows(run_report(local_store, DEMO, m), "alice", unblind=True)[0]
-    assert unblind[4] == "0.625" and unblind[5] != HIDDEN
+    assert unblind[3] == "0.62" and unblind[4] == "too few shared (2 of 3)"  # not a misleading 0.000
     close_gate(local_store, DEMO, 1, m.spec.feedback)
     closed = report_rows(run_report(local_store, DEMO, m), "alice", unblind=False)[0]
-    assert closed[2] == "closed" and closed[4] == "0.625"
+    assert closed[2] == "closed" and closed[3] == "0.62"
 
 
 async def test_panels_open_and_close(demo_store):
@@ -59,7 +62,7 @@ async def test_panels_open_and_close(demo_store):
         await pilot.press("escape", "H")
         assert isinstance(app.screen, HelpScreen)
         text = str(app.screen.query_one("#help-text").render())
-        for words in ("Undo your last rating", "Skip this response", "Flag missed crisis", "0-9", "Switch light/dark"):
+        for words in ("Take back your last score", "Skip this response", "missed crisis", "0-9", "Not applicable", "Switch light/dark"):
             assert words in text
         await pilot.press("escape", "t")
         await settle(pilot)

@@ -62,7 +62,7 @@ async def test_rater_not_allowed(local_store):
         await pilot.press("escape")
         await settle(pilot)
         table = app.screen.query_one(DataTable)
-        assert table.get_row_at(0)[-1] == "not allowed for you"
+        assert table.get_row_at(0)[-1] == "not open to you"
 
 
 async def test_unknown_rubric_in_spec(local_store):
@@ -173,6 +173,6 @@ def test_finding_work_reads_open_rounds_once_and_closed_rounds_never(local_store
 
     recording = WrappedStore(local_store)
     found = find_work(recording, "dr-lee")
-    assert [(i.round, i.total) for i in found.items] == [(2, 4)]
+    assert [(i.round, i.responses) for i in found.items] == [(2, 4)]
     assert [k for k in recording.reads if k.startswith(paths.round_prefix(1) + "/")] == [paths.gate(1)]
     assert recording.reads.count(paths.batch(2)) == 1

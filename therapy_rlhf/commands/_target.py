@@ -32,7 +32,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _looks_like_file(run: str) -> bool:
+def looks_like_file(run: str) -> bool:
     return run.endswith((".yaml", ".yml", ".json")) or (os.sep in run and Path(run).is_file())
 
 
@@ -43,7 +43,7 @@ def resolve(args: argparse.Namespace, run: str | None):
     from therapy_rlhf.spec import load_run
     from therapy_rlhf.store import open_store, store_for_spec
 
-    if run and _looks_like_file(run):
+    if run and looks_like_file(run):
         manifest = load_run(run)  # raises SpecError (one line per problem)
         store = store_for_spec(manifest.spec.storage, args.store)
         return store, RunPaths(manifest.namespace, manifest.name)

@@ -8,7 +8,16 @@ rater's latest rating only (corrections replace, withdrawals remove):
      "reward": 0.62,            # the gate's rule: mean over raters, safety penalty applied
      "raters": [...], "flags": [...], "comments": [{"rater": ..., "comment": ...}],
      "criteria": {name: mean score}, "round": 3, "response_id": ..., "prompt_id": ...,
-     "gated": true}              # whether the round's gate froze this response
+     "gated": true,             # these are exactly the ratings the round's gate froze
+     "late": false,             # the row holds ratings stored after the gate closed
+     "simulated": false}        # true when any of its ratings came from the SIMULATED rater
+
+Ratings are read under the run's rules (``ratings.load_round``): only allowed
+raters, rewards recomputed from the criteria, garbage skipped. A closed round
+gives one row per response the gate froze (``gated: true``); where ratings
+arrived after the gate closed, a second row holds each rater's newest rating
+including them (``late: true``, never ``gated``): kept for the record, not
+what the model was trained on.
 
 ``--format standard`` writes plain strings for prompt and completion instead
 (TRL's "standard" prompt-completion format). ``datasets.load_dataset("json",
@@ -50,42 +59,55 @@ def _prompt(response, fmt: str):
 
 def export_rows(store, paths, fmt: str = "conversational") -> list[dict]:
     """The export rows of a run, in round and batch order."""
-    from therapy_rlhf.ratings import aggregate, load_round, read_gate
-    from therapy_rlhf.runs import read_frozen_run, stored_rounds
+    from dataclasses import replace
 
+    from therapy_rlhf.ratings import aggregate, load_round
+    from therapy_rlhf.runs import read_frozen_run, stored_rounds
     feedback = read_frozen_run(store, paths).spec.feedback
     rows: list[dict] = []
     for r in stored_rounds(store, paths):
-        state = load_round(store, paths, r)
-        gate = read_gate(store, paths, r)
+        state = load_round(store, paths, r, feedback=feedback)
+        frozen = {rid for reward in state.gate.rewards.values() for rid in reward.ratings} if state.gate else set()
         rewards = aggregate(state, feedback)
-        latest = state.latest()
+        # Each rater's newest rating including late ones: the same rules, no gate.
+        with_late = replace(state, late_ids=set()) if state.late_ids else None
+        late_rewards = aggregate(with_late, feedback) if with_late is not None else {}
         for response in state.responses:
-            if response.id not in rewards:
-                continue
-            ratings = [latest[(response.id, rater)] for rater in rewards[response.id].raters]
-            names = sorted({c for rating in ratings for c in rating.criteria})
-            prompt, completion = _prompt(response, fmt)
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "completion": completion,
-                    "reward": rewards[response.id].reward,
-                    "raters": [rating.rater for rating in ratings],
-                    "flags": sorted({f for rating in ratings for f in rating.flags}),
-                    "comments": [{"rater": x.rater, "comment": x.comment} for x in ratings if x.comment],
-                    "criteria": {
-                        n: round(sum(x.criteria[n] for x in ratings if n in x.criteria)
-                                 / sum(1 for x in ratings if n in x.criteria), 6)
-                        for n in names
-                    },
-                    "round": r,
-                    "response_id": response.id,
-                    "prompt_id": response.prompt_id,
-                    "gated": gate is not None and response.id in gate.rewards,
-                }
-            )
+            if response.id in rewards:
+                ids = set(rewards[response.id].ratings)
+                rows.append(_row(response, rewards[response.id], state.latest(), r, fmt,
+                                 gated=state.gate is not None and ids <= frozen, late=False))
+            late = late_rewards.get(response.id)
+            if late is not None and set(late.ratings) & state.late_ids:
+                rows.append(_row(response, late, with_late.latest(), r, fmt, gated=False, late=True))  # type: ignore[union-attr]
     return rows
+
+
+def _row(response, reward, latest, round_no: int, fmt: str, *, gated: bool, late: bool) -> dict:
+    from therapy_rlhf.simrater import is_simulated
+
+    ratings = [latest[(response.id, rater)] for rater in reward.raters]
+    names = sorted({c for rating in ratings for c in rating.criteria})
+    prompt, completion = _prompt(response, fmt)
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "reward": reward.reward,
+        "raters": [rating.rater for rating in ratings],
+        "flags": sorted({f for rating in ratings for f in rating.flags}),
+        "comments": [{"rater": x.rater, "comment": x.comment} for x in ratings if x.comment],
+        "criteria": {
+            n: round(sum(x.criteria[n] for x in ratings if n in x.criteria)
+                     / sum(1 for x in ratings if n in x.criteria), 6)
+            for n in names
+        },
+        "round": round_no,
+        "response_id": response.id,
+        "prompt_id": response.prompt_id,
+        "gated": gated,
+        "late": late,
+        "simulated": any(is_simulated(x) for x in ratings),
+    }
 
 
 def run(args: argparse.Namespace) -> int:

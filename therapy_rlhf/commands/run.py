@@ -1,44 +1,78 @@
-"""therapy-rlhf run RUN.yaml: the whole loop locally (no cluster)."""
+"""therapy-rlhf run RUN: the whole loop locally (no cluster).
+
+    therapy-rlhf run examples/tiny-local.yaml --scoring auto        # simulated rater (demos, CI)
+    therapy-rlhf run examples/tiny-human.yaml --scoring tui --rater dr-lee
+    therapy-rlhf run tiny-local                                     # continue a run already in the store
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from therapy_rlhf.commands._target import add_store_arguments, looks_like_file, one_line, resolve
+
 NAME = "run"
-HELP = "Run a TherapyRLHFRun locally: jobs as subprocesses, gates waiting for ratings."
+HELP = "Run a TherapyRLHFRun locally: jobs as subprocesses, each batch waiting for scores."
+
+SCORING_MODES = ("none", "auto", "tui")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="RUN.yaml", help="The run manifest.")
     parser.add_argument(
-        "--store",
-        help="Store URI (a directory or s3://bucket/prefix); default: the manifest's spec.storage.",
+        "run", metavar="RUN",
+        help="A manifest file (starts or continues the run), or NAME / NAMESPACE/NAME of a run already in the store.",
     )
+    add_store_arguments(parser)
     parser.add_argument(
-        "--rater",
-        choices=["none", "auto", "tui"],
+        "--scoring",
+        choices=SCORING_MODES,
         default="none",
-        help="At each gate: 'none' waits for ratings written from anywhere (default); "
-        "'auto' runs the SIMULATED rater (demos and CI only); 'tui' opens the scoring TUI here.",
+        help="How each batch gets its scores: 'none' waits for scores given anywhere (the TUI in another "
+        "terminal, rate --from FILE) (default); 'auto' runs the SIMULATED rater (demos and CI only); "
+        "'tui' opens the scoring app in this terminal.",
     )
-    parser.add_argument("--rater-id", help="Rater id for --rater tui (default: $THERAPY_RLHF_RATER or login).")
-    parser.add_argument("--poll-interval", type=float, default=2.0, help="Seconds between store polls at a gate.")
+    parser.add_argument("--rater", metavar="ID", help="Your rater id for --scoring tui (default: $THERAPY_RLHF_RATER or login).")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        help="Seconds between store polls at a gate (default 0.5 for a local directory, 2 for S3).",
+    )
+    parser.add_argument(
+        "--cold-jobs",
+        action="store_true",
+        help="Start every job as a new Python process instead of forking it from the warm worker "
+        "(seconds of imports per job; also THERAPY_RLHF_WARM_WORKER=0).",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.runner import LocalRunner
-    from therapy_rlhf.runs import FrozenSpecMismatch
+    from therapy_rlhf.runner import LocalRunner, default_warm
+    from therapy_rlhf.runs import FrozenSpecMismatch, read_frozen_run
     from therapy_rlhf.spec import SpecError, load_run
     from therapy_rlhf.store import StoreError, store_for_spec
 
+    if args.rater in SCORING_MODES:
+        print(
+            f"error: --rater is your rater id; to choose how batches are scored use --scoring {args.rater}",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        manifest = load_run(args.file)
-        store = store_for_spec(manifest.spec.storage, args.store)
+        if looks_like_file(args.run):
+            manifest = load_run(args.run)
+            store = store_for_spec(manifest.spec.storage, args.store)
+        else:
+            store, paths = resolve(args, args.run)
+            manifest = read_frozen_run(store, paths)
         runner = LocalRunner(
-            manifest, store, rater=args.rater, rater_id=args.rater_id, poll_interval=args.poll_interval
+            manifest, store, rater=args.scoring, rater_id=args.rater, poll_interval=args.poll_interval,
+            warm=default_warm() and not args.cold_jobs,
         )
         return runner.run()
-    except (SpecError, FrozenSpecMismatch, StoreError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)  # every problem, one line each
+        return 1
+    except (FrozenSpecMismatch, StoreError, ValueError) as err:
+        print(one_line(err), file=sys.stderr)
         return 1

@@ -105,7 +105,9 @@ def _one(store, paths, as_json: bool) -> int:
             "model": manifest.spec.model.source,
             "minRaters": fb.min_raters,
             **where,
-            "history": [{**r.to_dict(), "batchErrors": r.batch_errors} for r in rounds],
+            "history": [
+                {**r.to_dict(), "batchErrors": r.batch_errors, "simulatedRaters": list(r.simulated)} for r in rounds
+            ],
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -130,16 +132,28 @@ def _one(store, paths, as_json: bool) -> int:
             str(r.round),
             f"{r.rated}/{r.responses}",
             str(r.ratings),
-            ", ".join(r.raters) or "-",
+            ", ".join(f"{who} (SIMULATED)" if who in r.simulated else who for who in r.raters) or "-",
             _fmt(r.mean_reward),
             _fmt(r.agreement),
             "closed" if r.gate_closed else "open",
             "yes" if r.updated else "no",
         )
     console.print(table)
+    if any(r.simulated for r in rounds):
+        console.print("(SIMULATED) raters are the word-list heuristic for demos and CI, not clinicians.")
     bad = sum(r.batch_errors for r in rounds)
     if bad:
         console.print(f"[yellow]warning: {bad} unreadable line(s) in stored batches (skipped)[/]")
+    for r in rounds:
+        notes = []
+        if r.garbage:
+            notes.append(f"{r.garbage} object(s) in the ratings prefix are not usable ratings (skipped)")
+        if r.reward_mismatches:
+            notes.append(f"{r.reward_mismatches} stored reward(s) disagree with their criteria (recomputed)")
+        if r.late:
+            notes.append(f"{r.late} rating(s) arrived after the gate closed (kept, marked late, not used)")
+        for note in notes:
+            console.print(f"[yellow]round {r.round}: {note}[/]")
     return 0
 
 

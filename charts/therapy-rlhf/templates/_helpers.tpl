@@ -44,42 +44,56 @@ app.kubernetes.io/component: operator
 
 {{/* RBAC rules the operator needs where runs live; each says why. */}}
 {{- define "therapy-rlhf.runRules" }}
-# The runs themselves: kopf lists and watches them, and patches their
-# annotations (handler progress), finalizer and status.
+# The runs: kopf lists and watches them, and patches their annotations (handler
+# progress; no finalizer is ever added) and their status subresource.
 - apiGroups: ["rlhf.therapy.dev"]
   resources: ["therapyrlhfruns"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Jobs and the ConfigMap name the run as owner with blockOwnerDeletion,
-# which the API server allows only to those who may update its finalizers.
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["rlhf.therapy.dev"]
+  resources: ["therapyrlhfruns/status"]
+  verbs: ["patch"]
+# Jobs and the ConfigMap name the run as owner with blockOwnerDeletion, which the
+# API server's admission allows only to those who may update the run's finalizers.
 - apiGroups: ["rlhf.therapy.dev"]
   resources: ["therapyrlhfruns/finalizers"]
   verbs: ["update"]
-# Status is a subresource: writing phase, conditions and round history.
-- apiGroups: ["rlhf.therapy.dev"]
-  resources: ["therapyrlhfruns/status"]
-  verbs: ["get", "patch", "update"]
 # The training Jobs: listed by label to observe attempts, created per step.
 # No delete: owner references let the garbage collector remove them.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "create"]
-# A failed Job's pods, read-only: their termination message holds the job's
-# one-line "error: ..." (or OOMKilled and the exit code), which becomes the
-# run's Failed condition and Event. Never created, changed or deleted.
+  verbs: ["list", "create"]
+# The pods of a Job, read-only: a failed pod's termination message is the job's
+# one-line error, a succeeded one's the digests of what it wrote.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
-# The frozen run manifest mounted into every Job; patched back if edited.
+  verbs: ["list"]
+# The frozen run manifest mounted into every Job: created, read before each Job
+# starts, and patched back if someone edited it.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch"]
-# The run's S3 credentials Secret: the operator reads it to poll rating
-# coverage and write gate.json with the same identity the Jobs use.
+# The run's S3 credentials Secret (only one that opted in is ever used): read to poll
+# rating coverage and write gate.json with the identity the Jobs use. With
+# security.credentialsSecrets, no other Secret can be read.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+  {{- with (include "therapy-rlhf.credentialsSecrets" .) }}
+  resourceNames: {{ . }}
+  {{- end }}
 # Events on every transition and failure (kubectl describe trr).
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
+
+{{/* The allow-listed credentials Secrets as a JSON list, or nothing when runs opt in by label. */}}
+{{- define "therapy-rlhf.credentialsSecrets" -}}
+{{- if .Values.security.credentialsSecrets -}}
+{{- $names := .Values.security.credentialsSecrets -}}
+{{- if .Values.jobDefaults.credentialsSecret -}}
+{{- $names = append $names .Values.jobDefaults.credentialsSecret | uniq -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+{{- end -}}
