@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from therapy_rlhf import names
+from therapy_rlhf import names, selection
 from therapy_rlhf.jobs import models, prompts, safety, sampling
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.records import GenerationSettings, PendingResponse, dump_batch
@@ -282,6 +282,11 @@ def write_batch(ctx: JobContext, model: Any, tokenizer: Any, round_no: int) -> N
     )
     if not ctx.is_main_process:
         return
+    if spec.feedback.selection.mode != "all":
+        # Which responses the experts see (and the reward model's view of all of them), before the
+        # batch: the batch is the marker, so a retry that finds no batch selects again, the same way.
+        chosen = selection.select(ctx.store, paths, spec.feedback, round_no, records, log=ctx.progress)
+        ctx.store.write_json(paths.selection(round_no), chosen.model_dump(mode="json"))
     try:
         ctx.store.create_bytes(key, dump_batch(records))
     except AlreadyExists:

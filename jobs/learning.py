@@ -33,7 +33,8 @@ from therapy_rlhf.jobs import generate, ppo
 from therapy_rlhf.jobs.common import JobContext, make_logger
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.spec import RunManifest, parse_run
+from therapy_rlhf.records import Gate, PendingResponse, Rating
+from therapy_rlhf.spec import FeedbackSpec, RunManifest, parse_run
 from therapy_rlhf.store import Store
 
 LEARNING_PROMPTS = [
@@ -44,7 +45,9 @@ LEARNING_PROMPTS = [
 ]
 
 
-def learning_manifest(store_dir: str | Path, name: str = "learning", **ppo_overrides: Any) -> RunManifest:
+def learning_manifest(
+    store_dir: str | Path, name: str = "learning", feedback: dict[str, Any] | None = None, **ppo_overrides: Any
+) -> RunManifest:
     """The run the learning check uses: tiny Mistral, no SFT, an empathy-only rubric.
 
     What makes PPO visible within a few CPU minutes is all here: short
@@ -83,7 +86,7 @@ def learning_manifest(store_dir: str | Path, name: str = "learning", **ppo_overr
             "storage": {"localPath": str(store_dir)},
             "sft": {"enabled": False},
             "ppo": ppo_spec,
-            "feedback": {"rubric": [{"name": "empathy", "description": "Empathetic acknowledgment."}]},
+            "feedback": {"rubric": [{"name": "empathy", "description": "Empathetic acknowledgment."}], **(feedback or {})},
             "evaluation": {"enabled": False, "checkpoints": ["base"]},
         },
     }
@@ -93,26 +96,39 @@ def learning_manifest(store_dir: str | Path, name: str = "learning", **ppo_overr
 @dataclass
 class RoundResult:
     round: int
-    mean_reward: float  # the rater's judgement of this round's batch (before any shuffling)
+    mean_reward: float  # the rater's judgement of this round's whole batch (before any shuffling)
     stdev: float
     kl: float  # from the update
     seconds: float
+    expert_ratings: int = 0  # ratings stored this round (responses feedback.selection sent to the experts)
+    model_error: float | None = None  # the gate's reward-model check (MAE on the fresh expert rewards)
+    model_scored: int = 0
 
 
-def rate(store: Store, manifest: RunManifest, round_no: int, shuffle: random.Random | None) -> list[float]:
-    """Have the simulated rater judge the batch; with ``shuffle``, deal the judgements out at random."""
+Judge = Callable[[PendingResponse, FeedbackSpec], Rating]
+
+
+def rate(
+    store: Store, manifest: RunManifest, round_no: int, shuffle: random.Random | None, judge: Judge | None = None
+) -> tuple[list[float], Gate]:
+    """Have the simulated rater judge the batch; with ``shuffle``, deal the judgements out at random.
+
+    Every response of the batch is judged (the policy's true reward under the rule), but only those
+    ``feedback.selection`` sent to the experts are rated and reach the gate.
+    """
+    judge = judge or simrater.judge
     paths = RunPaths(manifest.namespace, manifest.name)
     feedback = manifest.spec.feedback
     state = load_round(store, paths, round_no, feedback=feedback)
-    judged = [simrater.judge(r, feedback) for r in state.responses]
-    rewards = [j.reward for j in judged]
+    judged = [judge(r, feedback) for r in state.responses]
+    rewards = [j.reward for j in judged] + [judge(r, feedback).reward for r in state.model_only]
     order = list(range(len(judged)))
     if shuffle is not None:
         shuffle.shuffle(order)
     for response, j in zip(state.responses, (judged[i] for i in order)):
         submit_rating(store, paths, state, j.model_copy(update={"response_id": response.id}), feedback)
-    close_gate(store, paths, round_no, feedback, closed_by="learning-check")
-    return rewards  # type: ignore[return-value]
+    gate = close_gate(store, paths, round_no, feedback, closed_by="learning-check")
+    return rewards, gate  # type: ignore[return-value]
 
 
 def run_loop(
@@ -123,6 +139,7 @@ def run_loop(
     shuffle_seed: int | None = None,
     cache_dir: Path | None = None,
     report: Callable[[RoundResult], None] | None = None,
+    judge: Judge | None = None,
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds in process; ``shuffle_seed`` turns on the shuffled-reward control."""
     quiet = make_logger()
@@ -140,7 +157,7 @@ def run_loop(
             finally:
                 ctx.close()
             if kind == "generate":
-                rewards = rate(store, manifest, r, shuffle)
+                rewards, gate = rate(store, manifest, r, shuffle, judge)
         metrics = store.read_json(RunPaths(manifest.namespace, manifest.name).policy_metrics(r))
         result = RoundResult(
             round=r,
@@ -148,6 +165,9 @@ def run_loop(
             stdev=statistics.pstdev(rewards),
             kl=metrics["kl"],
             seconds=time.perf_counter() - started,
+            expert_ratings=sum(len(x.ratings) for x in gate.rewards.values()),
+            model_error=gate.reward_model.mae if gate.reward_model else None,
+            model_scored=len(gate.model_scored),
         )
         results.append(result)
         if report:

@@ -50,12 +50,13 @@ from therapy_rlhf.store import NotFound, Store, StoreError
 
 @dataclass
 class Inputs:
-    responses: list[PendingResponse]  # the rewarded ones, in batch order
+    responses: list[PendingResponse]  # the rewarded ones (by experts, or model-scored), in batch order
     rewards: list[float]
     gate: Gate
     batch_sha256: str
     policy_key: str | None  # adapter prefix the batch was sampled from (None = base)
     kl_coef: float
+    model_scored: int = 0  # of ``responses``, rewarded by the reward model (gate.model_scored), not experts
 
 
 def _read(store: Store, key: str, what: str) -> bytes:
@@ -105,8 +106,17 @@ def read_inputs(store: Store, paths: RunPaths, round_no: int, sft_enabled: bool,
         raise JobError(
             f"{store.describe(gate_key)} says {gate.responses_rewarded} responses are rewarded but lists {len(gate.rewards)}"
         )
+    for rid, score in gate.model_scored.items():
+        if rid in gate.rewards:
+            raise JobError(f"{store.describe(gate_key)}: {rid!r} is both expert-rated and model-scored")
+        if rid not in by_id:
+            raise JobError(f"{store.describe(gate_key)} model-scores {rid!r}, which is not in the batch")
+        if by_id[rid].expert:
+            raise JobError(f"{store.describe(gate_key)} model-scores {rid!r}, which was sent to the experts")
+    reward_of = {rid: r.reward for rid, r in gate.rewards.items()}
+    reward_of.update({rid: s.reward for rid, s in gate.model_scored.items()})
     policy_key = paths.policy_for_round(round_no, sft_enabled)
-    rewarded = [r for r in responses if r.id in gate.rewards]
+    rewarded = [r for r in responses if r.id in reward_of]
     for r in rewarded:
         if r.round != round_no:
             raise JobError(f"response {r.id!r} belongs to round {r.round}, not round {round_no}")
@@ -119,11 +129,12 @@ def read_inputs(store: Store, paths: RunPaths, round_no: int, sft_enabled: bool,
             raise JobError(f"response {r.id!r} has no prompt or response token ids (not written by the generate job)")
     return Inputs(
         responses=rewarded,
-        rewards=[gate.rewards[r.id].reward for r in rewarded],
+        rewards=[reward_of[r.id] for r in rewarded],
         gate=gate,
         batch_sha256=digest,
         policy_key=policy_key,
         kl_coef=previous_kl_coef(store, paths, round_no, init_kl_coef),
+        model_scored=len(gate.model_scored),
     )
 
 
@@ -191,8 +202,9 @@ def main(ctx: JobContext) -> tuple[Any, Any] | None:
         return None
     inputs = read_inputs(ctx.store, paths, round_no, spec.sft.enabled, spec.ppo.kl.init_coef)
     ctx.progress(
-        "gate: %d rewarded responses of %d, mean reward %.4f; KL coefficient %.4f",
-        len(inputs.responses), inputs.gate.responses_total, sum(inputs.rewards) / len(inputs.rewards), inputs.kl_coef,
+        "gate: %d rewarded responses of %d sent to the experts, %d model-scored; mean reward %.4f; KL coefficient %.4f",
+        len(inputs.responses) - inputs.model_scored, inputs.gate.responses_total, inputs.model_scored,
+        sum(inputs.rewards) / len(inputs.rewards), inputs.kl_coef,
     )
     optimizer_state = read_optimizer_state(ctx.store, paths, round_no)
     joined = join_process_group(ctx.device)
@@ -296,6 +308,7 @@ def _update(ctx: JobContext, inputs: Inputs, optimizer_state: dict | None) -> tu
             "optimizer_resumed": optimizer_state is not None,
             "gate_sha256": inputs.batch_sha256,
             "gate_reason": inputs.gate.reason,
+            "model_scored": inputs.model_scored,  # responses rewarded by the reward model, not by experts
             "learning_rate": spec.ppo.learning_rate,
             "epochs": spec.ppo.epochs,
             "clip_range": spec.ppo.clip_range,

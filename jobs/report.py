@@ -69,6 +69,24 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
             for p in curve
         ]
         lines.append("")
+        if any(p.get("model_scored") or p.get("model_error") is not None for p in curve):
+            lines += [
+                "## The reward model's part (feedback.selection)",
+                "",
+                "The table above is experts' rewards only. Responses the experts did not see and the reward model "
+                "scored are counted here, never above; the model's error is on each round's fresh expert rewards, "
+                "predicted before the experts gave them.",
+                "",
+                "| Round | Model-scored responses | Model error (MAE) | Compared | Drift |",
+                "|---:|---:|---:|---:|---|",
+            ]
+            lines += [
+                f"| {p['round']} | {p.get('model_scored', 0)} | "
+                + (f"{p['model_error']:.3f}" if p.get("model_error") is not None else "-")
+                + f" | {p.get('model_compared', 0)} | {'yes' if p.get('model_drifted') else 'no'} |"
+                for p in curve
+            ]
+            lines.append("")
     if curve_key:
         lines += [f"Reward curve: `{curve_key}`", ""]
     return "\n".join(lines)
@@ -123,7 +141,7 @@ def definitions(results: dict[str, Any]) -> list[str]:
 
 
 def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, float]]:
-    """Mean, spread and count of the gated rewards of each closed round."""
+    """Mean, spread and count of the gated expert rewards of each closed round (model scores never in them)."""
     points = []
     for r in range(1, rounds + 1):
         gate = read_gate(store, paths, r)
@@ -140,6 +158,10 @@ def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, f
                 "min": round(min(rewards), 6),
                 "max": round(max(rewards), 6),
                 "n": len(rewards),
+                "model_scored": len(gate.model_scored),
+                "model_error": gate.reward_model.mae if gate.reward_model else None,
+                "model_compared": gate.reward_model.responses if gate.reward_model else 0,
+                "model_drifted": bool(gate.reward_model and gate.reward_model.drifted),
             }
         )
     return points

@@ -18,21 +18,22 @@ from typing import Any, Iterable, Mapping
 
 from therapy_rlhf import integrity, phases
 from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.planner import PPO_GENERATE, Decision, Observed, StartJob, WaitForJob
+from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, Observed, StartJob, WaitForJob
 from therapy_rlhf.spec import RunManifest
 
 from therapy_rlhf.operator.jobstate import job_key, job_state
 
 
-def missing(observed: Observed, paths: RunPaths, digests: Mapping[str, str]) -> set[str]:
+def missing(observed: Observed, paths: RunPaths, digests: Mapping[str, str], selecting: bool = False) -> set[str]:
     """Record names of outputs the store holds (their markers are there) but the record lacks,
-    and of gate.json objects the operator may have closed before a restart."""
+    and of gate.json objects the operator may have closed before a restart. ``selecting``: the
+    run's feedback.selection writes a selection.json beside each batch."""
     names: list[str] = []
     if observed.sft_done:
         names += integrity.job_outputs("sft", 0, paths)
     for r, ro in observed.rounds.items():
         if ro.batch:
-            names += integrity.job_outputs("generate", r, paths)
+            names += integrity.job_outputs("generate", r, paths, selecting)
         if ro.policy:
             names += integrity.job_outputs("ppo", r, paths)
         if ro.gate_unrecorded:
@@ -50,7 +51,7 @@ def producers(paths: RunPaths, name: str) -> list[tuple[str, int]]:
     if len(parts) >= 3 and parts[0] == "rounds" and parts[1].isdigit():
         r = int(parts[1])
         for kind, round_no in (("generate", r), ("ppo", r), (PPO_GENERATE, r), (PPO_GENERATE, r - 1)):
-            if round_no >= 1 and name in integrity.job_outputs(kind, round_no, paths):
+            if round_no >= 1 and name in integrity.job_outputs(kind, round_no, paths, selecting=True):
                 found.append((kind, round_no))
     return found
 
@@ -117,7 +118,7 @@ def recover(
             if name in wanted and name.endswith("gate.json") and kind in ("ppo", PPO_GENERATE):
                 found.setdefault(name, digest)
         name = (job.get("metadata") or {}).get("name", "")
-        outputs = set(integrity.job_outputs(kind, round_no, paths)) & wanted
+        outputs = set(integrity.job_outputs(kind, round_no, paths, selecting=True)) & wanted
         if not outputs or name in read_already:
             continue
         state = job_state(job)[0]
@@ -144,7 +145,7 @@ class DigestMemory:
 
 
 def refresh(api, namespace: str, run: str, paths: RunPaths, observed: Observed, record: dict[str, str],
-            memory: DigestMemory) -> bool:
+            memory: DigestMemory, selecting: bool = False) -> bool:
     """Fill the record from the run's Jobs: outputs they reported, gates a PPO Job was given.
 
     Searched only when something is missing, and again only when what is
@@ -152,7 +153,7 @@ def refresh(api, namespace: str, run: str, paths: RunPaths, observed: Observed, 
     Jobs that could report are the operator's own, so a run whose record is
     complete -- or cannot be completed -- costs no API call per tick.
     """
-    wanted = missing(observed, paths, record)
+    wanted = missing(observed, paths, record, selecting)
     memory.awaiting_reports = set()
     search = frozenset(wanted)
     if not wanted or search == memory.search:
@@ -170,12 +171,18 @@ def refresh(api, namespace: str, run: str, paths: RunPaths, observed: Observed, 
 
 def hold_for_reports(decision: Decision, observed: Observed, manifest: RunManifest, memory: DigestMemory) -> Decision:
     """Hold a StartJob whose input's Job wrote its output but is not reported finished yet:
-    the next tick starts it with the digest that Job reports, rather than now without it."""
+    the next tick starts it with the digest that Job reports, rather than now without it.
+    Likewise a CloseGate whose round's selection.json is not reported yet (the gate takes the
+    model's predictions from the selection the operator verified)."""
     action = decision.action
-    if not isinstance(action, StartJob) or not memory.awaiting_reports:
+    if not isinstance(action, (StartJob, CloseGate)) or not memory.awaiting_reports:
         return decision
     paths = RunPaths(manifest.namespace, manifest.name)
-    for name in sorted(memory.awaiting_reports & set(integrity.job_inputs(action.kind, action.round, manifest.spec, paths))):
+    if isinstance(action, CloseGate):
+        needs = {integrity.relative(paths, paths.selection(action.round))}
+    else:
+        needs = set(integrity.job_inputs(action.kind, action.round, manifest.spec, paths))
+    for name in sorted(memory.awaiting_reports & needs):
         candidates = producers(paths, name)
         if not candidates:
             continue

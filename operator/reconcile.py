@@ -25,6 +25,7 @@ from therapy_rlhf.observe import observe_store
 from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
 from therapy_rlhf.ratings import RatingError
 from therapy_rlhf.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run, summarize_round
+from therapy_rlhf.selection import DRIFT_PREFIX, describe_gate, read_selection
 from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
 from therapy_rlhf.store import Store, StoreError
 
@@ -65,6 +66,8 @@ class RunMemory:
     # The digest record's working memory (see digests.py).
     digest: run_digests.DigestMemory = field(default_factory=run_digests.DigestMemory)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Round -> why its selection fell back to 'all' ('' if it did not); selection.json never changes.
+    selection_fallback: dict[int, str] = field(default_factory=dict)
 
 
 class OperatorState:
@@ -194,7 +197,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             memory.configmap_ok = True
         for _ in range(MAX_STEPS_PER_PASS):
             observed, awaiting = _observe(store, paths, spec, memory, override, record)
-            if run_digests.refresh(state.api, live.namespace, live.name, paths, observed, record, memory.digest):
+            selecting = spec.feedback.selection.mode != "all"
+            if run_digests.refresh(state.api, live.namespace, live.name, paths, observed, record, memory.digest, selecting):
                 observed, awaiting = _observe(store, paths, spec, memory, override, record)
             decision = plan(spec, observed)
             # Job states matter only for a step whose marker is missing; a run awaiting
@@ -206,6 +210,10 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 observed = replace(observed, jobs=observe_jobs(jobs, live.name, memory.pod_reasons))
                 decision = plan(spec, observed)
             if not isinstance(decision.action, CloseGate):
+                break
+            held = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
+            if held is not decision:  # the selection's Job has not reported its digest yet
+                decision = held
                 break
             gate = _close_gate(store, paths, spec, decision, awaiting, emit, logger, record, memory)
             memory.gate_closed_at[decision.action.round] = time.time()
@@ -230,7 +238,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     except (kube.KubeError, StoreError) as err:
         reason = phases.R_STORE_UNAVAILABLE if isinstance(err, StoreError) else "KubernetesApiError"
         return blocked(reason, str(err))
-    result = finish(Outcome(decision.phase, decision.round, decision.reason, decision.message), **fields)
+    reason, message = _drift_reason(store, paths, spec, decision, memory)
+    result = finish(Outcome(decision.phase, decision.round, reason, message), **fields)
     result.remove_annotations = remove
     return result
 
@@ -286,7 +295,7 @@ def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, 
         gate, digest, replaced = integrity.close_gate_as_executor(
             store, paths, action.round, spec.feedback, action.reason, closed_by, record, previous=awaiting
         )
-    except RatingError as err:
+    except (RatingError, integrity.IntegrityError) as err:
         raise StoreError(str(err)) from None
     name = integrity.gate_name(paths, action.round)
     record[name] = memory.digest.recorded[name] = digest
@@ -295,12 +304,36 @@ def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, 
              f"round {action.round}: {store.describe(paths.gate(action.round))} was not closed by the operator; "
              "it was replaced by the gate the operator closed from the verified ratings")
     reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
+    model = describe_gate(gate)
     emit(
         "Normal", reason,
         f"round {gate.round} gate closed ({gate.reason}): {gate.responses_rewarded}/{gate.responses_total} "
-        f"responses rewarded, mean reward {gate.mean_reward}",
+        f"responses rewarded by experts, mean reward {gate.mean_reward}" + (f"; {model}" if model else ""),
     )
+    check = gate.reward_model
+    if check is not None and check.drifted:
+        emit(
+            "Warning", phases.R_REWARD_MODEL_DRIFT,
+            f"round {gate.round}: the reward model's error on the experts' fresh ratings was {check.mae:.3f} > "
+            f"driftBound {check.bound:g}; round {gate.round + 1} goes to the experts whole",
+        )
     return gate
+
+
+def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> tuple[str, str]:
+    """The outcome's reason and message; RewardModelDrift while a round that fell back for drift awaits ratings."""
+    if decision.reason != phases.R_WAITING_FOR_RATINGS or spec.feedback.selection.mode == "all":
+        return decision.reason, decision.message
+    if decision.round not in memory.selection_fallback:
+        try:
+            selection = read_selection(store, paths, decision.round)
+        except (StoreError, ValueError):
+            return decision.reason, decision.message
+        memory.selection_fallback[decision.round] = (selection.fallback or "") if selection else ""
+    fallback = memory.selection_fallback[decision.round]
+    if not fallback.startswith(DRIFT_PREFIX):
+        return decision.reason, decision.message
+    return phases.R_REWARD_MODEL_DRIFT, f"{decision.message} ({fallback})"
 
 
 def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous, record):

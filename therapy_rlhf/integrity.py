@@ -71,10 +71,17 @@ def _policy_input(paths: RunPaths, round_no: int, spec: RunSpec) -> list[str]:
     return [relative(paths, prefix) + "/"] if prefix else []
 
 
+def _reward_model_inputs(paths: RunPaths, sampled_round: int, spec: RunSpec) -> list[str]:
+    """What selecting a batch reads (feedback.selection other than 'all'): every earlier round's batch and gate."""
+    if spec.feedback.selection.mode == "all":
+        return []
+    return [relative(paths, key) for q in range(1, sampled_round) for key in (paths.batch(q), paths.gate(q))]
+
+
 def job_inputs(kind: str, round_no: int, spec: RunSpec, paths: RunPaths) -> list[str]:
     """Record names of the stored inputs a job of this kind reads (the run config aside)."""
     if kind == "generate":
-        return _policy_input(paths, round_no, spec)
+        return _policy_input(paths, round_no, spec) + _reward_model_inputs(paths, round_no, spec)
     if kind in ("ppo", "ppo-generate"):  # the fused job samples round r+1 from the policy it just trained
         names = [relative(paths, paths.batch(round_no)), relative(paths, paths.gate(round_no))]
         names += _policy_input(paths, round_no, spec)
@@ -84,6 +91,8 @@ def job_inputs(kind: str, round_no: int, spec: RunSpec, paths: RunPaths) -> list
         reference = relative(paths, paths.sft_adapter()) + "/"
         if spec.sft.enabled and reference not in names:
             names.append(reference)
+        if kind == "ppo-generate":
+            names += [n for n in _reward_model_inputs(paths, round_no + 1, spec) if n not in names]
         return names
     if kind == "evaluate":
         names = []
@@ -102,23 +111,28 @@ def job_inputs(kind: str, round_no: int, spec: RunSpec, paths: RunPaths) -> list
 OUTPUT_KINDS = ("sft", "generate", "ppo", "ppo-generate")
 
 
-def job_outputs(kind: str, round_no: int, paths: RunPaths) -> list[str]:
-    """Record names of what a job of this kind writes for later jobs to read."""
+def job_outputs(kind: str, round_no: int, paths: RunPaths, selecting: bool = False) -> list[str]:
+    """Record names of what a job of this kind writes for later jobs to read.
+
+    ``selecting``: the run's feedback.selection is not 'all', so a job that samples a batch writes
+    its selection.json too (only such runs expect one; a report may always carry it).
+    """
     if kind == "sft":
         return [relative(paths, paths.sft_adapter()) + "/"]
     if kind == "generate":
-        return [relative(paths, paths.batch(round_no))]
+        names = [relative(paths, paths.batch(round_no))]
+        return names + ([relative(paths, paths.selection(round_no))] if selecting else [])
     if kind == "ppo":
         return [relative(paths, paths.policy_prefix(round_no)) + "/", relative(paths, paths.optimizer_state(round_no))]
     if kind == "ppo-generate":  # round r's update, then round r+1's batch
-        return job_outputs("ppo", round_no, paths) + job_outputs("generate", round_no + 1, paths)
+        return job_outputs("ppo", round_no, paths) + job_outputs("generate", round_no + 1, paths, selecting)
     return []
 
 
 def output_digests(kind: str, round_no: int, paths: RunPaths, written: Mapping[str, str]) -> dict[str, str]:
     """The digests of a job's outputs from what it wrote (store key -> SHA-256 of the bytes)."""
     out = {}
-    for name in job_outputs(kind, round_no, paths):
+    for name in job_outputs(kind, round_no, paths, selecting=True):  # what it wrote says whether it selected
         key = absolute(paths, name)
         if name.endswith("/"):
             files = {k[len(key) :]: d for k, d in written.items() if k.startswith(key)}
@@ -225,7 +239,7 @@ def close_gate_as_executor(
         gate = parse_record(Gate, parse_json(existing, store.describe(key)), store.describe(key))
         return gate, record[name], False
     state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
-    gate = build_gate(state, feedback, reason, closed_by)
+    gate = build_gate(state, feedback, reason, closed_by, _recorded_selection(store, paths, round_no, record))
     data = dump_json(gate.model_dump(mode="json"))
     if existing is None:
         try:
@@ -236,3 +250,23 @@ def close_gate_as_executor(
         return gate, sha256(data), False
     store.write_bytes(key, data)
     return gate, sha256(data), True
+
+
+def _recorded_selection(store, paths: RunPaths, round_no: int, record: Mapping[str, str]):
+    """The round's selection.json, if its job reported it; one whose digest differs from the record is refused."""
+    from therapy_rlhf.records import Selection, parse_record
+    from therapy_rlhf.store import NotFound, parse_json
+
+    key = paths.selection(round_no)
+    want = record.get(relative(paths, key))
+    if want is None:
+        return None  # no selection (feedback.selection 'all'), or one no job of this executor reported
+    try:
+        data = store.read_bytes(key)
+    except NotFound:
+        raise IntegrityError(f"{store.describe(key)} is recorded but missing: refusing to close round {round_no}'s gate") from None
+    if sha256(data) != want:
+        raise IntegrityError(
+            f"{store.describe(key)} does not match the digest its job reported: refusing to close round {round_no}'s gate"
+        )
+    return parse_record(Selection, parse_json(data, store.describe(key)), store.describe(key))

@@ -91,6 +91,10 @@ class RunPaths:
     def gate(self, round_no: int) -> str:
         return f"{self.round_prefix(round_no)}/gate.json"
 
+    def selection(self, round_no: int) -> str:
+        """Which responses went to the experts and the reward model's predictions (feedback.selection)."""
+        return f"{self.round_prefix(round_no)}/selection.json"
+
     def policy_prefix(self, round_no: int) -> str:
         return f"{self.round_prefix(round_no)}/policy"
 

@@ -48,3 +48,6 @@ R_FORBIDDEN = "Forbidden"
 R_GATE_REPLACED = "GateReplaced"  # a gate.json the executor had not closed was replaced
 R_RUN_CONFIG_RESTORED = "RunConfigRestored"  # an edited run ConfigMap was put back
 R_NOT_ALLOWED = "NotAllowed"  # a Secret, image or service account the installation does not allow
+# feedback.selection (issue 12): the reward model's error on fresh expert ratings passed driftBound, so the
+# next round goes to the experts whole (a Warning Event; the reason of Ready/AwaitingRatings while it waits).
+R_REWARD_MODEL_DRIFT = "RewardModelDrift"

@@ -206,6 +206,9 @@ class RoundState:
     # (rater, response, version) of every rating key listed, usable or not: a new
     # version goes after all of them, so a garbage object never blocks a key.
     taken: set[tuple[str, str, int]] = field(default_factory=set, repr=False)
+    # Responses of the batch that feedback.selection did not send to the experts: never
+    # shown to raters, never rateable, rewarded (if at all) by the reward model.
+    model_only: list[PendingResponse] = field(default_factory=list)
 
     @property
     def response_ids(self) -> list[str]:
@@ -315,10 +318,13 @@ def load_round(
     reuse = previous is not None and previous.round == round_no and previous.batch_sha256
     if reuse:
         responses, batch_errors, digest = previous.responses, previous.batch_errors, previous.batch_sha256
+        model_only = previous.model_only
         known = previous.by_key
         feedback = feedback or previous.feedback
     else:
-        responses, batch_errors, digest = read_batch(store, paths, round_no)
+        whole, batch_errors, digest = read_batch(store, paths, round_no)
+        responses = [r for r in whole if r.expert]
+        model_only = [r for r in whole if not r.expert]
         known = {}
     if feedback is None:  # the same run's rules, whichever round the previous load was of
         feedback = previous.feedback if previous is not None and previous.feedback else run_feedback(store, paths)
@@ -329,6 +335,7 @@ def load_round(
         gate = previous.gate if reuse and previous.gate is not None else _stored_gate(store, paths, round_no, garbage)
     prefix = paths.ratings_prefix(round_no)
     ids = {r.id for r in responses}
+    hidden = {r.id for r in model_only}
     keyed: dict[str, tuple[str, str, int]] = {}
     for key in store.list(prefix):
         parsed = parse_rating_key(key[len(prefix) :])
@@ -338,7 +345,7 @@ def load_round(
             keyed[key] = parsed
     by_key: dict[str, Rating | str] = {k: known[k] for k in keyed if k in known}
     for key, data, error in _read_all(store, [k for k in keyed if k not in known]):
-        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback)
+        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, hidden)
     ratings: list[Rating] = []
     unreadable: list[str] = []
     for key in keyed:  # listing order, as before
@@ -354,6 +361,7 @@ def load_round(
         gate = None
     state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
     state.taken = set(keyed.values())
+    state.model_only = model_only
     state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
     return state
 
@@ -406,7 +414,14 @@ def _late_ids(ratings: list[Rating], gate: Gate | None) -> set[str]:
 
 
 def _check_rating(
-    store: Store, key: str, expected: tuple[str, str, int], data, error, ids: set[str], feedback: FeedbackSpec
+    store: Store,
+    key: str,
+    expected: tuple[str, str, int],
+    data,
+    error,
+    ids: set[str],
+    feedback: FeedbackSpec,
+    hidden: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Rating | str:
     """The stored rating, or why it cannot be used (unreadable, not matching its key, unknown
     response, a rater or criteria the run does not allow)."""
@@ -421,6 +436,8 @@ def _check_rating(
         return str(err)
     if (rating.rater, rating.response_id, rating.version) != (rater, response_id, version):
         return f"{store.describe(key)}: record does not match its key"
+    if response_id in hidden:
+        return f"{store.describe(key)}: rates {response_id!r}, which was not sent to the experts (feedback.selection)"
     if response_id not in ids:
         return f"{store.describe(key)}: rates unknown response {response_id!r}"
     problem = rule_problem(rating, feedback)
@@ -604,13 +621,20 @@ def agreement(state: RoundState, feedback: FeedbackSpec) -> float | None:
     return None if math.isnan(alpha) else round(float(alpha), 4)
 
 
-def build_gate(state: RoundState, feedback: FeedbackSpec, reason: str, closed_by: str) -> Gate:
+def build_gate(
+    state: RoundState, feedback: FeedbackSpec, reason: str, closed_by: str, selection: "Selection | None" = None
+) -> Gate:
     rewards = aggregate(state, feedback)
     if not rewards:
         raise RatingError(f"round {state.round} has no ratings: a gate cannot close on nothing")
     if reason == "complete" and not coverage(state, feedback.min_raters).is_complete:
         raise RatingError(f"round {state.round} is not fully rated: {coverage(state, feedback.min_raters).describe()}")
     values = [r.reward for r in rewards.values()]
+    from therapy_rlhf import selection as selecting  # selection reads rounds through this module
+
+    extras = selecting.gate_extras(
+        selection, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.model_only]
+    )
     return Gate(
         round=state.round,
         reason=reason,  # type: ignore[arg-type]
@@ -623,6 +647,7 @@ def build_gate(state: RoundState, feedback: FeedbackSpec, reason: str, closed_by
         agreement=agreement(state, feedback),
         batch_sha256=state.batch_sha256,
         considered=sorted(r.id for r in state.ratings),
+        **extras,
     )
 
 
@@ -652,7 +677,9 @@ def close_gate(
     if existing is not None:
         return existing
     state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
-    gate = build_gate(state, feedback, reason, closed_by)
+    from therapy_rlhf.selection import read_selection
+
+    gate = build_gate(state, feedback, reason, closed_by, read_selection(store, paths, round_no))
     try:
         store.create_json(paths.gate(round_no), gate.model_dump(mode="json"))
     except AlreadyExists:

@@ -92,6 +92,11 @@ class PendingResponse(Record):
     policy: str | None = Field(None, description="Checkpoint key the response was sampled from.")
     generation: GenerationSettings | None = None
     safety: SafetyScreen = Field(default_factory=SafetyScreen)
+    expert: bool = Field(
+        True,
+        description="Sent to the experts (feedback.selection); a response that is not is never shown to raters "
+        "and can be rewarded only by the reward model, marked as model-scored.",
+    )
     created_at: str = Field(default_factory=utcnow)
 
     @field_validator("id", "prompt_id")
@@ -212,6 +217,24 @@ class ResponseReward(Record):
     penalized: bool = False
 
 
+class ModelScore(Record):
+    """A reward the reward model gave a response the experts did not see (never an expert rating)."""
+
+    reward: float = Field(..., ge=0.0, le=1.0, description="prediction - penalty x spread, clamped to 0..1.")
+    predicted: float = Field(..., description="The ensemble's mean prediction.")
+    spread: float = Field(..., ge=0.0, description="The ensemble's standard deviation.")
+
+
+class RewardModelCheck(Record):
+    """The reward model's error on a round's fresh expert ratings, predicted before it saw them."""
+
+    responses: int = Field(..., ge=0, description="Expert-rewarded responses the model had predicted.")
+    mae: float | None = Field(None, ge=0.0, description="Mean absolute error; None when no response was compared.")
+    bound: float
+    drifted: bool
+    trained_on: int = Field(0, ge=0, description="Expert ratings the model was fitted to.")
+
+
 class Gate(Record):
     """rounds/{r}/gate.json: exactly which ratings the PPO update uses."""
 
@@ -231,6 +254,34 @@ class Gate(Record):
         description="Ids of every usable rating stored when the gate closed (superseded ones too); "
         "a rating not listed was stored later and is late. None in gates written before this field.",
     )
+    model_scored: dict[str, ModelScore] = Field(
+        default_factory=dict,
+        description="Responses the experts did not see, rewarded by the reward model (feedback.selection.unselected "
+        "'model'); never in 'rewards', never an expert rating.",
+    )
+    reward_model: RewardModelCheck | None = Field(None, description="The reward model's error on this round's ratings.")
+
+
+class Selection(Record):
+    """rounds/{r}/selection.json: which responses went to the experts, and the model's view of every response.
+
+    Written by the job that sampled the batch, before batch.jsonl. Raters' store access does not cover it,
+    so nothing the model predicted can anchor a rater before they score.
+    """
+
+    round: int = Field(..., ge=1, le=MAX_ROUND)
+    mode: Literal["all", "uniform", "active"] = Field(..., description="The mode this round used (after any fallback).")
+    requested_mode: Literal["all", "uniform", "active"]
+    fallback: str | None = Field(None, description="Why the round fell back to another mode, if it did.")
+    budget: int
+    selected: list[str] = Field(..., description="Response ids sent to the experts, in batch order.")
+    safety_selected: list[str] = Field(default_factory=list, description="Selected because of a crisis cue or a safety-screen hit.")
+    predictions: dict[str, list[float]] = Field(
+        default_factory=dict, description="Response id -> [predicted reward, ensemble spread]; empty before the model is fitted."
+    )
+    trained_on: int = Field(0, ge=0, description="Expert ratings the reward model was fitted to.")
+    trained_rounds: list[int] = Field(default_factory=list)
+    model_sha256: str | None = Field(None, description="Digest of the fitted model's parameters (its version).")
 
 
 def parse_record(model: type[Record], data: Any, source: str) -> Any:

@@ -65,6 +65,7 @@ from therapy_rlhf.planner import (
 )
 from therapy_rlhf.ratings import RatingError
 from therapy_rlhf.runs import dump_manifest, freeze_spec
+from therapy_rlhf.selection import describe_gate
 from therapy_rlhf.spec import RunManifest, RunSpec
 from therapy_rlhf.store import Store
 
@@ -217,15 +218,22 @@ class LocalRunner:
                             self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner",
                             self.digests, previous=awaiting,
                         )
-                    except RatingError as err:
+                    except (RatingError, integrity.IntegrityError) as err:
                         raise RunnerError(str(err)) from None
                     self.record({integrity.gate_name(self.paths, action.round): digest})
                     if replaced:
                         self.say(f"[yellow]round {action.round}: replaced a gate.json this runner had not closed[/]")
+                    model = describe_gate(gate)
                     self.say(
                         f"round {action.round}: gate closed ({gate.reason}), "
-                        f"{gate.responses_rewarded}/{gate.responses_total} rewarded, mean reward {gate.mean_reward:.3f}"
+                        f"{gate.responses_rewarded}/{gate.responses_total} rewarded by experts, mean reward {gate.mean_reward:.3f}"
+                        + (f"; {model}" if model else "")
                     )
+                    if gate.reward_model is not None and gate.reward_model.drifted:
+                        self.say(
+                            f"[yellow]round {action.round}: reward model drift ({gate.reward_model.mae:.3f} > "
+                            f"driftBound {gate.reward_model.bound:g}): round {action.round + 1} goes to the experts whole[/]"
+                        )
                 elif isinstance(action, WaitForRatings):
                     if not self.wait_for_ratings(action, frozen):
                         self.say(
@@ -398,7 +406,7 @@ class LocalRunner:
         return {k: v for k, v in (digests or {}).items() if isinstance(v, str) and integrity.DIGEST_RE.fullmatch(v)}
 
     def read_outputs(self, path: Path, kind: str, round_no: int) -> dict[str, str]:
-        allowed = integrity.job_outputs(kind, round_no, self.paths)
+        allowed = integrity.job_outputs(kind, round_no, self.paths, selecting=True)
         return integrity.parse_outputs(path.read_text(encoding="utf-8", errors="replace"), allowed)
 
     def absorb_outputs(self) -> None:

@@ -92,6 +92,11 @@ class RoundSummary:
     garbage: int = 0  # objects in the ratings prefix that are not usable ratings (skipped)
     reward_mismatches: int = 0  # stored rewards the criteria do not give (the recomputed one is used)
     simulated: tuple[str, ...] = ()  # raters whose latest ratings come from the simulated rater
+    # feedback.selection: responses the experts did not see, and the model's part in a closed round
+    not_sent: int = 0  # responses not sent to the experts
+    model_scored: int = 0  # of those, rewarded by the reward model (gate.model_scored)
+    reward_model_error: float | None = None  # MAE on this round's fresh expert rewards
+    reward_model_drifted: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -108,6 +113,10 @@ class RoundSummary:
             "late": self.late,
             "garbage": self.garbage,
             "rewardMismatches": self.reward_mismatches,
+            "notSentToExperts": self.not_sent,
+            "modelScored": self.model_scored,
+            "rewardModelError": self.reward_model_error,
+            "rewardModelDrifted": self.reward_model_drifted,
         }
 
 
@@ -146,6 +155,10 @@ def summarize_round(
         garbage=len(state.garbage),
         reward_mismatches=len(state.reward_disagreements()),
         simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
+        not_sent=len(state.model_only),
+        model_scored=len(gate.model_scored) if gate is not None else 0,
+        reward_model_error=gate.reward_model.mae if gate is not None and gate.reward_model is not None else None,
+        reward_model_drifted=bool(gate is not None and gate.reward_model is not None and gate.reward_model.drifted),
     )
 
 

@@ -390,6 +390,46 @@ def _paper_rubric() -> list[Criterion]:
     ]
 
 
+class SelectionSpec(SpecModel):
+    """Which responses of a round go to the experts (issue 12: spend the expert's time where it teaches most).
+
+    ``all`` sends every response (the paper's method). ``uniform`` and ``active`` send ``budget``
+    responses per round: uniform picks at random, spread across prompts; active picks where the
+    reward model (fitted to the run's gated expert ratings) is least certain, spread across prompts.
+    Every response with a crisis cue or a safety-screen hit goes to the experts whatever the mode.
+    """
+
+    mode: Literal["all", "uniform", "active"] = Field(
+        "all", description="all: every response to the experts; uniform / active: 'budget' per round."
+    )
+    budget: int = Field(
+        8, ge=1, le=100000,
+        description="Responses per round the experts score (uniform, active). Safety-flagged responses always go "
+        "and count toward it; when there are more of them than the budget, all of them go.",
+    )
+    unselected: Literal["omit", "model"] = Field(
+        "omit",
+        description="What responses not sent to the experts contribute: nothing (left out of the update), or the "
+        "reward model's prediction minus uncertaintyPenalty x its ensemble spread, marked model-scored.",
+    )
+    uncertainty_penalty: float = Field(
+        1.0, ge=0.0, le=10.0, description="Model-scored reward = prediction - this x ensemble standard deviation."
+    )
+    min_ratings: int = Field(
+        16, ge=2, le=100000,
+        description="Expert ratings the reward model needs before it picks or scores anything; before that "
+        "selection is uniform and unselected responses are left out.",
+    )
+    drift_bound: float = Field(
+        0.2, gt=0.0, le=1.0,
+        description="Mean absolute error of the model's predictions on a round's fresh expert ratings above which "
+        "the next round falls back to 'all'.",
+    )
+    ensemble: int = Field(5, ge=2, le=32, description="Bootstrap members of the reward model.")
+    ridge: float = Field(1.0, gt=0.0, le=1e6, description="L2 penalty of each member's ridge regression.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the bootstrap and of uniform picks (mixed with the round).")
+
+
 class FeedbackSpec(SpecModel):
     """How the psychologist's ratings become rewards, and when a round's gate closes."""
 
@@ -418,6 +458,10 @@ class FeedbackSpec(SpecModel):
         default_factory=lambda: ["harmful", "missed_crisis", "medical_advice"]
     )
     guidelines: str | None = Field(None, description="Rater guidelines (Markdown) shown in the TUI.")
+    selection: SelectionSpec = Field(
+        default_factory=SelectionSpec,
+        description="Which responses go to the experts: all (default), or a budget chosen uniformly or actively.",
+    )
     response_order: Literal["least-covered", "crisis-first", "batch"] = Field(
         "least-covered",
         description="Which response a rater is shown next: the one with the fewest raters (crisis cues first "

@@ -56,6 +56,12 @@ class RoundStatus(SpecModel):
     reward_mismatches: int = Field(
         0, ge=0, description="Stored rewards that the criteria do not give; the recomputed reward is used."
     )
+    not_sent_to_experts: int = Field(0, ge=0, description="Responses feedback.selection did not send to the experts.")
+    model_scored: int = Field(0, ge=0, description="Responses rewarded by the reward model, not by experts.")
+    reward_model_error: float | None = Field(
+        None, ge=0.0, description="The reward model's mean absolute error on this round's fresh expert rewards."
+    )
+    reward_model_drifted: bool = Field(False, description="That error passed feedback.selection.driftBound.")
 
 
 class ActiveJob(SpecModel):

@@ -135,12 +135,15 @@ def test_a_raters_tools_work_with_the_policy(iam_s3, run):
         "overwrite-spec",
         "read-another-raters-rating",
         "rating-key-inside-a-checkpoint",
+        "read-the-models-predictions",  # feedback.selection: nothing from the model anchors a rater
+        "overwrite-the-selection",
     ],
 )
 def test_every_forgery_with_a_raters_credential_is_refused(iam_s3, run, forgery):
     lee, executor = iam_s3("dr-lee"), iam_s3("executor")
     executor.write_json(PATHS.rating(1, "dr-kim", "r0001-b"), Rating(response_id="r0001-b", rater="dr-kim", criteria=CRITERIA).model_dump(mode="json"))
     executor.write_json(PATHS.gate(2), {"round": 2, "mean_reward": 0.1})  # a round the executor closed
+    executor.write_json(PATHS.selection(1), {"round": 1, "predictions": {"r0001-a": [0.9, 0.1]}})
     before = snapshot(executor)
     forged = Rating(response_id="r0001-b", rater="dr-kim", criteria={c: 0.0 for c in CRITERIA}).model_dump(mode="json")
     with pytest.raises(AccessDenied):
@@ -156,6 +159,10 @@ def test_every_forgery_with_a_raters_credential_is_refused(iam_s3, run, forgery)
             lee.write_json(PATHS.spec(), {"forged": True})
         elif forgery == "read-another-raters-rating":
             lee.read_bytes(PATHS.rating(1, "dr-kim", "r0001-b"))
+        elif forgery == "read-the-models-predictions":
+            lee.read_bytes(PATHS.selection(1))
+        elif forgery == "overwrite-the-selection":
+            lee.write_json(PATHS.selection(1), {"round": 1, "selected": []})
         else:  # a key that ends in ratings/dr-lee/ but sits in a checkpoint folder
             lee.create_json(PATHS.policy_prefix(1) + "/ratings/dr-lee/adapter_model.json", {})
     assert snapshot(executor) == before

@@ -113,22 +113,30 @@ def test_two_ranks_take_the_same_update_as_one_process(tmp_path, make_run, tiny_
     for key in ("policy_loss", "value_loss", "kl", "entropy", "mean_return", "grad_norm"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
 
-    # The same weights: the adapter, the value head and Adam's moments. The gradient sums (Adam's
-    # first moments, checked below to 1e-7) agree element by element; the weights are compared per
-    # tensor, because Adam divides by sqrt(v) + eps and so turns float noise of ~1e-10 in a gradient
-    # that is nearly 0 into up to ~1e-4 of one weight (lr / eps = 1e6), whatever the data split.
+    # The same weights: the adapter, the value head and Adam's moments. The weights nearly all agree
+    # to 1e-5; a few may not, because Adam divides by sqrt(v) + eps and so turns float noise of ~1e-10
+    # in a gradient that is nearly 0 into a step of up to lr in either direction (lr / eps = 1e6),
+    # whatever the data split and however the machine's threads summed: at most 2 x lr per step for
+    # those, and they are rare (a wrong data split moves every element).
+    bound = 2 * m1["optimizer_steps"] * 0.01
     for name in ("adapter_model.safetensors", VALUE_HEAD):
         a, b = load_file(one / policy / name), load_file(two / policy / name)
         assert a.keys() == b.keys()
         for key in a:
-            assert float((a[key] - b[key]).norm()) <= 1e-4 * float(a[key].norm()) + 1e-7, (name, key)
+            diff = (a[key] - b[key]).abs()
+            assert float(diff.max()) <= bound, (name, key, float(diff.max()))
+            assert int((diff > 1e-5).sum()) <= max(4, diff.numel() // 50), (name, key, int((diff > 1e-5).sum()))  # measured: <= 1
     trained = load_file(one / policy / "adapter_model.safetensors")
     assert any(float(w.abs().max()) > 1e-3 for k, w in trained.items() if "lora_B" in k)  # there was an update to match
     s1 = torch.load(one / paths.optimizer_state(1), weights_only=True)["state"]
     s2 = torch.load(two / paths.optimizer_state(1), weights_only=True)["state"]
     assert s1.keys() == s2.keys()
     for index in s1:
-        assert torch.allclose(s1[index]["exp_avg"], s2[index]["exp_avg"], atol=1e-7, rtol=1e-4)
+        # Per tensor to 1e-3 (measured: under 1e-4): after the first step the two runs' weights differ by
+        # the amplified noise above, so later gradients differ by as much. A rank whose gradients are not
+        # summed, or summed at the wrong scale, is off by tens of percent.
+        m_1, m_2 = s1[index]["exp_avg"], s2[index]["exp_avg"]
+        assert float((m_1 - m_2).norm()) <= 1e-3 * float(m_1.norm()) + 1e-9, index
     # Only rank 0 wrote: the two stores hold the same keys.
     assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file()) == sorted(
         p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file()

@@ -7,7 +7,7 @@ import hashlib
 from therapy_rlhf import integrity
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf import phases
-from therapy_rlhf.planner import Decision, JobObservation, Observed, RoundObservation, StartJob, WaitForJob
+from therapy_rlhf.planner import CloseGate, Decision, JobObservation, Observed, RoundObservation, StartJob, WaitForJob
 from therapy_rlhf.spec import parse_run
 
 from therapy_rlhf.operator import digests
@@ -118,6 +118,21 @@ def test_a_start_waits_for_the_ppo_generate_job_still_sampling_its_input():
     start = Decision(StartJob("ppo-generate", 2, 1), phases.UPDATING, 2, phases.R_JOB_STARTED, "start")
     held = digests.hold_for_reports(start, observed, m, memory)
     assert held.action == WaitForJob("ppo-generate", 1, 3)
+
+
+def test_a_gate_waits_for_the_job_that_has_not_reported_its_selection():
+    # feedback.selection: the gate takes the model's predictions from the selection.json whose digest
+    # the sampling Job reports; closing before that report would close without them.
+    m = manifest()
+    observed = Observed(rounds={2: RoundObservation(2, batch=True, rated=2, total=2, complete=True)},
+                        jobs={("ppo-generate", 1): JobObservation("ppo-generate", 1, 1, "running")})
+    close = Decision(CloseGate(2, "complete"), phases.AWAITING_RATINGS, 2, phases.R_GATE_CLOSED, "close")
+    memory = digests.DigestMemory(awaiting_reports={"rounds/0002/selection.json"})
+    assert digests.hold_for_reports(close, observed, m, memory).action == WaitForJob("ppo-generate", 1, 1)
+    # Reported (or no selection to wait for): the gate closes.
+    assert digests.hold_for_reports(close, observed, m, digests.DigestMemory()) is close
+    other = digests.DigestMemory(awaiting_reports={"rounds/0003/selection.json"})
+    assert digests.hold_for_reports(close, observed, m, other) is close
 
 
 def test_a_gates_digest_is_recovered_from_the_ppo_job_created_with_it():

@@ -10,7 +10,14 @@ rater's latest rating only (corrections replace, withdrawals remove):
      "criteria": {name: mean score}, "round": 3, "response_id": ..., "prompt_id": ...,
      "gated": true,             # these are exactly the ratings the round's gate froze
      "late": false,             # the row holds ratings stored after the gate closed
-     "simulated": false}        # true when any of its ratings came from the SIMULATED rater
+     "simulated": false,        # true when any of its ratings came from the SIMULATED rater
+     "scored_by": "experts"}    # or "reward-model" (only with --include-model-scored)
+
+With ``feedback.selection`` some responses never reach the experts; a gate may
+reward them with the reward model's prediction (``unselected: model``). Those
+are not ratings: they are left out unless ``--include-model-scored`` is given,
+and then come as rows with ``scored_by: "reward-model"``, no raters, no
+criteria, and the model's ``predicted`` reward and ``spread``.
 
 Ratings are read under the run's rules (``ratings.load_round``): only allowed
 raters, rewards recomputed from the criteria, garbage skipped. A closed round
@@ -47,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="conversational",
         help="TRL dataset format: chat messages (default) or plain strings.",
     )
+    parser.add_argument(
+        "--include-model-scored",
+        action="store_true",
+        help="Also write the responses the reward model scored (never seen by experts), marked scored_by: reward-model.",
+    )
 
 
 def _prompt(response, fmt: str):
@@ -57,7 +69,7 @@ def _prompt(response, fmt: str):
     return text, response.response
 
 
-def export_rows(store, paths, fmt: str = "conversational") -> list[dict]:
+def export_rows(store, paths, fmt: str = "conversational", include_model_scored: bool = False) -> list[dict]:
     """The export rows of a run, in round and batch order."""
     from dataclasses import replace
 
@@ -80,7 +92,36 @@ def export_rows(store, paths, fmt: str = "conversational") -> list[dict]:
             late = late_rewards.get(response.id)
             if late is not None and set(late.ratings) & state.late_ids:
                 rows.append(_row(response, late, with_late.latest(), r, fmt, gated=False, late=True))  # type: ignore[union-attr]
+        if include_model_scored and state.gate is not None:
+            rows += [
+                _model_row(response, state.gate.model_scored[response.id], r, fmt)
+                for response in state.model_only
+                if response.id in state.gate.model_scored
+            ]
     return rows
+
+
+def _model_row(response, score, round_no: int, fmt: str) -> dict:
+    """A response the experts never saw, rewarded by the reward model: no raters, no criteria, no comments."""
+    prompt, completion = _prompt(response, fmt)
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "reward": score.reward,
+        "raters": [],
+        "flags": [],
+        "comments": [],
+        "criteria": {},
+        "round": round_no,
+        "response_id": response.id,
+        "prompt_id": response.prompt_id,
+        "gated": True,
+        "late": False,
+        "simulated": False,
+        "scored_by": "reward-model",
+        "predicted": score.predicted,
+        "spread": score.spread,
+    }
 
 
 def _row(response, reward, latest, round_no: int, fmt: str, *, gated: bool, late: bool) -> dict:
@@ -107,6 +148,7 @@ def _row(response, reward, latest, round_no: int, fmt: str, *, gated: bool, late
         "gated": gated,
         "late": late,
         "simulated": any(is_simulated(x) for x in ratings),
+        "scored_by": "experts",
     }
 
 
@@ -116,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         store, paths = resolve(args, args.run)
-        rows = export_rows(store, paths, args.format)
+        rows = export_rows(store, paths, args.format, args.include_model_scored)
     except (SpecError, StoreError, ValueError) as err:
         print(one_line(err), file=sys.stderr)
         return 1

@@ -154,6 +154,19 @@ def _one(store, paths, as_json: bool) -> int:
             notes.append(f"{r.late} rating(s) arrived after the gate closed (kept, marked late, not used)")
         for note in notes:
             console.print(f"[yellow]round {r.round}: {note}[/]")
+    if fb.selection.mode != "all":
+        for r in rounds:
+            model = []
+            if r.not_sent:
+                model.append(f"{r.not_sent} response(s) not sent to the experts, {r.model_scored} of them model-scored")
+            if r.reward_model_error is not None:
+                model.append(
+                    f"reward model error {r.reward_model_error:.3f} on the experts' fresh ratings"
+                    + (f" [red]> driftBound {fb.selection.drift_bound:g}: next round goes to the experts whole[/]"
+                       if r.reward_model_drifted else "")
+                )
+            if model:
+                console.print(f"round {r.round}: " + "; ".join(model))
     return 0
 
 

@@ -1,0 +1,216 @@
+"""Does active selection spend the expert's ratings better? Reward against expert ratings, per strategy.
+
+    OMP_NUM_THREADS=1 python bench/expert_time.py --plot bench/expert_time.png   # the RESULTS.md run (~10 min, 2 cores)
+    OMP_NUM_THREADS=1 python bench/expert_time.py --rounds 2 --seeds 0 --rules readable --strategies all active
+
+Every run is the real round loop of ``therapy_rlhf.jobs.learning`` (the generate and ppo jobs in process,
+ratings through ``submit_rating``, the gate through ``close_gate``) on the tiny Mistral with the learning
+check's settings, 4 prompts x 32 samples per round, and differs only in ``feedback.selection``:
+
+* ``all``: every response to the (simulated) experts, 128 ratings a round (the paper's method);
+* ``uniform-omit``: ``budget`` responses a round picked at random across prompts, the rest left out;
+* ``active-omit``: ``budget`` picks where the reward model is least certain, the rest left out;
+* ``uniform-model``: uniform picks, the rest scored by the reward model (prediction - 1 x uncertainty);
+* ``active-model``: picks where the reward model is least certain, the rest scored by it;
+* ``active-shuffled``: active-model with the experts' judgements dealt out at random among the picked
+  responses (the control: same rewards, no link between text and score).
+
+Two simulated experts: ``empathy`` (the simulated rater's empathy word share, a word list) and ``readable``
+(the share of the response's whitespace-separated chunks that are plain words, a rule about form, not a
+word list). The true reward of a round is the rule's mean over its whole fresh batch (128 responses sampled
+from the policy before that round's update, rated or not), plus one fresh batch after the last update.
+The reward model's held-out error is each gate's check: MAE of its predictions, made before the experts
+saw the round, against their rewards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+STRATEGIES = {
+    "all": ({"mode": "all"}, False),
+    "uniform-omit": ({"mode": "uniform", "unselected": "omit"}, False),
+    "active-omit": ({"mode": "active", "unselected": "omit"}, False),
+    "uniform-model": ({"mode": "uniform", "unselected": "model"}, False),
+    "active-model": ({"mode": "active", "unselected": "model"}, False),
+    "active-shuffled": ({"mode": "active", "unselected": "model"}, True),
+}
+RULES = ("empathy", "readable")
+SHUFFLE_SEED = 7
+# The learning check's prompts with the paper's prompt swapped for one without a crisis cue: a response to
+# "hopeless" always goes to the experts (safety first), which would spend the whole budget on one prompt
+# and leave nothing for the strategies to differ on.
+PROMPTS = [
+    {"id": "down-lately", "text": "I've been feeling really down lately and I don't know why.", "category": "depression"},
+    {"id": "anxious-exams", "text": "My exams are next week and I can't stop panicking.", "category": "anxiety"},
+    {"id": "grief-father", "text": "My father died last month and I still can't accept it.", "category": "grief"},
+    {"id": "lonely-move", "text": "I moved to a new city and I feel so alone.", "category": "other"},
+]
+_CHUNK = re.compile(r"^[A-Za-z']+[.,?!]?$")
+
+
+def readable(text: str) -> float:
+    """Share of whitespace-separated chunks that are plain words (letters, an apostrophe, one final mark)."""
+    chunks = text.split()
+    return sum(bool(_CHUNK.match(c)) for c in chunks) / len(chunks) if chunks else 0.0
+
+
+def make_judge(rule: str):
+    from therapy_rlhf import simrater
+    from therapy_rlhf.records import Rating
+
+    def judge(response, feedback):
+        if rule == "empathy":
+            return simrater.judge(response, feedback)
+        value = round(min(1.0, max(0.0, readable(response.response))), 4)
+        return Rating(
+            response_id=response.id, rater=simrater.DEFAULT_RATER, criteria={c.name: value for c in feedback.rubric},
+            reward=value, comment="SIMULATED RATER (readability rule, not a clinician)", client=simrater.CLIENT,
+        )
+
+    return judge
+
+
+def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str) -> dict:
+    """One run; returns its per-round curve (true reward, cumulative expert ratings, model error)."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(1)
+    transformers.logging.disable_progress_bar()
+    from therapy_rlhf.jobs import generate, learning
+    from therapy_rlhf.jobs.common import JobContext, make_logger
+    from therapy_rlhf.layout import RunPaths
+    from therapy_rlhf.ratings import read_batch
+    from therapy_rlhf.store import LocalStore
+
+    selection, shuffled = STRATEGIES[strategy]
+    store_dir = Path(workdir) / f"{rule}-{strategy}-{seed}"
+    feedback = {"selection": {**selection, "budget": budget, "minRatings": 16, "seed": seed}}
+    manifest = learning.learning_manifest(
+        store_dir, name="expert-time", feedback=feedback, rounds=rounds + 1,
+        generation={"maxNewTokens": 8, "temperature": 0.5, "topP": 1.0, "topK": 0, "batchSize": 4, "seed": seed},
+        seed=seed, prompts=PROMPTS,
+    )
+    store = LocalStore(store_dir)
+    judge = make_judge(rule)
+    started = time.perf_counter()
+    results = learning.run_loop(
+        manifest, store, rounds, shuffle_seed=SHUFFLE_SEED + seed if shuffled else None, judge=judge
+    )
+    # One more fresh batch from the last policy: the reward after the last update.
+    ctx = JobContext(kind="generate", manifest=manifest, round=rounds + 1, store=store, log=make_logger())
+    ctx.log.setLevel(40)
+    try:
+        generate.main(ctx)
+    finally:
+        ctx.close()
+    batch, _, _ = read_batch(store, RunPaths(manifest.namespace, manifest.name), rounds + 1)
+    final = statistics.fmean(judge(r, manifest.spec.feedback).reward for r in batch)
+    cumulative, points = 0, []
+    for r in results:
+        points.append({"round": r.round, "reward": round(r.mean_reward, 4), "ratings_before": cumulative,
+                       "model_error": r.model_error, "model_scored": r.model_scored})
+        cumulative += r.expert_ratings
+    points.append({"round": rounds + 1, "reward": round(final, 4), "ratings_before": cumulative,
+                   "model_error": None, "model_scored": 0})
+    print(f"  {rule:8s} {strategy:15s} seed {seed}: final {final:.3f} after {cumulative} expert ratings "
+          f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+    return {"rule": rule, "strategy": strategy, "seed": seed, "points": points}
+
+
+def summarize(runs: list[dict], rounds: int) -> list[str]:
+    """Markdown: final reward and cost per strategy and rule, and where each reached all's final reward."""
+    out = ["| rule | strategy | expert ratings | final true reward (mean ± sd over seeds) | "
+           "ratings to reach `all`'s final reward | reward model MAE, last 3 rounds |",
+           "|---|---|---:|---:|---:|---:|"]
+    for rule in sorted({r["rule"] for r in runs}):
+        of_rule = [r for r in runs if r["rule"] == rule]
+        target = statistics.fmean(r["points"][-1]["reward"] for r in of_rule if r["strategy"] == "all") if any(
+            r["strategy"] == "all" for r in of_rule) else None
+        for strategy in STRATEGIES:
+            these = [r for r in of_rule if r["strategy"] == strategy]
+            if not these:
+                continue
+            finals = [r["points"][-1]["reward"] for r in these]
+            cost = statistics.fmean(r["points"][-1]["ratings_before"] for r in these)
+            reach = []
+            for r in these:
+                hit = next((p["ratings_before"] for p in r["points"] if target is not None and p["reward"] >= target), None)
+                reach.append(hit)
+            reached = [h for h in reach if h is not None]
+            reach_text = (f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(reach)} seeds)" if reached else "not reached")
+            errors = [p["model_error"] for r in these for p in r["points"][-4:-1] if p["model_error"] is not None]
+            sd = statistics.pstdev(finals) if len(finals) > 1 else 0.0
+            out.append(f"| {rule} | {strategy} | {cost:.0f} | {statistics.fmean(finals):.3f} ± {sd:.3f} | {reach_text} | "
+                       + (f"{statistics.fmean(errors):.3f}" if errors else "-") + " |")
+    return out
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = sorted({r["rule"] for r in runs})
+    fig, axes = plt.subplots(1, len(rules), figsize=(6 * len(rules), 4), dpi=100, squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        for i, strategy in enumerate(STRATEGIES):
+            these = [r for r in runs if r["rule"] == rule and r["strategy"] == strategy]
+            if not these:
+                continue
+            n = len(these[0]["points"])
+            xs = [statistics.fmean(r["points"][k]["ratings_before"] for r in these) for k in range(n)]
+            ys = [statistics.fmean(r["points"][k]["reward"] for r in these) for k in range(n)]
+            ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=strategy, linestyle="--" if "shuffled" in strategy else "-")
+        ax.set_xlabel("cumulative expert ratings")
+        ax.set_ylabel("true reward of a fresh batch")
+        ax.set_title(f"rule: {rule} (SIMULATED experts; mean over seeds)", fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8, help="PPO rounds per run (default 8).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
+    parser.add_argument("--budget", type=int, default=32, help="Expert ratings per round for uniform/active (default 32 of 128).")
+    parser.add_argument("--workers", type=int, default=2, help="Runs in parallel, one torch thread each.")
+    parser.add_argument("--json", type=Path, help="Write every run's curve here.")
+    parser.add_argument("--plot", type=Path, help="Write the reward-vs-ratings plot here (PNG).")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(one_run, rule, strategy, seed, args.rounds, args.budget, tmp)
+                   for rule in args.rules for seed in args.seeds for strategy in args.strategies]
+        runs = [f.result() for f in futures]
+    print(f"tiny:mistral, 4 prompts x 32 samples a round, {args.rounds} rounds + a final fresh batch, budget "
+          f"{args.budget}, seeds {' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
+    print()
+    print("\n".join(summarize(runs, args.rounds)))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
+    if args.plot:
+        plot(runs, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
