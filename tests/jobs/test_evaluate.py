@@ -20,6 +20,9 @@ PATHS = RunPaths("default", "tiny-test")
 N = 4
 
 
+# feedback.selection 'all': no model scores, no model check, in a round of the reward curve.
+NO_MODEL = {"model_scored": 0, "model_error": None, "model_compared": 0, "model_drifted": False}
+
 def _store_adapter(ctx, prefix, marker, bump):
     """A LoRA adapter that differs from the base, stored with its marker."""
     torch.manual_seed(0)
@@ -103,9 +106,10 @@ def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_sto
     answers = {name: [smp["responses"][name] for smp in results["samples"]] for name in ("base", "sft", "final")}
     assert answers["base"] != answers["sft"] != answers["final"]  # each checkpoint really answered
     assert results["reward_curve"] == [
-        {"round": 1, "mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4, "n": 2},
-        {"round": 2, "mean": 0.7, "std": pytest.approx(0.163299, abs=1e-6), "min": 0.5, "max": 0.9, "n": 3},
+        {"round": 1, "mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4, "n": 2, **NO_MODEL},
+        {"round": 2, "mean": 0.7, "std": pytest.approx(0.163299, abs=1e-6), "min": 0.5, "max": 0.9, "n": 3, **NO_MODEL},
     ]
+    assert "The reward model's part" not in (root / PATHS.eval_report()).read_text()  # a run that sends everything
     report = (root / PATHS.eval_report()).read_text()
     assert results_table(results) in report and "| PPO (final) |" in report and "| gpt-3-5 |" in report
     png = (root / PATHS.eval_reward_curve()).read_bytes()
