@@ -1,17 +1,12 @@
-"""The TherapyRLHFRun operator (kopf): ``kopf run -m therapy_rlhf.operator`` or
-``python -m therapy_rlhf.operator``.
+"""The TherapyRLHFRun operator (kopf): ``python -m therapy_rlhf.operator``.
 
-Importing this package registers the handlers (``handlers.register``) into
-kopf's default registry with settings from the environment (``config``).
+Importing this package, or any module in it, has no side effect: nothing is
+registered with kopf and the environment is not read. The entrypoint
+(``__main__``) registers the handlers (``handlers.register``) into kopf's
+default registry with settings from the environment (``config``); tests
+register into their own registry with their own settings.
+
+May import: the core (``therapy_rlhf.contracts``, ``store``, ``planning``,
+``feedback``, ``execution``), kopf, kubernetes, prometheus-client; never torch,
+Textual or the jobs.
 """
-
-from __future__ import annotations
-
-import kopf
-
-from therapy_rlhf.operator.config import OperatorConfig
-from therapy_rlhf.operator.handlers import register
-
-register(kopf.get_default_registry(), OperatorConfig.from_env())
-
-__all__ = ["OperatorConfig", "register"]

@@ -1,8 +1,9 @@
 """Run the operator: ``python -m therapy_rlhf.operator [--namespace NS ...] [--liveness URL]``.
 
-Equivalent to ``kopf run -m therapy_rlhf.operator`` with the options the Helm
-chart uses. Settings not on the command line come from the environment
-(``THERAPY_RLHF_INTERVAL``, ``THERAPY_RLHF_METRICS_PORT``, ...; see ``config``).
+The one place the handlers are registered (into kopf's default registry),
+with the options the Helm chart uses. Settings not on the command line come
+from the environment (``THERAPY_RLHF_INTERVAL``, ``THERAPY_RLHF_METRICS_PORT``,
+...; see ``config``), read when ``main`` runs, never at import.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 
 import kopf
 
-import therapy_rlhf.operator  # noqa: F401  (registers the handlers)
+from therapy_rlhf.operator.config import OperatorConfig
+from therapy_rlhf.operator.handlers import register
 
 
 class QuietTimers(logging.Filter):
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.namespace and not args.all_namespaces:
         parser.error("give --namespace NS (repeatable) or --all-namespaces")
+    register(kopf.get_default_registry(), OperatorConfig.from_env())
     kopf.configure(verbose=args.verbose)
     if not args.verbose:
         for handler in logging.getLogger().handlers:

@@ -2,8 +2,8 @@
 
 Every handler hands the run to ``reconcile.reconcile`` and applies its result
 to kopf's ``patch``. ``register(registry, config)`` lets tests run the real
-operator with their own interval; ``therapy_rlhf.operator`` registers into
-kopf's default registry for ``kopf run -m therapy_rlhf.operator``.
+operator with their own interval; the entrypoint (``__main__``) registers into
+kopf's default registry. Nothing is registered at import.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from therapy_rlhf.spec import API_GROUP, API_VERSION, PLURAL
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, PLURAL
 
 from therapy_rlhf.operator import kube, metrics
 from therapy_rlhf.operator.config import OperatorConfig
