@@ -65,8 +65,8 @@ def readable(text: str) -> float:
 
 
 def make_judge(rule: str):
-    from therapy_rlhf import simrater
-    from therapy_rlhf.records import Rating
+    from therapy_rlhf.feedback import simrater
+    from therapy_rlhf.contracts.records import Rating
 
     def judge(response, feedback):
         if rule == "empathy":
@@ -89,9 +89,9 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     transformers.logging.disable_progress_bar()
     from therapy_rlhf.jobs import generate, learning
     from therapy_rlhf.jobs.common import JobContext, make_logger
-    from therapy_rlhf.layout import RunPaths
-    from therapy_rlhf.ratings import read_batch
-    from therapy_rlhf.store import LocalStore
+    from therapy_rlhf.contracts.layout import RunPaths
+    from therapy_rlhf.feedback.rounds import read_batch
+    from therapy_rlhf.store.backends import LocalStore
 
     selection, shuffled = STRATEGIES[strategy]
     store_dir = Path(workdir) / f"{rule}-{strategy}-{seed}"

@@ -23,12 +23,13 @@ import tempfile
 import time
 import uuid
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.ratings import agreement, aggregate, load_round
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-from therapy_rlhf.spec import RunSpec
-from therapy_rlhf.store import LocalStore, S3Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.feedback.gate import agreement, aggregate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.contracts.spec import RunSpec
+from therapy_rlhf.store.backends import LocalStore, S3Store
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request log lines
 

@@ -92,7 +92,7 @@ def forward_flops_per_token(shape, seq_len: int) -> int:
 
 
 def plan_for(shape, kind: str, batch: int, seq: int, quantization: str, lora_r: int = 16):
-    from therapy_rlhf import memory_plan
+    from therapy_rlhf.planning import memory_plan
 
     settings = memory_plan.Settings(kind=kind, dtype_bytes=2, quantization=quantization, gradient_checkpointing=True,
                                     batch=batch, max_length=seq, lora_r=lora_r,
@@ -206,8 +206,8 @@ def step_mistral7b_bf16_lora(smoke: bool, results: dict) -> dict[str, Any]:
 
     from therapy_rlhf.jobs import ppo_trainer
     from therapy_rlhf.jobs.value_head import ValueHead
-    from therapy_rlhf.model_shapes import ModelShape
-    from therapy_rlhf.spec import PpoSpec
+    from therapy_rlhf.planning.model_shapes import ModelShape
+    from therapy_rlhf.contracts.spec import PpoSpec
 
     device, dtype = device_and_dtype(smoke)
     shape_cfg = SMOKE if smoke else MISTRAL_7B
@@ -253,7 +253,7 @@ def _load_4bit(arch: str, shape_cfg: dict, smoke: bool):
     import torch
 
     from therapy_rlhf.jobs import models, tiny
-    from therapy_rlhf.spec import ModelSpec
+    from therapy_rlhf.contracts.spec import ModelSpec
 
     device, dtype = device_and_dtype(smoke)
     path = Path(tempfile.mkdtemp(prefix=f"gpu-bench-{arch}-")) / "model"
@@ -269,7 +269,7 @@ def _load_4bit(arch: str, shape_cfg: dict, smoke: bool):
 
 
 def step_mistral_4bit(smoke: bool, _: dict) -> dict[str, Any]:
-    from therapy_rlhf.model_shapes import ModelShape
+    from therapy_rlhf.planning.model_shapes import ModelShape
 
     device, _dtype = device_and_dtype(smoke)
     shape_cfg = SMOKE if smoke else dict(MISTRAL_7B, num_hidden_layers=4)
@@ -288,7 +288,7 @@ def step_mistral_4bit(smoke: bool, _: dict) -> dict[str, Any]:
 
 
 def step_mixtral_layer_4bit(smoke: bool, _: dict) -> dict[str, Any]:
-    from therapy_rlhf.model_shapes import ModelShape
+    from therapy_rlhf.planning.model_shapes import ModelShape
 
     device, _dtype = device_and_dtype(smoke)
     shape_cfg = dict(SMOKE, num_hidden_layers=1, num_local_experts=4, num_experts_per_tok=2) if smoke else MIXTRAL_LAYER

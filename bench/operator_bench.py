@@ -37,13 +37,14 @@ from pathlib import Path
 import aiohttp
 import kmock
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round, submit_rating
-from therapy_rlhf.records import PendingResponse, dump_batch
-from therapy_rlhf.runs import freeze_spec
-from therapy_rlhf.simrater import judge
-from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, PLURAL, parse_run
-from therapy_rlhf.store import S3Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.feedback.simrater import judge
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, PLURAL, parse_run
+from therapy_rlhf.store.backends import S3Store
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 

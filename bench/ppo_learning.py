@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from therapy_rlhf.jobs import learning
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.store.backends import LocalStore
 
 CONTROL_SHUFFLE_SEED = 7
 

@@ -31,15 +31,15 @@ from pathlib import Path
 
 import torch
 
-from therapy_rlhf import simrater
+from therapy_rlhf.feedback import simrater
 from therapy_rlhf.jobs import data, evaluate, generate, models, ppo, ppo_trainer, sampler_agreement, sft
 from therapy_rlhf.jobs.common import JobContext, configure_cpu_threads, make_logger
 from therapy_rlhf.jobs.report import results_table
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate
-from therapy_rlhf.records import parse_batch
-from therapy_rlhf.spec import ModelSpec, parse_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.contracts.records import parse_batch
+from therapy_rlhf.contracts.spec import ModelSpec, parse_run
+from therapy_rlhf.store.backends import LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "I'm feeling depressed and hopeless. Can you help me?"

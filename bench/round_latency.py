@@ -61,11 +61,11 @@ FINISHED_RE = re.compile(r"(?P<kind>[\w-]+) job finished in (?P<seconds>[0-9.]+)
 ROUND_KINDS = ("generate", "ppo", "ppo-generate")
 sys.path.insert(0, str(REPO / "tests" / "support"))  # the emulator set-up shared with the operator tests
 
-from therapy_rlhf.layout import RunPaths  # noqa: E402
-from therapy_rlhf.ratings import load_round  # noqa: E402
-from therapy_rlhf.simrater import rate_round  # noqa: E402
-from therapy_rlhf.spec import parse_run  # noqa: E402
-from therapy_rlhf.store import LocalStore, S3Store  # noqa: E402
+from therapy_rlhf.contracts.layout import RunPaths  # noqa: E402
+from therapy_rlhf.feedback.rounds import load_round  # noqa: E402
+from therapy_rlhf.feedback.simrater import rate_round  # noqa: E402
+from therapy_rlhf.contracts.spec import parse_run  # noqa: E402
+from therapy_rlhf.store.backends import LocalStore, S3Store  # noqa: E402
 
 
 # ---------------------------------------------------------------- helpers

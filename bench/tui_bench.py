@@ -23,12 +23,13 @@ import tempfile
 import textwrap
 import time
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import coverage, load_round
-from therapy_rlhf.records import PendingResponse, dump_batch
-from therapy_rlhf.runs import freeze_spec
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import LocalStore, Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import coverage
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.contracts.records import PendingResponse, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import LocalStore, Store
 
 PATHS = RunPaths("default", "bench")
 KEYS_PER_RATING = ["3", "4", "2", "3", "4", "enter"]
@@ -194,7 +195,7 @@ async def scripted_rater(store: Store, n: int, journal: bool = True) -> dict:
 def journal_appends(root: str, n: int = 200) -> dict[str, list[float]]:
     """Per rating: the 'queued' append (on the UI thread at Enter), the 'stored' append (writer
     thread), and the fsync that makes both crash-proof (background thread), in seconds."""
-    from therapy_rlhf.records import Rating
+    from therapy_rlhf.contracts.records import Rating
     from therapy_rlhf.tui.journal import Journal
 
     journal = Journal.open("s3://bench/journal", "bench-rater")
@@ -224,7 +225,7 @@ def startup_seconds(root: str, runs: int = 5) -> list[float]:
         f"""
         import asyncio, sys, time
         t0 = float(sys.argv[1])
-        from therapy_rlhf.store import open_store
+        from therapy_rlhf.store.backends import open_store
         from therapy_rlhf.tui.app import ScoringApp
         async def main():
             app = ScoringApp(open_store({root!r}), "bench-rater")

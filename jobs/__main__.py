@@ -14,7 +14,7 @@ Executors add ``--expect NAME=SHA256`` (repeatable) and ``--outputs-file
 FILE``: with any ``--expect`` the job is in verified mode and refuses a run
 config, or any stored input it reads, whose digest is not the one given (or
 that has none given); after its work it writes the digests of its outputs to
-FILE, the channel its executor reads (``therapy_rlhf.integrity``, ``verify.py``).
+FILE, the channel its executor reads (``therapy_rlhf.store.integrity``, ``verify.py``).
 
 Progress goes to stdout with UTC timestamps. Any expected failure ends the
 process with exit code 1 and ONE line ``error: ...`` on stderr; an unexpected
@@ -31,12 +31,13 @@ import json
 import sys
 import traceback
 
+# stdlib only: read before the clock starts
+from therapy_rlhf.contracts.jobkinds import JOB_KINDS, RUN_LEVEL_KINDS
+
 EXIT_FAILED = 1
 EXIT_INTERNAL = 2
 EXIT_USAGE = 64
-KINDS = ("sft", "generate", "ppo", "ppo-generate", "evaluate")
-ROUND_ZERO_KINDS = ("sft", "evaluate")
-MAX_ROUND = 9999  # therapy_rlhf.layout.MAX_ROUND (not imported before the clock starts)
+MAX_ROUND = 9999  # therapy_rlhf.contracts.layout.MAX_ROUND (not imported before the clock starts)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m therapy_rlhf.jobs", description="Run one therapy-rlhf job.")
-    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("kind", choices=JOB_KINDS)
     parser.add_argument("--run-config", required=True, metavar="FILE", help="Run manifest (YAML or JSON).")
     parser.add_argument("--round", required=True, type=int, metavar="N", help="0 for sft/evaluate, 1.. otherwise.")
     parser.add_argument("--store", metavar="URI", help="Store URI (s3://bucket/prefix or a directory); default spec.storage.")
@@ -82,10 +83,10 @@ def _fail(line: str, code: int, outputs_file: str | None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.kind in ROUND_ZERO_KINDS and args.round != 0:
+    if args.kind in RUN_LEVEL_KINDS and args.round != 0:
         print(f"error: --round must be 0 for {args.kind} (got {args.round})", file=sys.stderr)
         return EXIT_USAGE
-    if args.kind not in ROUND_ZERO_KINDS and args.round < 1:
+    if args.kind not in RUN_LEVEL_KINDS and args.round < 1:
         print(f"error: --round must be 1 or more for {args.kind} (got {args.round})", file=sys.stderr)
         return EXIT_USAGE
     if args.round > MAX_ROUND:  # the store layout numbers rounds with four digits
@@ -94,13 +95,13 @@ def run(argv: list[str] | None = None) -> int:
     from therapy_rlhf.jobs.common import JobContext, JobError, configure_cpu_threads, detect_device, quiet_libraries
 
     quiet_libraries()
-    from therapy_rlhf.integrity import parse_expect
+    from therapy_rlhf.store.integrity import parse_expect
     from therapy_rlhf.jobs import memory_check
     from therapy_rlhf.jobs.verify import JobStore, protected_inputs, report_outputs, verify_run_config
-    from therapy_rlhf.layout import RunPaths
-    from therapy_rlhf.records import RecordError
-    from therapy_rlhf.spec import SpecError, parse_run_document, read_document
-    from therapy_rlhf.store import StoreError, store_for_spec
+    from therapy_rlhf.contracts.layout import RunPaths
+    from therapy_rlhf.contracts.records import RecordError
+    from therapy_rlhf.contracts.spec import SpecError, parse_run_document, read_document
+    from therapy_rlhf.store.backends import StoreError, store_for_spec
 
     expected = (JobError, SpecError, RecordError, StoreError, ValueError)
     ctx = None

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.spec import RunManifest, RunSpec
-from therapy_rlhf.store import NotFound, Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.spec import RunManifest, RunSpec
+from therapy_rlhf.store.backends import NotFound, Store
+from therapy_rlhf.jobs.errors import JobError  # noqa: F401  (every job raises it as common.JobError)
 
 CACHE_ENV = "THERAPY_RLHF_CACHE"
 OFFLINE_ENVS = ("THERAPY_RLHF_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -49,10 +50,6 @@ LOGGER_NAME = "therapy_rlhf.jobs"
 LIBRARY_LOGGERS = ("bitsandbytes",)
 CPU_THREADS_ENV = "THERAPY_RLHF_CPU_THREADS"
 DEFAULT_CPU_THREADS = 1
-
-
-class JobError(RuntimeError):
-    """An expected failure: the message is the one line the operator shows."""
 
 
 def process_start_time() -> float:

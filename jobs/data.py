@@ -229,7 +229,7 @@ def detect_format(path: str, declared: str = "auto") -> str:
 def read_text(path: str) -> str:
     """A local file or an s3://bucket/key object as text."""
     if path.startswith("s3://"):
-        from therapy_rlhf.store import StoreError, open_store
+        from therapy_rlhf.store.backends import StoreError, open_store
 
         bucket, _, key = path[len("s3://") :].partition("/")
         try:
@@ -380,7 +380,7 @@ def load_split(dataset, want: str) -> Selection:
 
 
 def fixture_file(name: str) -> str:
-    from therapy_rlhf.jobs.tiny import fixture_path
+    from therapy_rlhf.jobs.fixture_files import fixture_path
 
     return str(fixture_path(name))
 

@@ -35,7 +35,7 @@ def pin_device() -> str:
     if rank is None:
         return "cuda"
     if rank >= torch.cuda.device_count():
-        from therapy_rlhf.jobs.common import JobError
+        from therapy_rlhf.jobs.errors import JobError
 
         raise JobError(f"LOCAL_RANK {rank} but this pod sees {torch.cuda.device_count()} GPU(s)")
     torch.cuda.set_device(rank)

@@ -36,12 +36,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from therapy_rlhf import names, selection
+from therapy_rlhf.contracts import names
+from therapy_rlhf.feedback import selection
 from therapy_rlhf.jobs import models, prompts, safety, sampling
 from therapy_rlhf.jobs.common import JobContext, JobError
-from therapy_rlhf.records import GenerationSettings, PendingResponse, dump_batch
-from therapy_rlhf.spec import PromptSpec
-from therapy_rlhf.store import AlreadyExists
+from therapy_rlhf.contracts.records import GenerationSettings, PendingResponse, dump_batch
+from therapy_rlhf.contracts.spec import PromptSpec
+from therapy_rlhf.store.backends import AlreadyExists
 
 BASE_POLICY = "base"  # ``policy`` of responses sampled from the base model itself
 MAX_ID = 80

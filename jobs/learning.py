@@ -28,14 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from therapy_rlhf import simrater
+from therapy_rlhf.feedback import simrater
 from therapy_rlhf.jobs import generate, ppo
 from therapy_rlhf.jobs.common import JobContext, make_logger
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import Gate, PendingResponse, Rating
-from therapy_rlhf.spec import FeedbackSpec, RunManifest, parse_run
-from therapy_rlhf.store import Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating
+from therapy_rlhf.contracts.spec import FeedbackSpec, RunManifest, parse_run
+from therapy_rlhf.store.backends import Store
 
 LEARNING_PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?", "category": "depression"},
@@ -127,7 +129,7 @@ def rate(
         shuffle.shuffle(order)
     for response, j in zip(state.responses, (judged[i] for i in order)):
         submit_rating(store, paths, state, j.model_copy(update={"response_id": response.id}), feedback)
-    gate = close_gate(store, paths, round_no, feedback, closed_by="learning-check")
+    gate = close_gate(store, paths, round_no, feedback, closed_by="learning-check").gate
     return rewards, gate  # type: ignore[return-value]
 
 

@@ -2,7 +2,7 @@
 
 ``check(ctx)`` reads the model's config.json alone (a local directory, the
 cached copy, one GET under an ``s3://`` prefix, the tiny recipe, or the hub's
-config for a hub id), plans the job with ``therapy_rlhf.memory_plan`` (the
+config for a hub id), plans the job with ``therapy_rlhf.planning.memory_plan`` (the
 same arithmetic ``therapy-rlhf validate`` prints) and refuses a plan that
 cannot fit with a one-line JobError that names the setting to change.
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from therapy_rlhf import memory_plan
+from therapy_rlhf.planning import memory_plan
 from therapy_rlhf.jobs.common import JobContext, JobError, offline
-from therapy_rlhf.model_shapes import ModelShape, ShapeError, read_local_config
-from therapy_rlhf.quantity import parse_bytes
+from therapy_rlhf.planning.model_shapes import ModelShape, ShapeError, read_local_config
+from therapy_rlhf.contracts.quantity import parse_bytes
 
 
 def gpu_capacity(ctx: JobContext) -> tuple[int, str] | None:
@@ -67,7 +67,7 @@ def check(ctx: JobContext) -> memory_plan.JobPlan | None:
     A job that does several kinds' work (``memory_plan.PARTS_OF_JOB``: ppo-generate is
     the update, then sampling) checks each part's plan and returns the largest.
     """
-    parts = memory_plan.PARTS_OF_JOB.get(ctx.kind, (ctx.kind,))
+    parts = memory_plan.PARTS_OF_JOB.get(ctx.kind, (ctx.kind,))  # the job-kind table's memory parts
     if not all(kind in memory_plan.KINDS for kind in parts):
         return None
     capacity = gpu_capacity(ctx)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from therapy_rlhf.jobs.common import JobContext, JobError, cache_dir, offline
-from therapy_rlhf.spec import LoraSpec, ModelSpec
+from therapy_rlhf.contracts.spec import LoraSpec, ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -43,9 +43,9 @@ from typing import Any
 from therapy_rlhf.jobs import models
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.jobs.generate import BASE_POLICY
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.records import Gate, PendingResponse, RecordError, parse_batch, parse_record
-from therapy_rlhf.store import NotFound, Store, StoreError
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.records import Gate, PendingResponse, RecordError, parse_batch, parse_record
+from therapy_rlhf.store.backends import NotFound, Store, StoreError
 
 
 @dataclass

@@ -60,7 +60,7 @@ from torch import nn
 from therapy_rlhf.jobs import ppo_core as core
 from therapy_rlhf.jobs import reference
 from therapy_rlhf.jobs.value_head import ValueHead
-from therapy_rlhf.spec import PpoSpec
+from therapy_rlhf.contracts.spec import PpoSpec
 
 
 @dataclass

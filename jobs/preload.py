@@ -1,6 +1,6 @@
 """What the local runner's warm worker imports once, before it forks any job.
 
-    python -m therapy_rlhf.jobworker --control-fd N --preload therapy_rlhf.jobs.preload
+    python -m therapy_rlhf.execution.worker_server --control-fd N --preload therapy_rlhf.jobs.preload
 
 Importing torch, transformers and peft is most of a tiny job's start-up (5 s on
 an idle 2-core machine, 13 s on a busy one): the worker (``therapy_rlhf.
@@ -25,7 +25,7 @@ import transformers.models.mixtral.modeling_mixtral  # noqa: E402,F401
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402,F401
 from trl import SFTConfig, SFTTrainer  # noqa: E402,F401  (the sft job's; under a second)
 
-import therapy_rlhf.store  # noqa: E402,F401
+import therapy_rlhf.store.backends  # noqa: E402,F401
 from therapy_rlhf.jobs import (  # noqa: E402,F401
     distributed,
     generate,

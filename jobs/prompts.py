@@ -14,7 +14,7 @@ import json
 from pydantic import ValidationError
 
 from therapy_rlhf.jobs.common import JobError
-from therapy_rlhf.spec import PpoSpec, PromptSpec, describe_validation_error
+from therapy_rlhf.contracts.spec import PpoSpec, PromptSpec, describe_validation_error
 
 SUITE_FILE = "prompt-suite.yaml"
 PROMPT_FILE_LIMIT = 16 * 1024 * 1024  # bytes
@@ -48,7 +48,7 @@ def parse_prompt_file(text: str, source: str) -> list[PromptSpec]:
                 raise JobError(f"prompt file {source}, line {lineno}: not valid JSON ({err.args[0]})") from None
             lines.append(lineno)
         return _parse(items, source, lines)
-    from therapy_rlhf.safe_yaml import DocumentError, load_documents
+    from therapy_rlhf.contracts.safe_yaml import DocumentError, load_documents
 
     try:
         # No aliases, duplicate keys or deep nesting (see safe_yaml); prompt files may be large.
@@ -75,7 +75,7 @@ def read_prompt_file(path: str) -> list[PromptSpec]:
 
 def builtin_suite() -> list[PromptSpec]:
     """The project's prompt suite: depression (with the paper's prompt), anxiety, grief, trauma, crisis."""
-    from therapy_rlhf.jobs.tiny import fixture_path
+    from therapy_rlhf.jobs.fixture_files import fixture_path
 
     path = fixture_path(SUITE_FILE)
     return parse_prompt_file(path.read_text(encoding="utf-8"), str(path))

@@ -17,11 +17,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import read_gate
-from therapy_rlhf.records import Rating, RecordError, parse_record
-from therapy_rlhf.simrater import is_simulated
-from therapy_rlhf.store import Store, StoreError
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import read_gate
+from therapy_rlhf.contracts.records import Rating, RecordError, parse_record
+from therapy_rlhf.feedback.simrater import is_simulated
+from therapy_rlhf.store.backends import Store, StoreError
 
 COLUMNS = [
     ("bertscore", "BERTScore"),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from therapy_rlhf.records import SafetyScreen
+from therapy_rlhf.contracts.records import SafetyScreen
 
 
 @dataclass(frozen=True)

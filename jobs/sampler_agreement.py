@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from therapy_rlhf.jobs import generate, models, ppo_trainer
-from therapy_rlhf.spec import PromptSpec
+from therapy_rlhf.contracts.spec import PromptSpec
 
 TOP = 50
 CHUNK = 256
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--prompt", default="I'm feeling depressed and hopeless. Can you help me?")
     args = parser.parse_args(argv)
-    from therapy_rlhf.spec import ModelSpec
+    from therapy_rlhf.contracts.spec import ModelSpec
 
     model, tokenizer = models.load_base_model(ModelSpec(source=args.model), "cpu")
     rollouts = draw(model, tokenizer, args.prompt, args.samples, args.temperature, args.max_new_tokens, seed=0)

@@ -32,7 +32,7 @@ import copy
 from typing import Any
 
 from therapy_rlhf.jobs.common import JobError
-from therapy_rlhf.records import GenerationSettings, PendingResponse
+from therapy_rlhf.contracts.records import GenerationSettings, PendingResponse
 
 # The only logits processor an untruncated sampler at temperature T != 1 runs.
 ALLOWED_PROCESSORS = {"TemperatureLogitsWarper"}

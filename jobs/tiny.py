@@ -22,10 +22,9 @@ import json
 import os
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
 
-from therapy_rlhf.model_shapes import TINY_COMMON, TINY_MIXTRAL_EXTRA, TINY_VOCAB_SIZE
+from therapy_rlhf.planning.model_shapes import TINY_COMMON, TINY_MIXTRAL_EXTRA, TINY_VOCAB_SIZE
 
 ARCHITECTURES = ("mistral", "mixtral")
 # Bump when the recipe changes in a way the hash below would not see.
@@ -174,11 +173,6 @@ def tiny_model_dir(arch: str, cache_root: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def fixture_path(name: str) -> Path:
-    """A file shipped in ``therapy_rlhf/jobs/fixtures``."""
-    return Path(str(resources.files("therapy_rlhf.jobs") / "fixtures" / name))
 
 
 def build_random(arch: str, shape: dict, out_dir: str | Path, dtype: str = "bfloat16", device: str = "cpu", seed: int = 0) -> Path:

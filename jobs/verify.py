@@ -1,4 +1,4 @@
-"""The job side of ``therapy_rlhf.integrity``: inputs checked against the executor's digests,
+"""The job side of ``therapy_rlhf.store.integrity``: inputs checked against the executor's digests,
 outputs reported to it.
 
 ``JobStore`` wraps the job's store. Every input the job kind reads
@@ -19,10 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from therapy_rlhf import integrity
+from therapy_rlhf.store import integrity
 from therapy_rlhf.jobs.common import JobError
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.store import NotFound, Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.store.backends import NotFound, Store
 
 
 def verify_run_config(data: bytes, source: str, expected: Mapping[str, str]) -> None:

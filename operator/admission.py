@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Mapping
 
-from therapy_rlhf.spec import API_GROUP, ResourcesSpec, RunManifest
+from therapy_rlhf.contracts.spec import API_GROUP, ResourcesSpec, RunManifest
 
 from therapy_rlhf.operator.config import OperatorConfig
 

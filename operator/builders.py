@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest
+from therapy_rlhf.contracts import jobkinds
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, RunManifest
 
 from therapy_rlhf.operator import config as cfg
 
@@ -23,11 +24,6 @@ LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_CLOSE_GATE = f"{API_GROUP}/close-gate"
 
-# Job kinds that train and so run data parallel under `accelerate launch` with
-# one process per GPU (ppo-generate: the update, then rank 0 samples the next
-# batch); generate and evaluate are one process on one GPU, so they ask for
-# one GPU whatever `resources.gpus` says (more would sit idle, held).
-DISTRIBUTED_KINDS = ("sft", "ppo", "ppo-generate")
 NON_ROOT_UID = 1000
 # Where a container's termination message is read from (the Kubernetes default, set explicitly).
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -73,7 +69,7 @@ def job_labels(run: str, kind: str, round_no: int, attempt: int) -> dict[str, st
 
 def manifest_json(manifest: RunManifest) -> str:
     """The frozen manifest as the Jobs read it (same canonical form as the store's spec.json)."""
-    from therapy_rlhf.runs import dump_manifest
+    from therapy_rlhf.store.runs import dump_manifest
 
     return dump_manifest(manifest)
 
@@ -156,9 +152,11 @@ def _cache_volume(res) -> dict[str, Any]:
 
 
 def gpus_for(manifest: RunManifest, kind: str) -> int:
-    """GPUs a Job of this kind uses: all of `resources.gpus` for training, at most one otherwise."""
+    """GPUs a Job of this kind uses: all of `resources.gpus` for a kind that trains data parallel
+    under `accelerate launch` (ppo-generate: the update, then rank 0 samples the next batch); one
+    for generate and evaluate whatever `resources.gpus` says (more would sit idle, held)."""
     gpus = manifest.spec.resources.gpus
-    return gpus if kind in DISTRIBUTED_KINDS else min(gpus, 1)
+    return gpus if jobkinds.kind(kind).distributed else min(gpus, 1)
 
 
 def _resources(manifest: RunManifest, kind: str) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from therapy_rlhf import phases
-from therapy_rlhf.status import RunStatus
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.status import RunStatus
 
 
 def timestamp(now: float) -> str:

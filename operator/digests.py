@@ -1,4 +1,4 @@
-"""The operator's record of digests (``therapy_rlhf.integrity``), kept in ``status.digests``.
+"""The operator's record of digests (``therapy_rlhf.store.integrity``), kept in ``status.digests``.
 
 Raters can write to the object store but not to a run's status (only the
 operator's ServiceAccount may patch ``therapyrlhfruns/status``), so the status
@@ -16,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from therapy_rlhf import integrity, phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, Observed, StartJob, WaitForJob
-from therapy_rlhf.spec import RunManifest
+from therapy_rlhf.store import integrity
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts import jobkinds
+from therapy_rlhf.planning.planner import CloseGate, Decision, Observed, StartJob, WaitForJob
+from therapy_rlhf.contracts.spec import RunManifest
 
 from therapy_rlhf.operator.jobstate import job_key, job_state
 
@@ -30,29 +32,29 @@ def missing(observed: Observed, paths: RunPaths, digests: Mapping[str, str], sel
     run's feedback.selection writes a selection.json beside each batch."""
     names: list[str] = []
     if observed.sft_done:
-        names += integrity.job_outputs("sft", 0, paths)
+        names += integrity.job_outputs(jobkinds.SFT, 0, paths)
     for r, ro in observed.rounds.items():
         if ro.batch:
-            names += integrity.job_outputs("generate", r, paths, selecting)
+            names += integrity.job_outputs(jobkinds.GENERATE, r, paths, selecting)
         if ro.policy:
-            names += integrity.job_outputs("ppo", r, paths)
+            names += integrity.job_outputs(jobkinds.PPO, r, paths)
         if ro.gate_unrecorded:
             names.append(integrity.gate_name(paths, r))
     return {n for n in names if n not in digests}
 
 
 def producers(paths: RunPaths, name: str) -> list[tuple[str, int]]:
-    """(kind, round) of the jobs that can write the output ``name``: round r's batch comes from
-    a generate Job or from round r-1's ppo-generate Job, round r's policy from ppo or ppo-generate."""
-    if name in integrity.job_outputs("sft", 0, paths):
-        return [("sft", 0)]
+    """(kind, round) of the jobs that can write the output ``name``, in the job-kind table's order:
+    round r's batch comes from a generate Job or from round r-1's ppo-generate Job, round r's
+    policy from ppo or ppo-generate."""
     parts = name.split("/")
+    r = int(parts[1]) if len(parts) >= 3 and parts[0] == "rounds" and parts[1].isdigit() else None
     found = []
-    if len(parts) >= 3 and parts[0] == "rounds" and parts[1].isdigit():
-        r = int(parts[1])
-        for kind, round_no in (("generate", r), ("ppo", r), (PPO_GENERATE, r), (PPO_GENERATE, r - 1)):
-            if round_no >= 1 and name in integrity.job_outputs(kind, round_no, paths, selecting=True):
-                found.append((kind, round_no))
+    for row in jobkinds.TABLE.values():
+        rounds = [0] if row.run_level else ([] if r is None else [r, r - 1])
+        for round_no in rounds:
+            if (row.run_level or round_no >= 1) and name in integrity.job_outputs(row.name, round_no, paths, selecting=True):
+                found.append((row.name, round_no))
     return found
 
 
@@ -115,7 +117,7 @@ def recover(
             continue
         kind, round_no, _attempt = key
         for name, digest in expected_in_job(job).items():
-            if name in wanted and name.endswith("gate.json") and kind in ("ppo", PPO_GENERATE):
+            if name in wanted and name.endswith("gate.json") and kind in jobkinds.GATED_KINDS:
                 found.setdefault(name, digest)
         name = (job.get("metadata") or {}).get("name", "")
         outputs = set(integrity.job_outputs(kind, round_no, paths, selecting=True)) & wanted
@@ -191,7 +193,7 @@ def hold_for_reports(decision: Decision, observed: Observed, manifest: RunManife
         kind, round_no = (running or [c for c in candidates if c in observed.jobs] or candidates)[0]
         job = observed.jobs.get((kind, round_no))
         return Decision(
-            WaitForJob(kind, round_no, job.attempt if job is not None else 1), phases.PHASE_OF_JOB[kind], round_no,
+            WaitForJob(kind, round_no, job.attempt if job is not None else 1), jobkinds.PHASE_OF_JOB[kind], round_no,
             phases.R_JOB_RUNNING, f"waiting for the {kind} Job to report the digest of {name}",
         )
     return decision

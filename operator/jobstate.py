@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from therapy_rlhf.planner import JobObservation, JobState
+from therapy_rlhf.planning.planner import JobObservation, JobState
 
 from therapy_rlhf.operator.builders import LABEL_ATTEMPT, LABEL_KIND, LABEL_ROUND, LABEL_RUN
 

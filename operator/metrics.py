@@ -12,7 +12,7 @@ from collections import Counter as _Counter
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from therapy_rlhf import phases
+from therapy_rlhf.contracts import phases
 
 RUNS_BY_PHASE = Gauge("therapy_rlhf_runs", "TherapyRLHFRuns by phase, as last reconciled.", ["phase"])
 JOBS_CREATED = Counter("therapy_rlhf_jobs_created_total", "Jobs created by the operator.", ["kind"])

@@ -1,8 +1,8 @@
 """One reconcile of one run: observe, ask the shared planner, carry out its decision.
 
 Observation = the run's Jobs (by label) + the store's markers and rating
-coverage (``therapy_rlhf.observe.observe_store``). The decision comes from
-``therapy_rlhf.planner.plan`` -- the same state machine the local runner uses;
+coverage (``therapy_rlhf.planning.observe.observe_store``). The decision comes from
+``therapy_rlhf.planning.planner.plan`` -- the same state machine the local runner uses;
 this module only maps its actions onto Kubernetes objects and the status.
 
 Every failure of the surroundings (invalid spec, missing Secret, unreachable
@@ -19,15 +19,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from therapy_rlhf import integrity, phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
-from therapy_rlhf.ratings import RatingError
-from therapy_rlhf.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run, summarize_round
-from therapy_rlhf.selection import DRIFT_PREFIX, describe_gate, read_selection
-from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
-from therapy_rlhf.store import Store, StoreError
+from therapy_rlhf.contracts import jobkinds, phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
+from therapy_rlhf.execution import step
+from therapy_rlhf.feedback.selection import read_selection
+from therapy_rlhf.feedback.summary import summarize_round
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.planning.planner import CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
+from therapy_rlhf.store import integrity
+from therapy_rlhf.store.backends import Store, StoreError
+from therapy_rlhf.store.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run
 
 from therapy_rlhf.operator import builders, digests as run_digests, kube, metrics, runconfig
 from therapy_rlhf.operator.admission import NotAllowed, check_run
@@ -66,8 +68,8 @@ class RunMemory:
     # The digest record's working memory (see digests.py).
     digest: run_digests.DigestMemory = field(default_factory=run_digests.DigestMemory)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Round -> why its selection fell back to 'all' ('' if it did not); selection.json never changes.
-    selection_fallback: dict[int, str] = field(default_factory=dict)
+    # Round -> what its selection says about drift (None: it did not fall back for drift); selection.json never changes.
+    selection_drift: dict[int, str | None] = field(default_factory=dict)
 
 
 class OperatorState:
@@ -183,8 +185,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         return blocked(phases.R_SECRET_MISSING, str(err))
     except (kube.KubeError, StoreError) as err:
         return blocked(phases.R_STORE_UNAVAILABLE, f"store unavailable: {err}")
-    # suspend is the one field that may change after the start.
-    spec = manifest.spec.model_copy(update={"suspend": live.spec.suspend})
+    spec = step.effective_spec(manifest.spec, live.spec)
 
     # 3. Observe, plan, act -- repeated only after a gate closes.
     owner = {"metadata": {"name": meta.get("name"), "uid": meta.get("uid")}}
@@ -292,48 +293,30 @@ def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, 
     action: CloseGate = decision.action  # type: ignore[assignment]
     closed_by = "operator" if action.reason == "complete" else f"operator ({builders.ANNOTATION_CLOSE_GATE} annotation)"
     try:
-        gate, digest, replaced = integrity.close_gate_as_executor(
-            store, paths, action.round, spec.feedback, action.reason, closed_by, record, previous=awaiting
-        )
-    except (RatingError, integrity.IntegrityError) as err:
+        done = step.close_round_gate(store, paths, spec, action, "operator", closed_by, record, previous=awaiting)
+    except step.GateNotClosed as err:
         raise StoreError(str(err)) from None
-    name = integrity.gate_name(paths, action.round)
-    record[name] = memory.digest.recorded[name] = digest
-    if replaced:
-        emit("Warning", phases.R_GATE_REPLACED,
-             f"round {action.round}: {store.describe(paths.gate(action.round))} was not closed by the operator; "
-             "it was replaced by the gate the operator closed from the verified ratings")
-    reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
-    model = describe_gate(gate)
-    emit(
-        "Normal", reason,
-        f"round {gate.round} gate closed ({gate.reason}): {gate.responses_rewarded}/{gate.responses_total} "
-        f"responses rewarded by experts, mean reward {gate.mean_reward}" + (f"; {model}" if model else ""),
-    )
-    check = gate.reward_model
-    if check is not None and check.drifted:
-        emit(
-            "Warning", phases.R_REWARD_MODEL_DRIFT,
-            f"round {gate.round}: the reward model's error on the experts' fresh ratings was {check.mae:.3f} > "
-            f"driftBound {check.bound:g}; round {gate.round + 1} goes to the experts whole",
-        )
-    return gate
+    record.update(done.recorded)
+    memory.digest.recorded.update(done.recorded)
+    for notice in done.notices:
+        emit(notice.level, notice.reason, notice.message)
+    return done.gate
 
 
 def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> tuple[str, str]:
     """The outcome's reason and message; RewardModelDrift while a round that fell back for drift awaits ratings."""
     if decision.reason != phases.R_WAITING_FOR_RATINGS or spec.feedback.selection.mode == "all":
         return decision.reason, decision.message
-    if decision.round not in memory.selection_fallback:
+    if decision.round not in memory.selection_drift:
         try:
             selection = read_selection(store, paths, decision.round)
         except (StoreError, ValueError):
             return decision.reason, decision.message
-        memory.selection_fallback[decision.round] = (selection.fallback or "") if selection else ""
-    fallback = memory.selection_fallback[decision.round]
-    if not fallback.startswith(DRIFT_PREFIX):
+        memory.selection_drift[decision.round] = step.selection_drift_message(selection)
+    drift = memory.selection_drift[decision.round]
+    if drift is None:
         return decision.reason, decision.message
-    return phases.R_REWARD_MODEL_DRIFT, f"{decision.message} ({fallback})"
+    return phases.R_REWARD_MODEL_DRIFT, f"{decision.message} ({drift})"
 
 
 def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous, record):
@@ -367,7 +350,7 @@ def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner,
         return name, action
     memory.active_job = name
     metrics.JOBS_CREATED.labels(kind=action.kind).inc()
-    if action.kind in ("ppo", PPO_GENERATE) and action.round in memory.gate_closed_at:
+    if action.kind in jobkinds.GATED_KINDS and action.round in memory.gate_closed_at:
         metrics.GATE_TO_PPO.observe(time.time() - memory.gate_closed_at.pop(action.round))
     emit("Normal", "JobCreated", f"created Job {name}: {decision.message}")
     logger.info("created Job %s", name)

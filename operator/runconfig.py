@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from therapy_rlhf import phases
-from therapy_rlhf.spec import RunManifest
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.spec import RunManifest
 
 from therapy_rlhf.operator import builders, kube
 

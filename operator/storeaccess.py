@@ -12,8 +12,8 @@ import json
 import threading
 import time
 
-from therapy_rlhf.spec import RunManifest
-from therapy_rlhf.store import S3Store, Store
+from therapy_rlhf.contracts.spec import RunManifest
+from therapy_rlhf.store.backends import S3Store, Store
 
 from therapy_rlhf.operator.admission import check_secret
 from therapy_rlhf.operator.config import OperatorConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from therapy_rlhf.store import LocalStore, S3Store
+from therapy_rlhf.store.backends import LocalStore, S3Store
 
 ESCONV_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esconv"
 

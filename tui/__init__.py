@@ -11,7 +11,7 @@ import getpass
 import os
 import sys
 
-from therapy_rlhf import names
+from therapy_rlhf.contracts import names
 
 RATER_ENV = "THERAPY_RLHF_RATER"
 
@@ -39,7 +39,7 @@ def launch(
     round_no: int | None = None,
 ) -> int:
     """Run the scoring app in this terminal; returns when the rater quits (0), 2 on bad input."""
-    from therapy_rlhf.store import open_store
+    from therapy_rlhf.store.backends import open_store
 
     try:
         rater_id = resolve_rater(rater)

@@ -23,8 +23,8 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 
 from therapy_rlhf import __version__
-from therapy_rlhf.records import Rating
-from therapy_rlhf.store import Store, StoreError
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.store.backends import Store, StoreError
 from therapy_rlhf.tui.journal import Journal
 from therapy_rlhf.tui.messages import WriteResult
 from therapy_rlhf.tui.writer import RETRY_BACKOFF, RatingWriter, WriteEvent, plain_error

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from therapy_rlhf.records import PendingResponse
+from therapy_rlhf.contracts.records import PendingResponse
 
 
 class SafetyBadges(Static):

@@ -2,7 +2,7 @@
 
 Everything here is blocking store I/O and runs in Textual thread workers,
 never on the UI thread. It only combines the shared contracts
-(``therapy_rlhf.runs`` and ``therapy_rlhf.ratings``); errors come back as one
+(``therapy_rlhf.store.runs`` and ``therapy_rlhf.feedback.rounds``); errors come back as one
 line a psychologist can act on.
 """
 
@@ -12,14 +12,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.pending import WaitingRound, find_waiting
-from therapy_rlhf.ratings import RatingError, RoundState, check_rater, load_round, overlap, read_gate
-from therapy_rlhf.records import Gate
-from therapy_rlhf.runs import RoundSummary, read_frozen_run, stored_rounds, summarize_round
-from therapy_rlhf.spec import RunManifest, SpecError
-from therapy_rlhf.simrater import is_simulated
-from therapy_rlhf.store import NotFound, Store, StoreError
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.pending import WaitingRound, find_waiting
+from therapy_rlhf.feedback.rewards import RatingError, check_rater
+from therapy_rlhf.feedback.rounds import RoundState, load_round, read_gate
+from therapy_rlhf.feedback.gate import overlap
+from therapy_rlhf.contracts.records import Gate
+from therapy_rlhf.feedback.summary import RoundSummary, summarize_round
+from therapy_rlhf.store.runs import read_frozen_run, stored_rounds
+from therapy_rlhf.contracts.spec import RunManifest, SpecError
+from therapy_rlhf.feedback.simrater import is_simulated
+from therapy_rlhf.store.backends import NotFound, Store, StoreError
 from therapy_rlhf.tui.session import RoundSession
 from therapy_rlhf.tui.writer import plain_error
 
@@ -28,7 +31,7 @@ class WorkError(RuntimeError):
     """A problem the rater must see (one line, no traceback)."""
 
 
-# One open round of one run, as the start screen lists it (see therapy_rlhf.pending).
+# One open round of one run, as the start screen lists it (see therapy_rlhf.feedback.pending).
 WorkItem = WaitingRound
 
 

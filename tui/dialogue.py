@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Container, VerticalScroll
 from textual.widgets import Static
 
-from therapy_rlhf.records import PendingResponse
+from therapy_rlhf.contracts.records import PendingResponse
 
 # Terminal width from which the two panes sit side by side.
 SIDE_BY_SIDE_WIDTH = 110

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from therapy_rlhf.spec import RATING_FLAGS
+from therapy_rlhf.contracts.spec import RATING_FLAGS
 
 
 def escape(text: str) -> str:

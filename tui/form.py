@@ -4,7 +4,7 @@ Pure logic (no Textual), so the key-press rules are unit-tested on their own:
 a number key scores the current row and moves to the next unscored one, which
 is what makes a complete rating five digits and Enter; ``x`` marks the current
 criterion "not applicable" and moves on the same way. Scores are kept as
-*levels* (the digit pressed); ``therapy_rlhf.ratings.level_value`` turns them
+*levels* (the digit pressed); ``therapy_rlhf.feedback.rewards.level_value`` turns them
 into 0..1 and ``compute_reward`` / ``effective_reward`` give the reward, so
 the rating rules live only in the shared contract.
 """
@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from therapy_rlhf.ratings import RatingError, compute_reward, effective_reward, level_value
-from therapy_rlhf.records import Rating
-from therapy_rlhf.spec import RATING_FLAGS, FeedbackSpec
+from therapy_rlhf.feedback.rewards import RatingError, compute_reward, effective_reward, level_value
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.contracts.spec import RATING_FLAGS, FeedbackSpec
 
 # The row a 'direct' reward rule adds: the rater sets the reward itself.
 REWARD_ROW = "reward"

@@ -1,7 +1,7 @@
 """The '?' panel: the run's guidelines, then what each level of each criterion means.
 
 Level descriptions come from the spec (``feedback.rubric[].levels``) or the
-project's defaults (``therapy_rlhf.rubric_levels``). The panel scrolls, and
+project's defaults (``therapy_rlhf.contracts.rubric_levels``). The panel scrolls, and
 says so in its border, where it does not fit.
 """
 
@@ -12,8 +12,8 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
-from therapy_rlhf.rubric_levels import level_descriptions
-from therapy_rlhf.spec import FeedbackSpec
+from therapy_rlhf.contracts.rubric_levels import level_descriptions
+from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.tui.flags import FLAG_KEYS
 from therapy_rlhf.tui.scroll_hint import HintedScroll
 

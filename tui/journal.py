@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from therapy_rlhf.records import Rating, RecordError, parse_record
+from therapy_rlhf.contracts.records import Rating, RecordError, parse_record
 
 DATA_DIR_ENV = "THERAPY_RLHF_DATA_DIR"
 FORMAT = 1

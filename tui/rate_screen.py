@@ -19,7 +19,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, LoadingIndicator, Static
 
-from therapy_rlhf.ratings import RatingError, effective_reward
+from therapy_rlhf.feedback.rewards import RatingError, effective_reward
 from therapy_rlhf.tui.badges import SafetyBadges
 from therapy_rlhf.tui.catalog import RoundUpdate, WorkError, open_round, poll_round, score_history
 from therapy_rlhf.tui.comment_box import COMMENT, CommentBox

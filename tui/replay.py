@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import RoundState, load_round
-from therapy_rlhf.records import Rating
-from therapy_rlhf.runs import read_frozen_run
-from therapy_rlhf.spec import FeedbackSpec, SpecError
-from therapy_rlhf.store import NotFound, Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import RoundState, load_round
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.store.runs import read_frozen_run
+from therapy_rlhf.contracts.spec import FeedbackSpec, SpecError
+from therapy_rlhf.store.backends import NotFound, Store
 from therapy_rlhf.tui.journal import QueuedRating
 
 

@@ -18,10 +18,10 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, LoadingIndicator, Static
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round, read_gate
-from therapy_rlhf.review import Disagreement, NotClosed, Review, review_round
-from therapy_rlhf.spec import RunManifest
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.feedback.review import Disagreement, NotClosed, Review, review_round
+from therapy_rlhf.contracts.spec import RunManifest
 from therapy_rlhf.tui.scroll_hint import HintedScroll
 from therapy_rlhf.tui.writer import plain_error
 

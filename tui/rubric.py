@@ -12,7 +12,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from therapy_rlhf.rubric_levels import Level, level_descriptions
+from therapy_rlhf.contracts.rubric_levels import Level, level_descriptions
 from therapy_rlhf.tui.form import REWARD_ROW, RatingForm
 
 

@@ -5,7 +5,7 @@ the rater did; the session keeps the rater's view *blind* (only their own
 ratings are ever looked up) and overlays ratings that are queued but not yet
 stored, so the screen shows a submitted rating at once, before the write
 lands. The next response offered is the one that most needs a rater
-(``therapy_rlhf.pending.response_order``), recomputed as others score.
+(``therapy_rlhf.feedback.pending.response_order``), recomputed as others score.
 A round whose gate has closed is read-only (``closed``).
 """
 
@@ -16,12 +16,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.pending import response_order
-from therapy_rlhf.ratings import RoundState, check_rater, coverage
-from therapy_rlhf.records import Gate, PendingResponse, Rating
-from therapy_rlhf.spec import RunManifest
-from therapy_rlhf.store import Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.pending import response_order
+from therapy_rlhf.feedback.rounds import RoundState
+from therapy_rlhf.feedback.rewards import check_rater
+from therapy_rlhf.feedback.gate import coverage
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating
+from therapy_rlhf.contracts.spec import RunManifest
+from therapy_rlhf.store.backends import Store
 
 
 @dataclass

@@ -15,9 +15,9 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, LoadingIndicator, Static
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import AGREEMENT_MIN_OVERLAP
-from therapy_rlhf.spec import RunManifest
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import AGREEMENT_MIN_OVERLAP
+from therapy_rlhf.contracts.spec import RunManifest
 from therapy_rlhf.tui.catalog import RoundReport, run_report
 from therapy_rlhf.tui.scroll_hint import HintedScroll
 from therapy_rlhf.tui.writer import plain_error

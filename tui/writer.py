@@ -3,7 +3,7 @@
 A submitted rating is first written to the rater's local journal (fsynced:
 it survives a dropped session or a kill), then goes into a queue and the UI
 moves on at once. The writer stores each with
-``therapy_rlhf.ratings.submit_rating`` (a new object per rating, conditional
+``therapy_rlhf.feedback.submit.submit_rating`` (a new object per rating, conditional
 create), one at a time so an undo is always written after the rating it
 withdraws. A store failure keeps the rating at the head of the queue and
 retries with backoff for as long as the app runs; before a retry the round is
@@ -25,11 +25,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import RatingError, RoundState, load_round, submit_rating
-from therapy_rlhf.records import Rating
-from therapy_rlhf.spec import FeedbackSpec
-from therapy_rlhf.store import Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import RatingError
+from therapy_rlhf.feedback.rounds import RoundState, load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.contracts.spec import FeedbackSpec
+from therapy_rlhf.store.backends import Store
 
 if TYPE_CHECKING:
     from therapy_rlhf.tui.journal import Journal

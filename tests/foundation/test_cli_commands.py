@@ -9,11 +9,13 @@ import sys
 import pytest
 
 from therapy_rlhf.cli import COMMAND_MODULES, build_parser, main
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-from therapy_rlhf.runs import freeze_spec
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.contracts.spec import parse_run
 
 RUN = "demo"
 PATHS = RunPaths("default", RUN)
@@ -110,7 +112,7 @@ def test_rate_status_export_round_trip(store, capsys):
     assert round1["gateClosed"] is False and 0.0 <= round1["meanReward"] <= 1.0
     assert doc["phase"] == "AwaitingRatings"
 
-    gate = close_gate(store, PATHS, 1, manifest.spec.feedback, closed_by="test")
+    gate = close_gate(store, PATHS, 1, manifest.spec.feedback, closed_by="test").gate
     code, out, _ = cli(capsys, "status", RUN, "--store", store.uri)
     assert code == 0
     assert "3/3" in out and "closed" in out and f"{gate.mean_reward:.3f}" in out

@@ -29,10 +29,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from therapy_rlhf import crd
-from therapy_rlhf.phases import PHASES
-from therapy_rlhf.spec import API_GROUP, RunSpec, SpecError, load_run
-from therapy_rlhf.status import RunStatus
+from therapy_rlhf.contracts import crd
+from therapy_rlhf.contracts.phases import PHASES
+from therapy_rlhf.contracts.spec import API_GROUP, RunSpec, SpecError, load_run
+from therapy_rlhf.contracts.status import RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -10,11 +10,13 @@ from __future__ import annotations
 import pytest
 
 from fault_proxy import FaultProxy, run_workload
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import RatingError, load_round, submit_rating
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-from therapy_rlhf.spec import FeedbackSpec
-from therapy_rlhf.store import S3Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import RatingError
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.contracts.spec import FeedbackSpec
+from therapy_rlhf.store.backends import S3Store
 
 PATHS = RunPaths("default", "demo")
 FB = FeedbackSpec()

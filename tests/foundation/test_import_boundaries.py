@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -147,8 +148,8 @@ def test_dynamic_import_boundaries(package, tmp_path):
 def test_core_contracts_stay_light(tmp_path):
     """The CLI's light commands and the contracts load without torch, kopf or Textual."""
     code = (
-        "import sys, therapy_rlhf.cli, therapy_rlhf.spec, therapy_rlhf.store, therapy_rlhf.ratings, "
-        "therapy_rlhf.planner, therapy_rlhf.observe, therapy_rlhf.runs, therapy_rlhf.crd, therapy_rlhf.status;"
+        "import sys, therapy_rlhf.cli, therapy_rlhf.contracts.spec, therapy_rlhf.store.backends, therapy_rlhf.feedback.rounds, "
+        "therapy_rlhf.planning.planner, therapy_rlhf.planning.observe, therapy_rlhf.store.runs, therapy_rlhf.contracts.crd, therapy_rlhf.contracts.status;"
         "therapy_rlhf.cli.build_parser();"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'kopf', 'textual', 'kubernetes', 'transformers'}))"
     )
@@ -186,3 +187,124 @@ def test_installed_distribution_has_no_top_level_operator():
     import therapy_rlhf.operator as op_pkg
 
     assert Path(op_pkg.__file__).resolve().parent == ROOT / "operator"
+
+
+NO_SIDE_EFFECTS = """
+import importlib, json, pkgutil, sys
+import kopf
+
+def handlers():
+    registry = kopf.get_default_registry()
+    names = ("_activities", "_resource_watching", "_resource_spawning", "_resource_changing", "_webhooks")
+    return {h.id for n in names if hasattr(registry, n) for h in getattr(registry, n).get_all_handlers()}
+
+before = handlers()  # kopf's own (its default login)
+import therapy_rlhf.operator as pkg
+for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+    importlib.import_module(info.name)  # __main__ too: it registers only when main() runs
+print(json.dumps({"registered": sorted(handlers() - before)}))
+"""
+
+
+def test_importing_the_operator_has_no_side_effect(tmp_path):
+    """No handler is registered and the environment is not read at import: a bad setting
+    breaks only ``python -m therapy_rlhf.operator``, and the pure builders load without kopf."""
+    env = {**os.environ, "THERAPY_RLHF_INTERVAL": "not-a-number", "THERAPY_RLHF_METRICS_PORT": "nope"}
+    proc = subprocess.run([sys.executable, "-c", NO_SIDE_EFFECTS], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"registered": []}
+    code = "import sys, therapy_rlhf.operator.builders; print('kopf' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]
+    # the entrypoint is where the environment is read, and a bad value is refused there
+    proc = subprocess.run([sys.executable, "-m", "therapy_rlhf.operator", "-n", "x"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=budget(60))
+    assert proc.returncode != 0 and "THERAPY_RLHF_INTERVAL" in proc.stderr
+
+
+# The core's floors, lowest first: a subpackage imports only itself and those below it.
+CORE_LAYERS = ["contracts", "store", "feedback", "planning", "execution", "commands"]
+UPPER = ("therapy_rlhf.operator", "therapy_rlhf.jobs", "therapy_rlhf.tui")
+
+
+def core_floor(mod: str) -> int | None:
+    """The floor of a core module; the CLI (``cli``, ``commands``) is the top one."""
+    if mod.startswith(UPPER) or not mod.startswith("therapy_rlhf."):
+        return None
+    part = mod.split(".")[1]
+    if part == "cli":
+        return CORE_LAYERS.index("commands")
+    return CORE_LAYERS.index(part) if part in CORE_LAYERS else None
+
+
+def project_imports(mod: str) -> set[str]:
+    """The project modules ``mod`` imports (a ``from pkg import sub`` counts as the submodule)."""
+    return {name for name in imports_of(mod, FILES[mod]) if name in FILES and name != mod}
+
+
+def test_every_core_module_sits_on_a_floor():
+    core = [m for m in FILES if m.startswith("therapy_rlhf.") and not m.startswith(UPPER)]
+    assert core and [m for m in core if core_floor(m) is None] == []
+
+
+def test_the_core_imports_nothing_above_it():
+    """Nothing in therapy_rlhf imports the operator, the jobs or the TUI (the CLI wires them in lazily
+    by module name only where it must: ``commands`` may import them inside functions)."""
+    problems = []
+    for mod in FILES:
+        floor = core_floor(mod)
+        if floor is None:
+            continue
+        for name in imports_of(mod, FILES[mod]):
+            if name.startswith(UPPER) and CORE_LAYERS[floor] != "commands":
+                problems.append(f"{mod} imports {name}")
+    assert not problems, "\n".join(sorted(problems))
+
+
+def test_each_subpackage_imports_only_those_below_it():
+    problems = []
+    for mod in FILES:
+        floor = core_floor(mod)
+        if floor is None:
+            continue
+        for name in project_imports(mod):
+            other = core_floor(name)
+            if other is not None and other > floor:
+                problems.append(f"{mod} ({CORE_LAYERS[floor]}) imports {name} ({CORE_LAYERS[other]})")
+    assert not problems, "\n".join(sorted(problems))
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in ``graph`` (module -> modules it imports), or None."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_anywhere():
+    """Between any modules of the project, counting imports inside functions too (a package's
+    ``__init__`` importing its own modules is not a cycle: it is how a package is loaded)."""
+    graph = {m: {n for n in project_imports(m) if not m.startswith(n + ".")} for m in FILES}
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from therapy_rlhf import names
-from therapy_rlhf.layout import RunPaths, parse_rating_key
-from therapy_rlhf.records import PendingResponse, Rating
-from therapy_rlhf.spec import MAX_SEED, RunSpec, SpecError, load_run, parse_run
-from therapy_rlhf.store import LocalStore, OutsideStore, S3Store, open_store
+from therapy_rlhf.contracts import names
+from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
+from therapy_rlhf.contracts.records import PendingResponse, Rating
+from therapy_rlhf.contracts.spec import MAX_SEED, RunSpec, SpecError, load_run, parse_run
+from therapy_rlhf.store.backends import LocalStore, OutsideStore, S3Store, open_store
 
 from budget import budget  # tests/support, on sys.path via tests/conftest.py
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round, read_gate
-from therapy_rlhf.records import Gate, ResponseReward
-from therapy_rlhf.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.contracts.records import Gate, ResponseReward
+from therapy_rlhf.execution.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
+from therapy_rlhf.contracts.spec import parse_run
 
 PATHS = RunPaths("default", "demo")
 STANDIN = [sys.executable, str(Path(__file__).resolve().parents[1] / "support" / "standin_jobs.py")]
@@ -50,7 +50,7 @@ def _env(tmp_path, monkeypatch):
 
 def runner(m, store, **kw):
     out = io.StringIO()
-    kw.setdefault("rater", "auto")
+    kw.setdefault("scoring", "auto")
     kw.setdefault("poll_interval", 0.01)
     r = LocalRunner(m, store, job_command=STANDIN, console=Console(file=out, width=400), **kw)
     return r, out
@@ -76,7 +76,7 @@ def test_a_gate_nobody_closed_is_never_acted_on(tmp_path, store):
             store.create_json(PATHS.gate(1), forged_gate(store, 1))
             planted.append(True)
 
-    r, out = runner(m, store, rater="none", on_wait=plant, max_polls=4)
+    r, out = runner(m, store, scoring="none", on_wait=plant, max_polls=4)
     assert r.run() == EXIT_SUSPENDED  # still waiting for ratings after the forged gate appeared
     assert planted and not store.exists(PATHS.policy_metrics(1))
     assert "ignoring a gate.json this runner did not close" in out.getvalue()

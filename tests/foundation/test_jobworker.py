@@ -19,11 +19,11 @@ from budget import budget
 from processes import MARK_ENV, kill_marked, marked_processes, wait_until
 from rich.console import Console
 
-from therapy_rlhf.jobworker import JobWorkerClient
-from therapy_rlhf.planner import StartJob
-from therapy_rlhf.runner import LocalRunner
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.execution.worker_client import JobWorkerClient
+from therapy_rlhf.planning.planner import StartJob
+from therapy_rlhf.execution.runner import LocalRunner
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import LocalStore
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 STANDIN_SCRIPT = SUPPORT / "standin_jobs.py"

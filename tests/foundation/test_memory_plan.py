@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from therapy_rlhf import memory_plan
-from therapy_rlhf.model_shapes import ModelShape, ShapeError, shape_for_source
-from therapy_rlhf.quantity import GIB, parse_bytes
-from therapy_rlhf.spec import load_run
+from therapy_rlhf.planning import memory_plan
+from therapy_rlhf.planning.model_shapes import ModelShape, ShapeError, shape_for_source
+from therapy_rlhf.contracts.quantity import GIB, parse_bytes
+from therapy_rlhf.contracts.spec import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 MIXTRAL_EXAMPLE = ROOT / "examples" / "mixtral-8x7b-qlora.yaml"

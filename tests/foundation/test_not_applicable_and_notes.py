@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import (
-    RatingError,
-    agreement,
-    aggregate,
-    compute_reward,
-    effective_reward,
-    load_round,
-    overlap,
-    submit_rating,
-    validate_rating,
-)
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch, parse_record
-from therapy_rlhf.rubric_levels import level_descriptions
-from therapy_rlhf.spec import Criterion, FeedbackSpec
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import RatingError, compute_reward, effective_reward, validate_rating
+from therapy_rlhf.feedback.gate import agreement, aggregate, overlap
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch, parse_record
+from therapy_rlhf.contracts.rubric_levels import level_descriptions
+from therapy_rlhf.contracts.spec import Criterion, FeedbackSpec
 
 PATHS = RunPaths("default", "demo")
 IDS = ["r0001-a", "r0001-b", "r0001-c", "r0001-d"]

@@ -1,4 +1,4 @@
-"""The planner's transition table: one row per branch of therapy_rlhf/planner.py.
+"""The planner's transition table: one row per branch of therapy_rlhf/planning/planner.py.
 
 Each row is (spec overrides, what was observed) -> (action, phase, round, reason).
 A final check parses planner.py and fails if it uses a reason or an action
@@ -13,27 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from therapy_rlhf import phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.planner import (
-    CloseGate,
-    Fail,
-    Finish,
-    JobObservation,
-    Observed,
-    RoundObservation,
-    StartJob,
-    Suspend,
-    WaitForJob,
-    WaitForRatings,
-    plan,
-)
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.spec import RunSpec
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.planning.planner import CloseGate, Fail, Finish, JobObservation, Observed, RoundObservation, StartJob, Suspend, WaitForJob, WaitForRatings, plan
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.spec import RunSpec
 
-PLANNER_SOURCE = Path(__file__).resolve().parents[2] / "therapy_rlhf" / "planner.py"
+PLANNER_SOURCE = Path(__file__).resolve().parents[2] / "therapy_rlhf" / "planning" / "planner.py"
 
 
 def spec(**over) -> RunSpec:

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from therapy_rlhf import names
-from therapy_rlhf.layout import RunPaths, parse_rating_key
-from therapy_rlhf.spec import RunManifest, SpecError, load_run, parse_run
-from therapy_rlhf.store import check_key
+from therapy_rlhf.contracts import names
+from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
+from therapy_rlhf.contracts.spec import RunManifest, SpecError, load_run, parse_run
+from therapy_rlhf.store.backends import check_key
 
 BASE = RunManifest.model_validate(
     {

@@ -10,8 +10,10 @@ import json
 import pytest
 
 from therapy_rlhf.cli import main
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import Rating
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
 
 from .test_cli_commands import PATHS, RUN, seed_run
 

@@ -18,14 +18,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from therapy_rlhf.access import rater_policy
+from therapy_rlhf.store.access import rater_policy
 from therapy_rlhf.cli import main as cli
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round, submit_rating
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-from therapy_rlhf.runs import freeze_spec
-from therapy_rlhf.spec import FeedbackSpec, parse_run
-from therapy_rlhf.store import AccessDenied, S3Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.contracts.spec import FeedbackSpec, parse_run
+from therapy_rlhf.store.backends import AccessDenied, S3Store
 
 from budget import budget  # tests/support, on sys.path via tests/conftest.py
 

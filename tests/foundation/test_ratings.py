@@ -8,25 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import ValidationError
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import (
-    RatingError,
-    agreement,
-    aggregate,
-    build_gate,
-    check_rater,
-    close_gate,
-    compute_reward,
-    coverage,
-    effective_reward,
-    level_value,
-    load_round,
-    read_gate,
-    submit_rating,
-)
-from therapy_rlhf.records import Gate, PendingResponse, Rating, dump_batch
-from therapy_rlhf.spec import FeedbackSpec
-from therapy_rlhf.store import AlreadyExists
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import RatingError, check_rater, compute_reward, effective_reward, level_value
+from therapy_rlhf.feedback.gate import agreement, aggregate, build_gate, close_gate, coverage
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, dump_batch
+from therapy_rlhf.contracts.spec import FeedbackSpec
+from therapy_rlhf.store.backends import AlreadyExists
 
 PATHS = RunPaths("default", "demo")
 IDS = ["r0001-a", "r0001-b", "r0001-c"]
@@ -115,7 +104,7 @@ def test_closing_a_gate_with_a_stale_previous_still_freezes_every_rating(batch):
     stale = load_round(batch, PATHS, 1)
     submit(batch, rating("r0001-b", "dr-lee", 0.5))
     submit(batch, rating("r0001-c", "dr-lee", 0.5))
-    gate = close_gate(batch, PATHS, 1, FB, previous=stale)
+    gate = close_gate(batch, PATHS, 1, FB, previous=stale).gate
     assert sorted(gate.rewards) == IDS
 
 
@@ -229,14 +218,14 @@ def test_perfect_agreement(batch):
 def test_gate_freezes_the_rating_set(batch):
     for resp in IDS:
         submit(batch, rating(resp, "dr-lee", 0.5))
-    gate = close_gate(batch, PATHS, 1, FB, closed_by="runner")
+    gate = close_gate(batch, PATHS, 1, FB, closed_by="runner").gate
     assert gate.reason == "complete" and gate.responses_rewarded == 3 and gate.mean_reward == 0.5
     stored = batch.read_bytes(PATHS.gate(1))
     # a later correction (written straight to the store: submit_rating refuses it)
     # is stored but does not change the frozen gate
     late = rating("r0001-a", "dr-lee", 1.0).model_copy(update={"version": 2, "supersedes": "dr-lee/r0001-a/v1"})
     batch.create_json(PATHS.rating(1, "dr-lee", "r0001-a", 2), late.model_dump(mode="json"))
-    again = close_gate(batch, PATHS, 1, FB)
+    again = close_gate(batch, PATHS, 1, FB).gate
     assert again == gate and batch.read_bytes(PATHS.gate(1)) == stored
     assert read_gate(batch, PATHS, 1).rewards["r0001-a"].ratings == ["dr-lee/r0001-a/v1"]
     assert Gate.model_validate_json(stored).batch_sha256 == load_round(batch, PATHS, 1).batch_sha256
@@ -244,8 +233,8 @@ def test_gate_freezes_the_rating_set(batch):
 
 def test_gate_is_idempotent_even_with_another_reason(batch):
     submit(batch, rating("r0001-a", "dr-lee"))
-    first = close_gate(batch, PATHS, 1, FB, reason="override", closed_by="platform")
-    second = close_gate(batch, PATHS, 1, FB, reason="deadline", closed_by="someone-else")
+    first = close_gate(batch, PATHS, 1, FB, reason="override", closed_by="platform").gate
+    second = close_gate(batch, PATHS, 1, FB, reason="deadline", closed_by="someone-else").gate
     assert second == first and second.reason == "override"
 
 
@@ -256,7 +245,7 @@ def test_concurrent_closers_write_one_gate(batch):
 
     def closer(i):
         barrier.wait()
-        return close_gate(batch, PATHS, 1, FB, closed_by=f"closer-{i}")
+        return close_gate(batch, PATHS, 1, FB, closed_by=f"closer-{i}").gate
 
     with ThreadPoolExecutor(4) as pool:
         gates = list(pool.map(closer, range(4)))
@@ -271,7 +260,7 @@ def test_gate_refuses_to_close_early_or_on_nothing(batch):
     with pytest.raises(RatingError, match=r"not fully rated: 1/3 responses"):
         close_gate(batch, PATHS, 1, FB)
     assert not batch.exists(PATHS.gate(1))
-    partial = close_gate(batch, PATHS, 1, FB, reason="override")
+    partial = close_gate(batch, PATHS, 1, FB, reason="override").gate
     assert partial.responses_total == 3 and partial.responses_rewarded == 1
 
 
@@ -376,7 +365,7 @@ def test_check_rater():
 
 
 def test_a_bad_stored_rating_reads_as_one_line_with_its_field():
-    from therapy_rlhf.records import RecordError, parse_record
+    from therapy_rlhf.contracts.records import RecordError, parse_record
 
     data = rating("r0001-a", "dr-lee").model_dump(mode="json") | {"reward": 1.5}
     with pytest.raises(RecordError) as err:

@@ -22,10 +22,10 @@ import pytest
 
 import therapy_rlhf.tui as tui
 from therapy_rlhf import cli
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round, read_gate
-from therapy_rlhf.runner import EXIT_INTERRUPTED, EXIT_SUCCEEDED
-from therapy_rlhf.store import open_store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.execution.runner import EXIT_INTERRUPTED, EXIT_SUCCEEDED
+from therapy_rlhf.store.backends import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = f"{sys.executable} {REPO / 'tests' / 'support' / 'standin_jobs.py'}"

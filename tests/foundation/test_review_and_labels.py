@@ -6,10 +6,12 @@ import pytest
 
 from therapy_rlhf.cli import main
 from therapy_rlhf.jobs.report import rating_source, render_markdown
-from therapy_rlhf.ratings import close_gate, load_round, read_gate, submit_rating
-from therapy_rlhf.records import Rating
-from therapy_rlhf.review import NotClosed, review_round
-from therapy_rlhf.simrater import judge
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.feedback.review import NotClosed, review_round
+from therapy_rlhf.feedback.simrater import judge
 
 from .test_cli_commands import PATHS, RUN, seed_run
 
@@ -31,7 +33,7 @@ def test_review_ranks_disagreements_and_gives_each_rater_an_offset(local_store):
     state = load_round(local_store, PATHS, 1)
     with pytest.raises(NotClosed, match="still open"):
         review_round(state, read_gate(local_store, PATHS, 1), fb)  # blind until the gate closes
-    gate = close_gate(local_store, PATHS, 1, fb)
+    gate = close_gate(local_store, PATHS, 1, fb).gate
     review = review_round(load_round(local_store, PATHS, 1), gate, fb, {"model": lambda rid: f"pred {rid[-1]}"})
     assert [(d.position, round(d.spread, 2)) for d in review.disagreements] == [(1, 0.5), (3, 0.5), (2, 0.0)]
     top = review.disagreements[0]

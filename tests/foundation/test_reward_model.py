@@ -1,4 +1,4 @@
-"""The reward model (therapy_rlhf.reward_model): it recovers a known rule from ratings, separates
+"""The reward model (therapy_rlhf.feedback.reward_model): it recovers a known rule from ratings, separates
 raters' scales from the text, knows what it has not seen, and refits to the same bits."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from therapy_rlhf import reward_model as rm
+from therapy_rlhf.feedback import reward_model as rm
 
 GOOD = "sorry hear understand feel valid here listen care support brave".split()
 NEUTRAL = "the a day work then when so it was my and time week city".split()

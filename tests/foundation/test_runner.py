@@ -13,13 +13,13 @@ import pytest
 from budget import budget
 from rich.console import Console
 
-import therapy_rlhf.runner as runner_mod
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import read_gate
-from therapy_rlhf.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
-from therapy_rlhf.runs import FrozenSpecMismatch
-from therapy_rlhf.simrater import rate_round
-from therapy_rlhf.spec import parse_run
+import therapy_rlhf.execution.runner as runner_mod
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import read_gate
+from therapy_rlhf.execution.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
+from therapy_rlhf.store.runs import FrozenSpecMismatch
+from therapy_rlhf.feedback.simrater import rate_round
+from therapy_rlhf.contracts.spec import parse_run
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 # The stand-ins as a script (a cold start: the worker execs it) and as a module (forked warm).
@@ -49,7 +49,7 @@ def manifest(tmp_path: Path, **spec_overrides):
 
 
 def make_runner(m, store, **kw) -> LocalRunner:
-    kw.setdefault("rater", "auto")
+    kw.setdefault("scoring", "auto")
     kw.setdefault("poll_interval", 0.01)
     kw.setdefault("job_command", STANDIN_WARM)
     kw.setdefault("preload", ("standin_jobs",))
@@ -130,7 +130,7 @@ def test_waits_for_ratings_written_elsewhere(tmp_path, local_store):
         if len(waits) == 3:  # the runner polls a few times before the psychologist is done
             rate_round(local_store, paths, m, action.round)
 
-    assert make_runner(m, local_store, rater="none", on_wait=rate_from_elsewhere).run() == EXIT_SUCCEEDED
+    assert make_runner(m, local_store, scoring="none", on_wait=rate_from_elsewhere).run() == EXIT_SUCCEEDED
     assert waits == [1, 1, 1]
     assert local_store.exists(paths.policy_metrics(1))
 
@@ -144,7 +144,7 @@ def test_two_raters_needed_before_gate_closes(tmp_path, local_store):
         calls.append((action.rated, action.total))
         rate_round(local_store, paths, m, action.round, raters=[f"rater-{len(calls)}"])
 
-    assert make_runner(m, local_store, rater="none", on_wait=one_rater_at_a_time).run() == EXIT_SUCCEEDED
+    assert make_runner(m, local_store, scoring="none", on_wait=one_rater_at_a_time).run() == EXIT_SUCCEEDED
     assert calls == [(0, 4), (0, 4)]  # after one rater, no response has two raters yet
     gate = read_gate(local_store, paths, 1)
     assert gate.min_raters == 2 and all(len(r.raters) == 2 for r in gate.rewards.values())
@@ -167,11 +167,11 @@ def test_cold_jobs_run_the_same_loop(tmp_path, local_store, monkeypatch):
 
 def test_runs_of_one_name_in_two_stores_never_share_run_config_or_logs(tmp_path):
     """Two runs called demo, in two stores, with different specs: each job reads its own run's config."""
-    from therapy_rlhf.spec import load_run
-    from therapy_rlhf.store import LocalStore
+    from therapy_rlhf.contracts.spec import load_run
+    from therapy_rlhf.store.backends import LocalStore
 
     first_store, second_store = LocalStore(tmp_path / "one"), LocalStore(tmp_path / "two")
-    first = make_runner(manifest(tmp_path, ppo={"rounds": 1}), first_store, rater="none")
+    first = make_runner(manifest(tmp_path, ppo={"rounds": 1}), first_store, scoring="none")
     second = make_runner(manifest(tmp_path, ppo={"rounds": 2, "samplesPerPrompt": 1}), second_store)
 
     def meanwhile_the_other_run(action):
@@ -192,12 +192,12 @@ def test_runs_of_one_name_in_two_stores_never_share_run_config_or_logs(tmp_path)
 def test_progress_lines_are_not_wrapped_when_output_is_not_a_terminal(tmp_path, local_store, capsys):
     """A file or CI log gets each message on one line, however long its paths."""
     deep = tmp_path / ("a-very-long-folder-name-" * 6) / "store"
-    from therapy_rlhf.store import LocalStore
+    from therapy_rlhf.store.backends import LocalStore
 
     store = LocalStore(deep)
     runner = LocalRunner(
         manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1}), store,
-        rater="auto", job_command=STANDIN_WARM, preload=("standin_jobs",),
+        scoring="auto", job_command=STANDIN_WARM, preload=("standin_jobs",),
     )
     assert runner.run() == EXIT_SUCCEEDED
     err = capsys.readouterr().err
@@ -244,7 +244,7 @@ class Crash(BaseException):
 
 def test_survives_a_crash_between_any_two_steps(tmp_path, monkeypatch):
     """Crash after each of the N actions in turn; a restart must finish with nothing redone or lost."""
-    from therapy_rlhf.store import LocalStore
+    from therapy_rlhf.store.backends import LocalStore
 
     m = manifest(tmp_path, ppo={"rounds": 2})
     reference = LocalStore(tmp_path / "reference")
@@ -299,8 +299,8 @@ def test_sigkill_during_jobs_then_resume(tmp_path, monkeypatch):
     import yaml
     from processes import MARK_ENV, kill_marked, marked_processes, wait_until
 
-    from therapy_rlhf.records import parse_batch
-    from therapy_rlhf.store import LocalStore
+    from therapy_rlhf.contracts.records import parse_batch
+    from therapy_rlhf.store.backends import LocalStore
 
     store_dir = tmp_path / "store"
     run_file = tmp_path / "run.yaml"
@@ -339,8 +339,6 @@ def test_sigkill_during_jobs_then_resume(tmp_path, monkeypatch):
 
 def test_tui_mode_continues_when_the_rater_completes_the_round(tmp_path, local_store, monkeypatch):
     """--scoring tui: the runner opens the app at each gate and goes on once the round is rated."""
-    import therapy_rlhf.tui as tui
-
     m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 2})
     paths = RunPaths("default", "demo")
     opened = []
@@ -350,21 +348,20 @@ def test_tui_mode_continues_when_the_rater_completes_the_round(tmp_path, local_s
         rate_round(local_store, paths, m, round_no, raters=[rater])
         return 0
 
-    monkeypatch.setattr(tui, "launch", psychologist_rates_everything)
-    assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_SUCCEEDED
+    app = psychologist_rates_everything
+    assert make_runner(m, local_store, scoring="tui", rater_id="alice", scoring_app=app).run() == EXIT_SUCCEEDED
     assert opened == [(local_store.uri, "alice", ("default", "demo"), 1), (local_store.uri, "alice", ("default", "demo"), 2)]
 
 
 def test_tui_mode_stops_when_the_rater_quits_early(tmp_path, local_store, monkeypatch):
-    import therapy_rlhf.tui as tui
-    from therapy_rlhf.runner import EXIT_PAUSED
+    from therapy_rlhf.execution.runner import EXIT_PAUSED
 
     m = manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1})
-    monkeypatch.setattr(tui, "launch", lambda *a: 0)  # quits without rating
-    assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_PAUSED
+    quits = lambda *a: 0  # noqa: E731  (quits without rating)
+    assert make_runner(m, local_store, scoring="tui", rater_id="alice", scoring_app=quits).run() == EXIT_PAUSED
     assert not local_store.exists(RunPaths("default", "demo").gate(1))
-    monkeypatch.setattr(tui, "launch", lambda *a: 2)  # the app refused to start (bad rater id, ...)
-    assert make_runner(m, local_store, rater="tui", rater_id="alice").run() == EXIT_FAILED
+    refuses = lambda *a: 2  # noqa: E731  (the app refused to start: bad rater id, ...)
+    assert make_runner(m, local_store, scoring="tui", rater_id="alice", scoring_app=refuses).run() == EXIT_FAILED
 
 
 def test_gate_polls_are_frequent_on_a_local_store_and_cheaper_on_s3(tmp_path, local_store, s3_store):

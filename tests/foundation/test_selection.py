@@ -13,13 +13,18 @@ import pytest
 
 from selection_rounds import PATHS, PROMPTS, closed_round_with_model, manifest, rate_all, responses, sample_round
 
-from therapy_rlhf import integrity, selection
+from therapy_rlhf.store import integrity
+from therapy_rlhf.feedback import selection
 from therapy_rlhf.commands.export import export_rows
 from therapy_rlhf.jobs import report
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.ratings import RatingError, close_gate, load_round, read_gate, submit_rating
-from therapy_rlhf.records import Rating
-from therapy_rlhf.runs import freeze_spec, summarize_round
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.feedback.rewards import RatingError
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.feedback.summary import summarize_round
 
 # -------------------------------------------------------------- choose
 
@@ -60,7 +65,7 @@ def test_cold_start_is_uniform_then_active_with_predictions(local_store):
     rate_more = sample_round(local_store, m, 2)  # 8 ratings so far: still cold
     assert rate_more.mode == "uniform"
     rate_all(local_store, m, 2)
-    gate2 = close_gate(local_store, PATHS, 2, m.spec.feedback)
+    gate2 = close_gate(local_store, PATHS, 2, m.spec.feedback).gate
     assert gate2.reward_model is None and not gate2.model_scored  # nothing was predicted yet
     third = sample_round(local_store, m, 3)
     assert third.mode == "active" and third.fallback is None
@@ -130,7 +135,8 @@ def test_drift_falls_back_to_all_and_says_why(local_store):
     drifted = closed_round_with_model(local_store, m, noise=0.5)  # the experts' scale moved: the model is off
     assert drifted.reward_model.drifted and drifted.reward_model.mae > 0.15
     nxt = sample_round(local_store, m, 4)
-    assert nxt.mode == "all" and nxt.fallback.startswith(selection.DRIFT_PREFIX) and len(nxt.selected) == 32
+    assert nxt.mode == "all" and nxt.drift is not None and nxt.drift.round == 3 and len(nxt.selected) == 32
+    assert nxt.drift.mae == pytest.approx(drifted.reward_model.mae) and nxt.fallback.startswith("reward model drift")
     assert "round 3" in nxt.fallback and nxt.predictions  # still predicts, so round 4 checks it again
     summary = summarize_round(local_store, PATHS, m, 3)
     assert summary.reward_model_drifted and summary.reward_model_error == drifted.reward_model.mae
@@ -160,7 +166,7 @@ def test_the_executor_refuses_a_selection_that_is_not_the_one_its_job_reported(l
     doc["selected"] = doc["selected"][:1]
     local_store.write_json(key, doc)
     with pytest.raises(integrity.IntegrityError, match="does not match the digest its job reported"):
-        integrity.close_gate_as_executor(local_store, PATHS, 1, m.spec.feedback, "complete", "test", record)
+        close_gate(local_store, PATHS, 1, m.spec.feedback, "complete", "test", record=record)
     assert read_gate(local_store, PATHS, 1) is None
 
 
@@ -176,7 +182,7 @@ def test_selecting_jobs_read_and_report_what_they_should():
     assert selection_4 not in integrity.job_outputs("ppo-generate", 3, PATHS)  # a run that sends everything writes none
     # The operator looks for a selecting run's selection digests where it looks for its batches'.
     from therapy_rlhf.operator.digests import missing
-    from therapy_rlhf.planner import Observed, RoundObservation
+    from therapy_rlhf.planning.planner import Observed, RoundObservation
 
     observed = Observed(sft_done=False, eval_done=False, rounds={1: RoundObservation(1, batch=True)})
     assert missing(observed, PATHS, {}, selecting=True) == {"rounds/0001/batch.jsonl", "rounds/0001/selection.json"}
@@ -192,3 +198,15 @@ def test_a_model_that_decides_nothing_never_sends_a_round_back(local_store):
     assert drifted.reward_model.drifted and not selection.uses_model(m.spec.feedback.selection)
     nxt = sample_round(local_store, m, 4)
     assert nxt.mode == "uniform" and nxt.fallback is None and len(nxt.selected) == 8
+
+
+def test_a_selection_stored_before_the_drift_field_still_says_drift():
+    """selection.json written when drift was only a sentence in ``fallback`` reads with its structured drift."""
+    from therapy_rlhf.contracts.records import Selection
+
+    old = {"round": 4, "mode": "all", "requested_mode": "active", "budget": 8, "selected": ["a"],
+           "fallback": "reward model drift: its error on round 3's expert ratings was 0.234 > driftBound 0.15; "
+                       "every response goes to the experts"}
+    read = Selection.model_validate(old)
+    assert (read.drift.round, read.drift.mae, read.drift.bound) == (3, 0.234, 0.15)
+    assert Selection.model_validate({**old, "fallback": "the reward model has 3 expert ratings, needs minRatings 16"}).drift is None

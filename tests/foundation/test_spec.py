@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from therapy_rlhf.spec import PAPER_PROMPT, RunSpec, SpecError, load_run, parse_run, parse_spec
+from therapy_rlhf.contracts.spec import PAPER_PROMPT, RunSpec, SpecError, load_run, parse_run, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

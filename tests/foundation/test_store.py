@@ -7,19 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.store import (
-    AlreadyExists,
-    LocalStore,
-    NotFound,
-    S3Store,
-    StoreError,
-    StoreUnavailable,
-    check_key,
-    open_store,
-    store_for_spec,
-)
-from therapy_rlhf.spec import StorageSpec
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.store.backends import AlreadyExists, LocalStore, NotFound, S3Store, StoreError, StoreUnavailable, check_key, open_store, store_for_spec
+from therapy_rlhf.contracts.spec import StorageSpec
 
 PATHS = RunPaths("default", "demo")
 

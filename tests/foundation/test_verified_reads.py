@@ -11,20 +11,16 @@ import json
 import pytest
 
 from therapy_rlhf.commands.export import export_rows
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.ratings import (
-    RatingError,
-    aggregate,
-    close_gate,
-    coverage,
-    load_round,
-    read_gate,
-    submit_rating,
-)
-from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-from therapy_rlhf.runs import freeze_spec, summarize_round
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.feedback.rewards import RatingError
+from therapy_rlhf.feedback.gate import aggregate, close_gate, coverage
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.feedback.summary import summarize_round
+from therapy_rlhf.contracts.spec import parse_run
 
 PATHS = RunPaths("default", "demo")
 IDS = ["r0001-a", "r0001-b"]
@@ -97,7 +93,7 @@ def test_a_rater_not_in_allowed_raters_counts_nowhere(store, run):
     assert any("not in feedback.allowedRaters" in g for g in seen["state"].garbage)
     with pytest.raises(RatingError, match="not fully rated"):
         close_gate(store, PATHS, 1, run.spec.feedback)
-    gate = close_gate(store, PATHS, 1, run.spec.feedback, reason="override")
+    gate = close_gate(store, PATHS, 1, run.spec.feedback, reason="override").gate
     assert list(gate.rewards) == ["r0001-a"] and gate.rewards["r0001-a"].raters == ["dr-lee"]
 
 
@@ -110,7 +106,7 @@ def test_a_stored_reward_that_the_criteria_do_not_give_is_reported_and_not_used(
     assert seen["summary"].mean_reward == 0.25 and seen["summary"].reward_mismatches == 1
     assert "stores reward 1.0, but its criteria give 0.0" in seen["state"].reward_disagreements()[0]
     assert [row["reward"] for row in seen["export"]] == [0.0, 0.5]
-    gate = close_gate(store, PATHS, 1, run.spec.feedback)
+    gate = close_gate(store, PATHS, 1, run.spec.feedback).gate
     assert gate.rewards["r0001-a"].reward == 0.0 and gate.mean_reward == 0.25
 
 
@@ -139,14 +135,14 @@ def test_a_planted_unusable_rating_is_garbage_and_blocks_nothing(store, run, pla
     assert seen["coverage"].is_complete and seen["observed"].complete
     assert seen["summary"].garbage == 1 and why in seen["state"].garbage[0]
     assert len(seen["export"]) == 2 and all(row["raters"] == ["dr-lee"] for row in seen["export"])
-    gate = close_gate(store, PATHS, 1, run.spec.feedback)
+    gate = close_gate(store, PATHS, 1, run.spec.feedback).gate
     assert gate.responses_rewarded == 2 and gate.mean_reward == 0.5
 
 
 def test_ratings_after_the_gate_closed_are_kept_marked_late_and_never_gated(store, run):
     for resp in IDS:
         honest(store, run, "dr-lee", resp, 0.5)
-    gate = close_gate(store, PATHS, 1, run.spec.feedback)
+    gate = close_gate(store, PATHS, 1, run.spec.feedback).gate
     before = {k: store.read_bytes(k) for k in store.list("")}
     # A late submission through the rules is refused, and nothing is stored...
     state = load_round(store, PATHS, 1, feedback=run.spec.feedback)

@@ -8,7 +8,7 @@ import pytest
 
 from therapy_rlhf.jobs import data
 from therapy_rlhf.jobs.data import DataError
-from therapy_rlhf.spec import DatasetSpec
+from therapy_rlhf.contracts.spec import DatasetSpec
 
 
 def _check_alternating(examples):

@@ -12,9 +12,9 @@ from therapy_rlhf.cli import main as cli_main
 from therapy_rlhf.jobs import data, evaluate, models
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.jobs.report import results_table
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.records import Gate, ResponseReward
-from therapy_rlhf.spec import DatasetSpec, load_run
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.records import Gate, ResponseReward
+from therapy_rlhf.contracts.spec import DatasetSpec, load_run
 
 PATHS = RunPaths("default", "tiny-test")
 N = 4
@@ -158,7 +158,7 @@ def test_report_command_does_not_import_torch(tmp_path):
 def test_the_evaluate_job_takes_its_bertscore_model_from_s3(tmp_path, make_run, local_store, s3_bucket):
     """evaluation.bertscoreModel: s3://... (both cluster examples) is downloaded into the cache, not read as a path."""
     from therapy_rlhf.jobs import text_metrics
-    from therapy_rlhf.store import open_store
+    from therapy_rlhf.store.backends import open_store
 
     open_store(f"s3://{s3_bucket}").put_dir(text_metrics.bundled_encoder(), "models/minilm")
     manifest = load_run(make_run({"evaluation": {"bertscoreModel": f"s3://{s3_bucket}/models/minilm", "bertscoreLayer": 4}}))

@@ -6,14 +6,14 @@ import hashlib
 import pytest
 import yaml
 
-from therapy_rlhf import names
+from therapy_rlhf.contracts import names
 from therapy_rlhf.jobs import generate, models
 from therapy_rlhf.jobs.__main__ import run as job_main
 from therapy_rlhf.jobs.common import JobContext, JobError
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.records import GenerationSettings, parse_batch
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.records import GenerationSettings, parse_batch
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import LocalStore
 
 PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?", "category": "depression"},
@@ -239,7 +239,7 @@ def test_every_sampling_parameter_is_explicit_and_recorded(tmp_path, tiny_mistra
 
 
 def test_special_tokens_stay_visible_and_are_flagged():
-    from therapy_rlhf.spec import ModelSpec, PromptSpec
+    from therapy_rlhf.contracts.spec import ModelSpec, PromptSpec
 
     _, tok = models.load_base_model(ModelSpec(source="tiny:mistral"), "cpu")
     inst, eos = tok.convert_tokens_to_ids("[INST]"), tok.eos_token_id

@@ -110,8 +110,8 @@ def test_job_against_s3(tmp_path, make_run, s3_store, capsys):
 
     from therapy_rlhf.jobs import models
     from therapy_rlhf.jobs.common import JobContext
-    from therapy_rlhf.layout import RunPaths
-    from therapy_rlhf.spec import load_run
+    from therapy_rlhf.contracts.layout import RunPaths
+    from therapy_rlhf.contracts.spec import load_run
 
     manifest = make_run({"evaluation": {"checkpoints": ["base", "sft"], "maxExamples": 2, "maxNewTokens": 4, "metrics": ["f1", "rouge1"]}})
     paths = RunPaths("default", "tiny-test")

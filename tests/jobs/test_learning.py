@@ -14,7 +14,7 @@ import statistics
 import pytest
 
 from therapy_rlhf.jobs import learning
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.store.backends import LocalStore
 
 ROUNDS = 8
 TAIL = 3  # the last rounds, averaged

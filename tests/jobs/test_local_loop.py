@@ -11,7 +11,7 @@ import pytest
 from budget import budget
 import yaml
 
-from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.contracts.layout import RunPaths
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -14,8 +14,8 @@ import yaml
 
 from therapy_rlhf.jobs import distributed, memory_check
 from therapy_rlhf.jobs.common import JobContext, JobError
-from therapy_rlhf.model_shapes import KNOWN_SHAPES
-from therapy_rlhf.spec import load_run
+from therapy_rlhf.planning.model_shapes import KNOWN_SHAPES
+from therapy_rlhf.contracts.spec import load_run
 
 MIXTRAL = dict(next(c for p, c in KNOWN_SHAPES if p == "mixtral-8x7b"))
 

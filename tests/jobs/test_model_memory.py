@@ -16,11 +16,11 @@ import json
 import pytest
 import torch
 
-from therapy_rlhf import memory_plan
+from therapy_rlhf.planning import memory_plan
 from therapy_rlhf.jobs import models, tiny
 from therapy_rlhf.jobs.common import JobError
-from therapy_rlhf.model_shapes import ModelShape
-from therapy_rlhf.spec import ModelSpec
+from therapy_rlhf.planning.model_shapes import ModelShape
+from therapy_rlhf.contracts.spec import ModelSpec
 
 bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes (with its CPU backend) is in the test extra")
 

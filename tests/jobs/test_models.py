@@ -11,7 +11,7 @@ import torch
 
 from therapy_rlhf.jobs import models
 from therapy_rlhf.jobs.common import JobContext, JobError
-from therapy_rlhf.spec import ModelSpec, load_run
+from therapy_rlhf.contracts.spec import ModelSpec, load_run
 
 
 def test_local_and_tiny_sources(tiny_mistral_dir, tiny_cache):

@@ -26,15 +26,15 @@ from budget import budget
 import torch
 from safetensors.torch import load_file
 
-from therapy_rlhf import simrater
+from therapy_rlhf.feedback import simrater
 from therapy_rlhf.jobs import generate
 from therapy_rlhf.jobs.common import JobContext
 from therapy_rlhf.jobs.value_head import FILENAME as VALUE_HEAD
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate
-from therapy_rlhf.records import dump_batch, parse_batch
-from therapy_rlhf.spec import load_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.contracts.records import dump_batch, parse_batch
+from therapy_rlhf.contracts.spec import load_run
+from therapy_rlhf.store.backends import LocalStore
 
 SPEC = {
     "sft": {"enabled": False},

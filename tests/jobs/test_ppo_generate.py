@@ -12,12 +12,12 @@ from sft_adapter import store_sft_adapter
 from therapy_rlhf.jobs import generate, models, ppo, ppo_generate
 from therapy_rlhf.jobs.__main__ import run as job_main
 from therapy_rlhf.jobs.common import JobContext
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.planner import StartJob, plan
-from therapy_rlhf.records import parse_batch
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.planning.planner import StartJob, plan
+from therapy_rlhf.contracts.records import parse_batch
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import LocalStore
 import job_steps  # tests/support
 from job_steps import run_job
 

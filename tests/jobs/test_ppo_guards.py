@@ -7,7 +7,7 @@ import torch
 
 from therapy_rlhf.jobs import models, ppo_trainer, reference
 from therapy_rlhf.jobs.value_head import ValueHead
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts.spec import parse_run
 
 
 def manifest(tmp_path, **ppo):

@@ -10,16 +10,18 @@ import torch
 import yaml
 from recording_store import RecordingStore, snapshot
 
-from therapy_rlhf import simrater
+from therapy_rlhf.feedback import simrater
 from therapy_rlhf.jobs import generate, models, ppo, ppo_trainer
 from therapy_rlhf.jobs.__main__ import run as job_main
 from therapy_rlhf.jobs.common import JobError
 from therapy_rlhf.jobs.value_head import FILENAME as VALUE_HEAD, ValueHead
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import Rating, dump_batch, parse_batch
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating, dump_batch, parse_batch
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import LocalStore
 from job_steps import rated_round, run_job  # tests/support
 
 PROMPTS = [
@@ -192,7 +194,7 @@ def test_the_gate_reward_is_used_as_is(local_store, tmp_path):
         criteria = {c.name: 0.75 for c in feedback.rubric}
         flags = ["harmful"] if i == 0 else []
         submit_rating(local_store, paths, state, Rating(response_id=response.id, rater="dr-lee", criteria=criteria, flags=flags), feedback)
-    gate = close_gate(local_store, paths, 1, feedback)
+    gate = close_gate(local_store, paths, 1, feedback).gate
     first = state.responses[0].id
     assert gate.rewards[first].penalized and gate.rewards[first].reward == pytest.approx(0.25)
     inputs = ppo.read_inputs(local_store, paths, 1, False, 0.2)

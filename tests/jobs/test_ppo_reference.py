@@ -8,9 +8,9 @@ from sft_adapter import store_sft_adapter
 
 from therapy_rlhf.jobs import models, ppo, ppo_trainer, reference
 from therapy_rlhf.jobs.common import JobContext
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.records import parse_batch
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.records import parse_batch
+from therapy_rlhf.contracts.spec import parse_run
 from job_steps import rated_round, run_job  # tests/support
 
 PROMPTS = [

@@ -8,7 +8,7 @@ import pytest
 
 from therapy_rlhf.jobs import prompts
 from therapy_rlhf.jobs.common import JobError
-from therapy_rlhf.spec import PAPER_PROMPT, PpoSpec
+from therapy_rlhf.contracts.spec import PAPER_PROMPT, PpoSpec
 
 
 def test_suite_covers_every_category_and_the_paper_prompt():

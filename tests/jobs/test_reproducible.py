@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from therapy_rlhf import simrater
+from therapy_rlhf.feedback import simrater
 from therapy_rlhf.jobs import generate, sft
 from therapy_rlhf.jobs.common import JobContext
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate
-from therapy_rlhf.spec import load_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.contracts.spec import load_run
+from therapy_rlhf.store.backends import LocalStore
 
 PATHS = RunPaths("default", "tiny-test")
 
@@ -24,7 +24,7 @@ def run_once(manifest, store):
         finally:
             ctx.close()
     simrater.rate_round(store, PATHS, manifest, 1)
-    gate = close_gate(store, PATHS, 1, manifest.spec.feedback, closed_by="test")
+    gate = close_gate(store, PATHS, 1, manifest.spec.feedback, closed_by="test").gate
     weights = load_file(str(store.root / PATHS.sft_adapter() / "adapter_model.safetensors"))
     return weights, store.read_json(PATHS.sft_metrics()), store.read_bytes(PATHS.batch(1)), gate
 

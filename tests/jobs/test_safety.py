@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from therapy_rlhf.jobs import safety
-from therapy_rlhf.records import SafetyScreen
-from therapy_rlhf.spec import PAPER_PROMPT
+from therapy_rlhf.contracts.records import SafetyScreen
+from therapy_rlhf.contracts.spec import PAPER_PROMPT
 
 SUPPORTIVE = (
     "I'm so sorry you're carrying this. It sounds really heavy, and it makes sense that you feel worn out. "

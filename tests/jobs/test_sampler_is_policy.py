@@ -7,7 +7,7 @@ import torch
 
 from therapy_rlhf.jobs import generate, models, sampler_agreement
 from therapy_rlhf.jobs.common import JobError
-from therapy_rlhf.spec import ModelSpec
+from therapy_rlhf.contracts.spec import ModelSpec
 
 PROMPT = "I'm feeling depressed and hopeless. Can you help me?"
 SAMPLES = 1200

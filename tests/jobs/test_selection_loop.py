@@ -16,9 +16,9 @@ import yaml
 from budget import budget
 
 from therapy_rlhf.jobs import learning
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.runner import work_dir_for
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.execution.runner import work_dir_for
+from therapy_rlhf.store.backends import LocalStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPTS = [  # no crisis cue: a flagged response always goes to the experts, which would fill the budget

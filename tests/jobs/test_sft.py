@@ -14,8 +14,8 @@ from transformers import TrainerControl, TrainerState
 
 from therapy_rlhf.jobs import data, models, sft
 from therapy_rlhf.jobs.common import JobContext, JobError
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.spec import DatasetSpec, load_run
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.spec import DatasetSpec, load_run
 
 
 @pytest.mark.slow

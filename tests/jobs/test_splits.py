@@ -8,7 +8,7 @@ import pytest
 
 from therapy_rlhf.jobs import data, evaluate, sft
 from therapy_rlhf.jobs.data import DataError
-from therapy_rlhf.spec import DatasetSpec, EvaluationSpec, SftSpec
+from therapy_rlhf.contracts.spec import DatasetSpec, EvaluationSpec, SftSpec
 
 
 def write_conversations(path, n, replies=3):

@@ -135,7 +135,7 @@ def test_rescale_with_baseline_applies_bert_scores_baseline(tmp_path):
 
 
 def test_bertscore_model_from_s3_is_downloaded_once(tmp_path, s3_bucket):
-    from therapy_rlhf.store import open_store
+    from therapy_rlhf.store.backends import open_store
 
     bucket = open_store(f"s3://{s3_bucket}")
     bucket.put_dir(tm.bundled_encoder(), "encoders/minilm")

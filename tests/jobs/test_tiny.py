@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from therapy_rlhf.cli import main as cli_main
 from therapy_rlhf.jobs import models, tiny
-from therapy_rlhf.spec import PAPER_PROMPT
+from therapy_rlhf.contracts.spec import PAPER_PROMPT
 
 
 def _digest(path):

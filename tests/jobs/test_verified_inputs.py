@@ -12,11 +12,13 @@ import json
 
 import pytest
 
-from therapy_rlhf import integrity, simrater
+from therapy_rlhf.store import integrity
+from therapy_rlhf.feedback import simrater
+from therapy_rlhf.feedback.gate import close_gate
 from therapy_rlhf.jobs.__main__ import run as job_main
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import LocalStore
 
 
 def manifest(store_dir, sft: bool = False):
@@ -51,7 +53,8 @@ def gated(tmp_path):
     record = integrity.parse_outputs(outputs.read_text(), integrity.job_outputs("generate", 1, paths))
     assert record == {"rounds/0001/batch.jsonl": hashlib.sha256(store.read_bytes(paths.batch(1))).hexdigest()}
     simrater.rate_round(store, paths, m, 1)
-    gate, digest, _ = integrity.close_gate_as_executor(store, paths, 1, m.spec.feedback, "complete", "test", record)
+    closed = close_gate(store, paths, 1, m.spec.feedback, "complete", "test", record=record)
+    digest = closed.digest
     record[integrity.gate_name(paths, 1)] = digest
     return store, paths, m, run_file, record
 

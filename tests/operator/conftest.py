@@ -34,8 +34,8 @@ import aiohttp
 import kmock
 import pytest
 
-from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, PLURAL
-from therapy_rlhf.store import S3Store
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from therapy_rlhf.store.backends import S3Store
 
 # Import up front what the operator's thread would otherwise import lazily: CPython
 # 3.11.7's compiler is not thread-safe ("AST constructor recursion depth mismatch")

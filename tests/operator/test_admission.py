@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from therapy_rlhf import phases
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.spec import parse_run
 
 from therapy_rlhf.operator.admission import LABEL_CREDENTIALS, NotAllowed, check_run, check_secret
 from therapy_rlhf.operator.config import OperatorConfig

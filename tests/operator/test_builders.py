@@ -8,7 +8,7 @@ import re
 import pytest
 from kubernetes.client import ApiClient, V1ConfigMap, V1Job
 
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.contracts.spec import parse_run
 
 from therapy_rlhf.operator import builders
 from therapy_rlhf.operator.config import OperatorConfig
@@ -194,8 +194,9 @@ def test_configmap_holds_the_frozen_manifest():
 
 
 def test_names_are_deterministic_and_fit_kubernetes_limits():
-    from therapy_rlhf.planner import PPO_GENERATE
-    from therapy_rlhf.spec import JOB_KINDS, PpoSpec, RunSpec
+    from therapy_rlhf.planning.planner import PPO_GENERATE
+    from therapy_rlhf.contracts.jobkinds import JOB_KINDS
+    from therapy_rlhf.contracts.spec import PpoSpec, RunSpec
 
     longest = "r" * 40
     assert builders.job_name("demo", "sft", 0, 1) == builders.job_name("demo", "sft", 0, 1)
@@ -277,7 +278,7 @@ def test_each_rank_of_a_multi_gpu_job_gets_its_own_gpu():
 def test_both_gpu_examples_keep_their_model_on_a_cache_claim():
     from pathlib import Path
 
-    from therapy_rlhf.spec import load_run
+    from therapy_rlhf.contracts.spec import load_run
 
     root = Path(__file__).resolve().parents[2] / "examples"
     for name in ("mistral-7b-s3.yaml", "mixtral-8x7b-qlora.yaml"):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-from therapy_rlhf import integrity
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf import phases
-from therapy_rlhf.planner import CloseGate, Decision, JobObservation, Observed, RoundObservation, StartJob, WaitForJob
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.store import integrity
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.planning.planner import CloseGate, Decision, JobObservation, Observed, RoundObservation, StartJob, WaitForJob
+from therapy_rlhf.contracts.spec import parse_run
 
 from therapy_rlhf.operator import digests
 

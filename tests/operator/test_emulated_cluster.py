@@ -12,11 +12,11 @@ from collections import Counter
 import pytest
 from budget import budget
 
-from therapy_rlhf import phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import read_gate
-from therapy_rlhf.runs import read_frozen_run
-from therapy_rlhf.simrater import rate_round
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import read_gate
+from therapy_rlhf.store.runs import read_frozen_run
+from therapy_rlhf.feedback.simrater import rate_round
 
 from therapy_rlhf.operator import builders
 
@@ -192,8 +192,9 @@ async def test_suspend_and_resume(cluster, run_spec):
 
 @pytest.mark.slow
 async def test_close_gate_annotation_closes_with_the_ratings_present(cluster, run_spec, run_store):
-    from therapy_rlhf.ratings import load_round, submit_rating
-    from therapy_rlhf.simrater import judge
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.feedback.submit import submit_rating
+    from therapy_rlhf.feedback.simrater import judge
 
     await cluster.start_operator()
     await cluster.create_run("demo", run_spec())

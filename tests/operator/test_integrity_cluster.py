@@ -12,12 +12,12 @@ import hashlib
 
 import pytest
 
-from therapy_rlhf import phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round, read_gate
-from therapy_rlhf.records import Gate, ResponseReward
-from therapy_rlhf.runs import read_frozen_run
-from therapy_rlhf.simrater import rate_round
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round, read_gate
+from therapy_rlhf.contracts.records import Gate, ResponseReward
+from therapy_rlhf.store.runs import read_frozen_run
+from therapy_rlhf.feedback.simrater import rate_round
 
 from budget import budget  # tests/support, on sys.path via tests/conftest.py
 

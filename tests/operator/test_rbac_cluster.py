@@ -16,10 +16,10 @@ import pytest
 
 from budget import budget
 from kube_emulator import Rbac
-from therapy_rlhf import phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.runs import read_frozen_run
-from therapy_rlhf.simrater import rate_round
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.store.runs import read_frozen_run
+from therapy_rlhf.feedback.simrater import rate_round
 
 pytestmark = pytest.mark.timeout(budget(30))
 CHART = Path(__file__).resolve().parents[2] / "charts" / "therapy-rlhf"

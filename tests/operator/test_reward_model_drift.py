@@ -7,12 +7,13 @@ import logging
 
 import selection_rounds as sel
 
-from therapy_rlhf import integrity, phases
-from therapy_rlhf.ratings import close_gate
-from therapy_rlhf.runs import freeze_spec
+from therapy_rlhf.store import integrity
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.store.runs import freeze_spec
 from therapy_rlhf.operator import reconcile
 from therapy_rlhf.operator.conditions import Outcome, conditions_for
-from therapy_rlhf.planner import CloseGate, Decision, WaitForRatings
+from therapy_rlhf.planning.planner import CloseGate, Decision, WaitForRatings
 
 
 def test_a_drifted_gate_is_a_warning_event_and_the_next_round_waits_with_the_reason(local_store):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from budget import budget
 
-from therapy_rlhf import phases
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import read_gate
-from therapy_rlhf.runs import read_frozen_run
-from therapy_rlhf.simrater import rate_round
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import read_gate
+from therapy_rlhf.store.runs import read_frozen_run
+from therapy_rlhf.feedback.simrater import rate_round
 
 pytestmark = pytest.mark.timeout(budget(120))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from therapy_rlhf import phases
-from therapy_rlhf.status import RunStatus
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.status import RunStatus
 
 from therapy_rlhf.operator import builders
 from therapy_rlhf.operator.conditions import Outcome, build_status, conditions_for, is_transition

@@ -170,11 +170,12 @@ class Outcome:
 def run_workload(endpoint: str, bucket: str, responses: int = 250, raters: int = 4, rate: float = 0.05,
                  seed: int = 1, prefix: str = "faults") -> Outcome:
     """Submit ``responses x raters`` first ratings through the proxy; count what is stored (read past it)."""
-    from therapy_rlhf.layout import RunPaths, parse_rating_key
-    from therapy_rlhf.ratings import load_round, submit_rating
-    from therapy_rlhf.records import PendingResponse, Rating, dump_batch
-    from therapy_rlhf.spec import FeedbackSpec
-    from therapy_rlhf.store import S3Store, StoreUnavailable
+    from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.feedback.submit import submit_rating
+    from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
+    from therapy_rlhf.contracts.spec import FeedbackSpec
+    from therapy_rlhf.store.backends import S3Store, StoreUnavailable
 
     paths = RunPaths("default", "faults")
     feedback = FeedbackSpec()

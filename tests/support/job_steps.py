@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from therapy_rlhf.jobs import generate
 from therapy_rlhf.jobs.common import JobContext
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate
-from therapy_rlhf import simrater
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback import simrater
 
 
 def run_job(module, kind, m, store, round_no):
@@ -23,4 +23,4 @@ def rated_round(m, store, round_no=1):
     paths = RunPaths("default", m.name)
     run_job(generate, "generate", m, store, round_no)
     simrater.rate_round(store, paths, m, round_no)
-    return close_gate(store, paths, round_no, m.spec.feedback, closed_by="test")
+    return close_gate(store, paths, round_no, m.spec.feedback, closed_by="test").gate

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp.web
 import kmock
 
-from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 
 # The token write_kubeconfig gives the operator: requests carrying it are the operator's.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from therapy_rlhf.store import LocalStore
+from therapy_rlhf.store.backends import LocalStore
 
 
 class RecordingStore(LocalStore):

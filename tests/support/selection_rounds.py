@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 
-from therapy_rlhf import selection
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import PendingResponse, Rating, SafetyScreen, dump_batch
-from therapy_rlhf.runs import freeze_spec
-from therapy_rlhf.spec import parse_run
+from therapy_rlhf.feedback import selection
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating, SafetyScreen, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.contracts.spec import parse_run
 
 PATHS = RunPaths("default", "sel")
 PROMPTS = ["p-a", "p-b", "p-c", "p-d"]
@@ -79,4 +81,4 @@ def closed_round_with_model(store, m, noise: float = 0.0):
         close_gate(store, PATHS, r, m.spec.feedback)
     sample_round(store, m, 3)
     rate_all(store, m, 3, noise=noise)
-    return close_gate(store, PATHS, 3, m.spec.feedback)
+    return close_gate(store, PATHS, 3, m.spec.feedback).gate

@@ -6,7 +6,7 @@ import torch
 
 from therapy_rlhf.jobs import models
 from therapy_rlhf.jobs.common import JobContext
-from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.contracts.layout import RunPaths
 
 
 def store_sft_adapter(m, store, scale=0.5):

@@ -35,14 +35,15 @@ import sys
 import time
 from pathlib import Path
 
-from therapy_rlhf.integrity import parse_expect
+from therapy_rlhf.contracts import jobkinds
+from therapy_rlhf.store.integrity import parse_expect
 from therapy_rlhf.jobs.common import JobError
 from therapy_rlhf.jobs.verify import JobStore, protected_inputs, report_outputs, verify_run_config
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import read_batch, read_gate
-from therapy_rlhf.records import PendingResponse, dump_batch
-from therapy_rlhf.spec import parse_run_document, read_document
-from therapy_rlhf.store import NotFound, open_store, store_for_spec
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import read_batch, read_gate
+from therapy_rlhf.contracts.records import PendingResponse, dump_batch
+from therapy_rlhf.contracts.spec import parse_run_document, read_document
+from therapy_rlhf.store.backends import NotFound, open_store, store_for_spec
 
 RESPONSES = [
     "I'm sorry you're feeling this way. It sounds really hard, and I'm here to listen.",
@@ -131,53 +132,70 @@ def run(args) -> int:
         return 1
     skip_marker = f"{args.kind}:{r}" in os.environ.get("STANDIN_SKIP_MARKER", "").split(",")
 
-    if args.kind == "sft":
-        store.write_json(f"{paths.sft_adapter()}/adapter_config.json", {"standin": True})
-        if not skip_marker:
-            store.write_json(paths.sft_metrics(), {"train_loss": 1.0, "standin": True})
-    elif args.kind == "generate":
-        _read_policy(store, paths, r, spec)
-        if not skip_marker:
-            _generate(store, paths, spec, r)
-    elif args.kind in ("ppo", "ppo-generate"):
-        _read_policy(store, paths, r, spec)
-        gate = read_gate(store, paths, r)
-        _, _, digest = read_batch(store, paths, r)
-        if gate is None or gate.batch_sha256 != digest:
-            print(f"error: round {r} has no gate matching its batch", file=sys.stderr)
-            return 1
-        if spec.sft.enabled:  # the KL reference, as the real job loads it (verified when protected)
-            store.list(paths.sft_adapter() + "/")
-        if r > 1:
-            try:  # Adam's state of round r-1, as the real job resumes it (verified when protected)
-                store.read_bytes(paths.optimizer_state(r - 1))
-            except NotFound:
-                pass
-        store.write_json(f"{paths.policy_prefix(r)}/adapter_config.json", {"standin": True})
-        store.write_bytes(paths.optimizer_state(r), b"standin optimizer state")
-        if skip_marker:
-            return 0
-        store.write_json(paths.policy_metrics(r), {"mean_reward": gate.mean_reward, "standin": True})
-        if args.kind == "ppo-generate":
-            # Like the real job: the update's outputs are reported before the next batch is sampled.
-            report_outputs(store, "ppo", r, args.outputs_file, lambda line: print(line, flush=True))
+    row = jobkinds.TABLE.get(args.kind)
+    if row is None:
+        print(f"error: unknown job kind {args.kind!r}", file=sys.stderr)
+        return 2
+    # The job's parts in the table's order (ppo-generate: round r's update, then round r+1's batch).
+    for i, part in enumerate(row.parts):
+        if i:  # like the real job: the earlier part's outputs are reported before the next part runs
+            report_outputs(store, row.parts[i - 1], r, args.outputs_file, lambda line: print(line, flush=True))
             if str(r) in os.environ.get("STANDIN_DIE_AFTER_UPDATE", "").split(","):
                 print(f"standin {args.kind} round {r}: dying after the update", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             hold = os.environ.get("STANDIN_HOLD_AFTER_UPDATE")
             while hold and not Path(hold).exists():
                 time.sleep(0.05)
-            _generate(store, paths, spec, r + 1)
-    elif args.kind == "evaluate":
-        store.write_bytes(f"{paths.eval_prefix()}/report.md", b"| model | rouge1 |\n|---|---|\n| base | 0.1 |\n")
-        if not skip_marker:
-            store.write_json(paths.eval_results(), {"models": {"base": {"rouge1": 0.1}}, "standin": True})
-    else:
-        print(f"error: unknown job kind {args.kind!r}", file=sys.stderr)
-        return 2
+        code = PARTS[part](store, paths, spec, r + i if not row.run_level else r, skip_marker and i == 0, with_policy=i == 0)
+        if code is not None:
+            return code
     report_outputs(store, args.kind, r, args.outputs_file, lambda line: print(line, flush=True))
     print(f"standin {args.kind} round {r} done", flush=True)
     return 0
+
+
+def _sft(store, paths, spec, r, skip_marker, with_policy=True):
+    store.write_json(f"{paths.sft_adapter()}/adapter_config.json", {"standin": True})
+    if not skip_marker:
+        store.write_json(paths.sft_metrics(), {"train_loss": 1.0, "standin": True})
+
+
+def _generate_part(store, paths, spec, r, skip_marker, with_policy=True):
+    if with_policy:  # a fused job samples from the policy it just trained, already in memory
+        _read_policy(store, paths, r, spec)
+    if not skip_marker:
+        _generate(store, paths, spec, r)
+
+
+def _ppo(store, paths, spec, r, skip_marker, with_policy=True):
+    _read_policy(store, paths, r, spec)
+    gate = read_gate(store, paths, r)
+    _, _, digest = read_batch(store, paths, r)
+    if gate is None or gate.batch_sha256 != digest:
+        print(f"error: round {r} has no gate matching its batch", file=sys.stderr)
+        return 1
+    if spec.sft.enabled:  # the KL reference, as the real job loads it (verified when protected)
+        store.list(paths.sft_adapter() + "/")
+    if r > 1:
+        try:  # Adam's state of round r-1, as the real job resumes it (verified when protected)
+            store.read_bytes(paths.optimizer_state(r - 1))
+        except NotFound:
+            pass
+    store.write_json(f"{paths.policy_prefix(r)}/adapter_config.json", {"standin": True})
+    store.write_bytes(paths.optimizer_state(r), b"standin optimizer state")
+    if skip_marker:
+        return 0
+    store.write_json(paths.policy_metrics(r), {"mean_reward": gate.mean_reward, "standin": True})
+
+
+def _evaluate(store, paths, spec, r, skip_marker, with_policy=True):
+    store.write_bytes(f"{paths.eval_prefix()}/report.md", b"| model | rouge1 |\n|---|---|\n| base | 0.1 |\n")
+    if not skip_marker:
+        store.write_json(paths.eval_results(), {"models": {"base": {"rouge1": 0.1}}, "standin": True})
+
+
+# What each part of a job does, by the job-kind table's names.
+PARTS = {jobkinds.SFT: _sft, jobkinds.GENERATE: _generate_part, jobkinds.PPO: _ppo, jobkinds.EVALUATE: _evaluate}
 
 
 def _tamper(store, paths: RunPaths, kind: str, r: int) -> None:

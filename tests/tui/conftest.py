@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from therapy_rlhf.records import PendingResponse, SafetyScreen, dump_batch
-from therapy_rlhf.runs import freeze_spec
-from therapy_rlhf.spec import parse_run
-from therapy_rlhf.store import Store, StoreUnavailable
+from therapy_rlhf.contracts.records import PendingResponse, SafetyScreen, dump_batch
+from therapy_rlhf.store.runs import freeze_spec
+from therapy_rlhf.contracts.spec import parse_run
+from therapy_rlhf.store.backends import Store, StoreUnavailable
 
 PROMPTS = [
     "I'm feeling depressed and hopeless. Can you help me?",
@@ -75,7 +75,7 @@ def responses(round_no: int = 1, n: int = 6) -> list[PendingResponse]:
 
 def make_run(store: Store, name: str = "demo", n: int = 6, round_no: int = 1, extra_lines: str = "", **feedback):
     """Freeze a run's spec and write one pending batch; returns the manifest."""
-    from therapy_rlhf.layout import RunPaths
+    from therapy_rlhf.contracts.layout import RunPaths
 
     m = freeze_spec(store, manifest(name, **feedback))
     data = dump_batch(responses(round_no, n)) + extra_lines.encode()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from budget import budget  # tests/support, on sys.path via tests/conftest.py
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import load_round
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rounds import load_round
 
 DEMO = RunPaths("default", "demo")
 

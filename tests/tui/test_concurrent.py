@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from therapy_rlhf.ratings import load_round
+from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.tui.app import ScoringApp
 
 from .conftest import make_run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from therapy_rlhf.ratings import coverage
+from therapy_rlhf.feedback.gate import coverage
 from therapy_rlhf.tui.app import ScoringApp
 from therapy_rlhf.tui.confirm_screen import ConfirmScreen
 from therapy_rlhf.tui.rate_screen import RateScreen
@@ -97,11 +97,11 @@ async def test_skip_comes_back_later(local_store):
         assert app.screen.session.done
     ratings, state = mine(local_store)
     assert len(ratings) == 3
-    from therapy_rlhf.ratings import close_gate
-    from therapy_rlhf.runs import read_frozen_run
+    from therapy_rlhf.feedback.gate import close_gate
+    from therapy_rlhf.store.runs import read_frozen_run
 
     assert coverage(state, 1).is_complete
-    gate = close_gate(local_store, DEMO, 1, read_frozen_run(local_store, DEMO).spec.feedback)
+    gate = close_gate(local_store, DEMO, 1, read_frozen_run(local_store, DEMO).spec.feedback).gate
     assert gate.reason == "complete" and gate.responses_rewarded == 3
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from therapy_rlhf.ratings import RatingError, load_round
-from therapy_rlhf.spec import FeedbackSpec
+from therapy_rlhf.feedback.rewards import RatingError
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.tui.catalog import open_round
 from therapy_rlhf.tui.form import REWARD_ROW, RatingForm
 from therapy_rlhf.tui.writer import RatingWriter
@@ -89,7 +90,7 @@ def test_writer_reports_a_rejected_rating(local_store):
     session = open_round(local_store, "default", "demo", "alice")
     events = []
     writer = RatingWriter(events.append)
-    from therapy_rlhf.records import Rating
+    from therapy_rlhf.contracts.records import Rating
 
     writer.submit(session, Rating(response_id="r0001-p0-s0", rater="alice", criteria={"nope": 1.0}, reward=1.0))
     assert writer.drain(timeout=5)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import Rating
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
 from therapy_rlhf.tui.app import ScoringApp
 from therapy_rlhf.tui.guidelines_screen import GuidelinesScreen
 from therapy_rlhf.tui.help_screen import HelpScreen

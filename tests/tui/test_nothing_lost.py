@@ -23,9 +23,10 @@ import pytest
 from budget import budget
 from tcp_proxy import TcpProxy
 
-from therapy_rlhf.ratings import load_round, submit_rating
-from therapy_rlhf.spec import FeedbackSpec
-from therapy_rlhf.store import S3Store
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.spec import FeedbackSpec
+from therapy_rlhf.store.backends import S3Store
 from therapy_rlhf.tui.app import ScoringApp
 from therapy_rlhf.tui.form import RatingForm
 from therapy_rlhf.tui.journal import Journal, journal_path

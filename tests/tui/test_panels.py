@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import Rating
-from therapy_rlhf.spec import FeedbackSpec
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.tui.app import ScoringApp
 from therapy_rlhf.tui.catalog import run_report
 from therapy_rlhf.tui.guidelines_screen import GuidelinesScreen, guidelines_markdown

@@ -10,9 +10,11 @@ import os
 
 import pytest
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import build_gate, load_round, submit_rating
-from therapy_rlhf.records import Rating
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.gate import build_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating
 from therapy_rlhf.tui.app import ScoringApp
 
 from .conftest import WrappedStore, make_run

@@ -8,8 +8,8 @@ import sys
 
 from textual.widgets import DataTable, Static
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.store import S3Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.store.backends import S3Store
 from therapy_rlhf.tui.app import ScoringApp
 from therapy_rlhf.tui.rate_screen import RateScreen
 from therapy_rlhf.tui.start_screen import StartScreen
@@ -155,10 +155,12 @@ def test_score_command_is_registered():
 
 
 def test_finding_work_reads_open_rounds_once_and_closed_rounds_never(local_store):
-    from therapy_rlhf.layout import RunPaths
-    from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-    from therapy_rlhf.records import dump_batch
-    from therapy_rlhf.simrater import judge
+    from therapy_rlhf.contracts.layout import RunPaths
+    from therapy_rlhf.feedback.gate import close_gate
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.feedback.submit import submit_rating
+    from therapy_rlhf.contracts.records import dump_batch
+    from therapy_rlhf.feedback.simrater import judge
     from therapy_rlhf.tui.catalog import find_work
 
     from .conftest import WrappedStore, responses

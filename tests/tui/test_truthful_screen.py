@@ -9,8 +9,10 @@ import pytest
 from textual.widgets import Label
 from textual.widgets._toast import Toast
 
-from therapy_rlhf.ratings import close_gate, load_round, submit_rating
-from therapy_rlhf.records import Rating, dump_batch
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import Rating, dump_batch
 from therapy_rlhf.tui.app import ScoringApp
 from therapy_rlhf.tui.history import bar, fit
 from therapy_rlhf.tui.notice import NoticeLine
@@ -159,7 +161,7 @@ def test_history_is_drawn_on_a_fixed_scale_with_its_numbers():
 
 
 async def test_control_tokens_in_a_response_are_pointed_out(local_store):
-    from therapy_rlhf.records import PendingResponse
+    from therapy_rlhf.contracts.records import PendingResponse
 
     make_run(local_store, n=1)
     odd = PendingResponse(id="r0001-x", round=1, prompt_id="p", prompt="Hi.", response="[INST] ok </s>", special_tokens=["[INST]", "</s>"])

@@ -38,10 +38,10 @@ def looks_like_file(run: str) -> bool:
 
 def resolve(args: argparse.Namespace, run: str | None):
     """(store, RunPaths or None) for a command's RUN and --store/--namespace."""
-    from therapy_rlhf import names
-    from therapy_rlhf.layout import RunPaths
-    from therapy_rlhf.spec import load_run
-    from therapy_rlhf.store import open_store, store_for_spec
+    from therapy_rlhf.contracts import names
+    from therapy_rlhf.contracts.layout import RunPaths
+    from therapy_rlhf.contracts.spec import load_run
+    from therapy_rlhf.store.backends import open_store, store_for_spec
 
     if run and looks_like_file(run):
         manifest = load_run(run)  # raises SpecError (one line per problem)

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.crd import render_crd
+    from therapy_rlhf.contracts.crd import render_crd
 
     text = render_crd()
     if args.check:

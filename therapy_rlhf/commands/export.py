@@ -73,8 +73,9 @@ def export_rows(store, paths, fmt: str = "conversational", include_model_scored:
     """The export rows of a run, in round and batch order."""
     from dataclasses import replace
 
-    from therapy_rlhf.ratings import aggregate, load_round
-    from therapy_rlhf.runs import read_frozen_run, stored_rounds
+    from therapy_rlhf.feedback.gate import aggregate
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.store.runs import read_frozen_run, stored_rounds
     feedback = read_frozen_run(store, paths).spec.feedback
     rows: list[dict] = []
     for r in stored_rounds(store, paths):
@@ -125,7 +126,7 @@ def _model_row(response, score, round_no: int, fmt: str) -> dict:
 
 
 def _row(response, reward, latest, round_no: int, fmt: str, *, gated: bool, late: bool) -> dict:
-    from therapy_rlhf.simrater import is_simulated
+    from therapy_rlhf.feedback.simrater import is_simulated
 
     ratings = [latest[(response.id, rater)] for rater in reward.raters]
     names = sorted({c for rating in ratings for c in rating.criteria})
@@ -153,8 +154,8 @@ def _row(response, reward, latest, round_no: int, fmt: str, *, gated: bool, late
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.spec import SpecError
-    from therapy_rlhf.store import StoreError
+    from therapy_rlhf.contracts.spec import SpecError
+    from therapy_rlhf.store.backends import StoreError
 
     try:
         store, paths = resolve(args, args.run)

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sheet(store, waiting, rater: str | None) -> str:
     """The CSV fill-in sheet for one open batch."""
-    from therapy_rlhf.ratings import load_round
-    from therapy_rlhf.runs import read_frozen_run
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.store.runs import read_frozen_run
 
     manifest = read_frozen_run(store, waiting.paths)
     state = load_round(store, waiting.paths, waiting.round)
@@ -57,10 +57,10 @@ def sheet(store, waiting, rater: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf import names
-    from therapy_rlhf.pending import find_waiting
-    from therapy_rlhf.spec import SpecError
-    from therapy_rlhf.store import StoreError
+    from therapy_rlhf.contracts import names
+    from therapy_rlhf.feedback.pending import find_waiting
+    from therapy_rlhf.contracts.spec import SpecError
+    from therapy_rlhf.store.backends import StoreError
 
     try:
         if args.rater:

@@ -2,11 +2,11 @@
 
 * ``--from FILE``: a psychologist's scores from a spreadsheet (CSV) or
   another tool (JSONL), stored as real ratings under the rater's id through
-  the same rules as the scoring TUI (see ``therapy_rlhf.importer``); bad rows
+  the same rules as the scoring TUI (see ``therapy_rlhf.feedback.importer``); bad rows
   are reported one line each, good rows are stored; ``--dry-run`` checks
   everything and stores nothing. Importing the same file twice stores each
   row once.
-* ``--auto``: the SIMULATED rater (``therapy_rlhf.simrater``), for demos and
+* ``--auto``: the SIMULATED rater (``therapy_rlhf.feedback.simrater``), for demos and
   CI only; every rating it writes says so in its ``client`` and comment.
 """
 
@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _round(store, paths, requested: int | None) -> int:
-    from therapy_rlhf.pending import awaiting_round
-    from therapy_rlhf.store import NotFound
+    from therapy_rlhf.feedback.pending import awaiting_round
+    from therapy_rlhf.store.backends import NotFound
 
     round_no = requested if requested is not None else awaiting_round(store, paths)
     if round_no is None:
@@ -70,8 +70,10 @@ def _round(store, paths, requested: int | None) -> int:
 
 
 def _import(args, store, paths, manifest, round_no: int) -> int:
-    from therapy_rlhf.importer import read_rows, submission_id
-    from therapy_rlhf.ratings import check_rater, load_round, submit_rating
+    from therapy_rlhf.feedback.importer import read_rows, submission_id
+    from therapy_rlhf.feedback.rewards import check_rater
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.feedback.submit import submit_rating
     from therapy_rlhf.tui import resolve_rater
 
     if args.rater and len(args.rater) > 1:
@@ -116,8 +118,10 @@ def _import(args, store, paths, manifest, round_no: int) -> int:
 
 
 def _simulate(args, store, paths, manifest, round_no: int) -> int:
-    from therapy_rlhf.ratings import check_rater, coverage, load_round
-    from therapy_rlhf.simrater import rate_round, simulated_raters
+    from therapy_rlhf.feedback.rewards import check_rater
+    from therapy_rlhf.feedback.gate import coverage
+    from therapy_rlhf.feedback.rounds import load_round
+    from therapy_rlhf.feedback.simrater import rate_round, simulated_raters
 
     feedback = manifest.spec.feedback
     raters = args.rater or simulated_raters(feedback)
@@ -133,10 +137,10 @@ def _simulate(args, store, paths, manifest, round_no: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.importer import ImportFileError
-    from therapy_rlhf.runs import read_frozen_run
-    from therapy_rlhf.spec import SpecError
-    from therapy_rlhf.store import StoreError
+    from therapy_rlhf.feedback.importer import ImportFileError
+    from therapy_rlhf.store.runs import read_frozen_run
+    from therapy_rlhf.contracts.spec import SpecError
+    from therapy_rlhf.store.backends import StoreError
 
     if not args.auto and not args.from_file:
         print(

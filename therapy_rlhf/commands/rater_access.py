@@ -6,7 +6,7 @@
     therapy-rlhf rater-access --rater dr-lee --bucket rlhf-runs --prefix therapy-rlhf --dialect minio > dr-lee.json
     mc admin policy create ALIAS therapy-rlhf-dr-lee dr-lee.json && mc admin policy attach ALIAS therapy-rlhf-dr-lee --user dr-lee
 
-What the policy allows and why: ``therapy_rlhf.access`` and docs/scoring.md.
+What the policy allows and why: ``therapy_rlhf.store.access`` and docs/scoring.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.access import rater_policy
+    from therapy_rlhf.store.access import rater_policy
 
     try:
         runs = []

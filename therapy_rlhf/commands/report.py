@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from therapy_rlhf.jobs.report import render_markdown
-    from therapy_rlhf.spec import SpecError
-    from therapy_rlhf.store import NotFound, StoreError
+    from therapy_rlhf.contracts.spec import SpecError
+    from therapy_rlhf.store.backends import NotFound, StoreError
 
     try:
         store, paths = resolve(args, args.run)

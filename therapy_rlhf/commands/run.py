@@ -46,11 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _scoring_app(store_uri: str, rater: str | None, run: tuple[str, str], round_no: int) -> int:
+    """The scoring TUI for --scoring tui: the CLI is the one place that wires the TUI to the runner."""
+    from therapy_rlhf.tui import launch
+
+    return launch(store_uri, rater, run, round_no)
+
+
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.runner import LocalRunner, default_warm
-    from therapy_rlhf.runs import FrozenSpecMismatch, read_frozen_run
-    from therapy_rlhf.spec import SpecError, load_run
-    from therapy_rlhf.store import StoreError, store_for_spec
+    from therapy_rlhf.execution.runner import LocalRunner, default_warm
+    from therapy_rlhf.store.runs import FrozenSpecMismatch, read_frozen_run
+    from therapy_rlhf.contracts.spec import SpecError, load_run
+    from therapy_rlhf.store.backends import StoreError, store_for_spec
 
     if args.rater in SCORING_MODES:
         print(
@@ -66,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             store, paths = resolve(args, args.run)
             manifest = read_frozen_run(store, paths)
         runner = LocalRunner(
-            manifest, store, rater=args.scoring, rater_id=args.rater, poll_interval=args.poll_interval,
+            manifest, store, scoring=args.scoring, rater_id=args.rater, scoring_app=_scoring_app, poll_interval=args.poll_interval,
             warm=default_warm() and not args.cold_jobs,
         )
         return runner.run()

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.spec import SpecError
-    from therapy_rlhf.store import StoreError
+    from therapy_rlhf.contracts.spec import SpecError
+    from therapy_rlhf.store.backends import StoreError
     from therapy_rlhf.tui import resolve_rater
 
     try:

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _where(store, paths, manifest) -> dict:
     """Phase and next step the planner derives from the store's markers."""
-    from therapy_rlhf.observe import observe_store
-    from therapy_rlhf.planner import plan
+    from therapy_rlhf.planning.observe import observe_store
+    from therapy_rlhf.planning.planner import plan
 
     observed, _ = observe_store(store, paths, manifest.spec)
     decision = plan(manifest.spec, observed)
@@ -48,7 +48,7 @@ def _where(store, paths, manifest) -> dict:
 def _list(store, as_json: bool) -> int:
     from rich.table import Table
 
-    from therapy_rlhf.runs import list_runs, read_frozen_run
+    from therapy_rlhf.store.runs import list_runs, read_frozen_run
 
     rows = []
     for paths in list_runs(store):
@@ -92,7 +92,7 @@ def _fmt(value, digits: int = 3) -> str:
 def _one(store, paths, as_json: bool) -> int:
     from rich.table import Table
 
-    from therapy_rlhf.runs import summarize_run
+    from therapy_rlhf.feedback.summary import summarize_run
 
     manifest, rounds = summarize_run(store, paths)
     where = _where(store, paths, manifest)
@@ -171,8 +171,8 @@ def _one(store, paths, as_json: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.spec import SpecError
-    from therapy_rlhf.store import StoreError
+    from therapy_rlhf.contracts.spec import SpecError
+    from therapy_rlhf.store.backends import StoreError
 
     try:
         store, paths = resolve(args, args.run)

@@ -16,10 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from therapy_rlhf import memory_plan
-from therapy_rlhf.model_shapes import ModelShape, ShapeError, read_local_config, shape_for_source
-from therapy_rlhf.quantity import parse_bytes
-from therapy_rlhf.spec import RunManifest, SpecError, load_run
+from therapy_rlhf.planning import memory_plan
+from therapy_rlhf.planning.model_shapes import ModelShape, ShapeError, read_local_config, shape_for_source
+from therapy_rlhf.contracts.quantity import parse_bytes
+from therapy_rlhf.contracts.spec import RunManifest, SpecError, load_run
 
 NAME = "validate"
 HELP = "Validate TherapyRLHFRun manifests; prints 'ok' and the GPU memory plan per file, or field-path errors."

@@ -30,13 +30,13 @@ from typing import Any
 
 import yaml
 
-from therapy_rlhf import names
-from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, RunSpec
-from therapy_rlhf.status import RunStatus
+from therapy_rlhf.contracts import names
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, RunSpec
+from therapy_rlhf.contracts.status import RunStatus
 
 CRD_PATH = "crds/therapyrlhfrun.yaml"
 HEADER = (
-    "# Generated from therapy_rlhf.spec.RunSpec and therapy_rlhf.status.RunStatus\n"
+    "# Generated from therapy_rlhf.contracts.spec.RunSpec and therapy_rlhf.contracts.status.RunStatus\n"
     "# by `therapy-rlhf crd --output crds/therapyrlhfrun.yaml` (make crd). Do not edit.\n"
 )
 

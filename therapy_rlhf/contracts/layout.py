@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from therapy_rlhf import names
+from therapy_rlhf.contracts import names
 
 # Rounds are four digits in keys (rounds/0001 .. rounds/9999).
 MAX_ROUND = 9999

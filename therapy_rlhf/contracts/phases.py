@@ -17,9 +17,7 @@ SUSPENDED = "Suspended"
 PHASES = (PENDING, SFT, GENERATING, AWAITING_RATINGS, UPDATING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED)
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
-# The phase a running job of each kind puts the run in.
-# ("ppo-generate" is the update of round r and the generation of round r+1 in one Job.)
-PHASE_OF_JOB = {"sft": SFT, "generate": GENERATING, "ppo": UPDATING, "ppo-generate": UPDATING, "evaluate": EVALUATING}
+# The phase a running job of each kind puts the run in: jobkinds.PHASE_OF_JOB.
 
 # Condition types (status.conditions[].type) ---------------------------------
 COND_READY = "Ready"

@@ -7,13 +7,14 @@ so a garbage object in the store is reported (and skipped), never trusted.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from therapy_rlhf import names
-from therapy_rlhf.spec import MAX_ROUND, RATING_FLAGS, describe_validation_error
+from therapy_rlhf.contracts import names
+from therapy_rlhf.contracts.spec import MAX_ROUND, RATING_FLAGS, describe_validation_error
 
 
 def utcnow() -> str:
@@ -262,6 +263,18 @@ class Gate(Record):
     reward_model: RewardModelCheck | None = Field(None, description="The reward model's error on this round's ratings.")
 
 
+class Drift(Record):
+    """Why a round went to the experts whole: a closed round's gate found the reward model drifted."""
+
+    round: int = Field(..., ge=1, le=MAX_ROUND, description="The closed round whose gate measured the drift.")
+    mae: float = Field(..., ge=0.0, description="The reward model's error on that round's fresh expert ratings.")
+    bound: float = Field(..., description="feedback.selection.driftBound then.")
+
+
+# How selection.json said "drift" before the structured field (kept readable).
+_OLD_DRIFT = re.compile(r"reward model drift: its error on round (\d+)'s expert ratings was ([0-9.]+) > driftBound ([0-9.eE+-]+)")
+
+
 class Selection(Record):
     """rounds/{r}/selection.json: which responses went to the experts, and the model's view of every response.
 
@@ -272,7 +285,8 @@ class Selection(Record):
     round: int = Field(..., ge=1, le=MAX_ROUND)
     mode: Literal["all", "uniform", "active"] = Field(..., description="The mode this round used (after any fallback).")
     requested_mode: Literal["all", "uniform", "active"]
-    fallback: str | None = Field(None, description="Why the round fell back to another mode, if it did.")
+    fallback: str | None = Field(None, description="Why the round fell back to another mode, if it did (in words).")
+    drift: Drift | None = Field(None, description="Set when the round went to the experts whole because of drift.")
     budget: int
     selected: list[str] = Field(..., description="Response ids sent to the experts, in batch order.")
     safety_selected: list[str] = Field(default_factory=list, description="Selected because of a crisis cue or a safety-screen hit.")
@@ -282,6 +296,16 @@ class Selection(Record):
     trained_on: int = Field(0, ge=0, description="Expert ratings the reward model was fitted to.")
     trained_rounds: list[int] = Field(default_factory=list)
     model_sha256: str | None = Field(None, description="Digest of the fitted model's parameters (its version).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drift_from_old_records(cls, data: Any) -> Any:
+        """A selection.json written before ``drift`` existed said it only in ``fallback``'s words."""
+        if isinstance(data, dict) and data.get("drift") is None and isinstance(data.get("fallback"), str):
+            old = _OLD_DRIFT.match(data["fallback"])
+            if old:
+                data = {**data, "drift": {"round": int(old[1]), "mae": float(old[2]), "bound": float(old[3])}}
+        return data
 
 
 def parse_record(model: type[Record], data: Any, source: str) -> Any:

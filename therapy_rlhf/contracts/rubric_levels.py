@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from therapy_rlhf.spec import Criterion
+from therapy_rlhf.contracts.spec import Criterion
 
 ANCHORS = 5  # the defaults describe levels 0..4
 

@@ -63,7 +63,7 @@ class _StrictLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: SafeLoader reports it below
                     continue
                 if duplicate:
-                    from therapy_rlhf.names import quote
+                    from therapy_rlhf.contracts.names import quote
 
                     raise DocumentError(f"{_where(key_node.start_mark)}duplicate key {quote(key)}")
         return super().construct_mapping(node, deep=deep)

@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from therapy_rlhf import names
-from therapy_rlhf.layout import MAX_ROUND  # rounds are four digits in store keys
+from therapy_rlhf.contracts import names
+from therapy_rlhf.contracts.layout import MAX_ROUND  # rounds are four digits in store keys
 
 API_GROUP = "rlhf.therapy.dev"
 API_VERSION = "v1alpha1"
@@ -45,9 +45,6 @@ MAX_SEED = 2**31 - 1
 # ``feedback.safetyPenalty`` before the PPO update.
 RATING_FLAGS = ("harmful", "missed_crisis", "medical_advice", "dismissive", "off_topic")
 
-# "ppo-generate" is round r's update and round r+1's generation in one Job
-# (spec.ppo.oneJobPerRound); the planner chooses it (therapy_rlhf/planner.py).
-JOB_KINDS = ("sft", "generate", "ppo", "ppo-generate", "evaluate")
 
 METRICS = ("bertscore", "rouge1", "rougeL", "f1", "bleu2", "distinct1", "distinct2")
 
@@ -741,7 +738,7 @@ def parse_spec(spec: Any, source: str = "<spec>") -> RunSpec:
 
 def read_document(path: str | Path) -> bytes:
     """A manifest file's bytes, at most ``safe_yaml.MAX_DOCUMENT_BYTES`` (+1 to tell it is larger)."""
-    from therapy_rlhf.safe_yaml import MAX_DOCUMENT_BYTES
+    from therapy_rlhf.contracts.safe_yaml import MAX_DOCUMENT_BYTES
 
     try:
         with open(path, "rb") as fh:
@@ -752,7 +749,7 @@ def read_document(path: str | Path) -> bytes:
 
 def parse_run_document(data: bytes | str, source: str) -> RunManifest:
     """Validate a manifest's text (YAML or JSON): size, encoding, aliases, duplicate keys, depth, fields."""
-    from therapy_rlhf.safe_yaml import DocumentError, load_documents
+    from therapy_rlhf.contracts.safe_yaml import DocumentError, load_documents
 
     try:
         docs = load_documents(data)

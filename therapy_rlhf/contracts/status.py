@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from therapy_rlhf.phases import PHASES
-from therapy_rlhf.spec import JOB_KINDS, SpecModel
+from therapy_rlhf.contracts.phases import PHASES
+from therapy_rlhf.contracts.jobkinds import JOB_KINDS
+from therapy_rlhf.contracts.spec import SpecModel
 
 # RFC 3339 timestamps as Kubernetes writes them ("2026-01-02T03:04:05Z").
 TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"

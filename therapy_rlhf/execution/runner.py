@@ -9,7 +9,7 @@ terminal, or anywhere else), and can be stopped with Ctrl-C or killed at any
 moment: every step's output is written whole with its marker last, so the
 next start observes the store and continues where the run was.
 
-Jobs start through a warm worker (``therapy_rlhf.jobworker``): one process
+Jobs start through a warm worker (``therapy_rlhf.execution.worker_server``): one process
 that imports torch, transformers and peft once and forks a fresh child per
 job, so a job starts in a fraction of a second instead of re-importing for
 seconds, and is still its own process (own session and process group, its
@@ -20,7 +20,7 @@ Stopping: Ctrl-C, SIGTERM and SIGHUP stop the running job's process group,
 then the worker, then the runner (exit 128 + the signal). If the runner is
 killed outright (SIGKILL), the worker sees its socket close and stops the job.
 
-The runner is the local executor of ``therapy_rlhf.integrity``: it keeps the
+The runner is the local executor of ``therapy_rlhf.store.integrity``: it keeps the
 digests of the gates it closed and of its jobs' outputs (reported in a file in
 its private work folder) in ``state.json`` there, and starts each job with the
 digests of its inputs, so nothing written to the store by anyone else trains
@@ -47,29 +47,22 @@ from typing import Callable, Literal
 from rich.console import Console
 from rich.text import Text
 
-from therapy_rlhf import integrity
-from therapy_rlhf.jobworker import JobExit, JobWorkerClient
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.observe import observe_store
-from therapy_rlhf.planner import (
-    CloseGate,
-    Decision,
-    Fail,
-    Finish,
-    JobObservation,
-    StartJob,
-    Suspend,
-    WaitForJob,
-    WaitForRatings,
-    plan,
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.spec import RunManifest, RunSpec
+from therapy_rlhf.execution import step
+from therapy_rlhf.execution.worker_client import JobExit, JobWorkerClient
+from therapy_rlhf.planning.observe import observe_store
+from therapy_rlhf.planning.planner import (
+    CloseGate, Decision, Fail, Finish, JobObservation, StartJob, Suspend, WaitForJob, WaitForRatings, plan,
 )
-from therapy_rlhf.ratings import RatingError
-from therapy_rlhf.runs import dump_manifest, freeze_spec
-from therapy_rlhf.selection import describe_gate
-from therapy_rlhf.spec import RunManifest, RunSpec
-from therapy_rlhf.store import Store
+from therapy_rlhf.store import integrity
+from therapy_rlhf.store.backends import Store
+from therapy_rlhf.store.runs import dump_manifest, freeze_spec
 
-RaterMode = Literal["auto", "tui", "none"]
+ScoringMode = Literal["auto", "tui", "none"]
+# The scoring app in this terminal (--scoring tui): (store URI, rater id, (namespace, run), round) -> exit code.
+# The CLI wires the TUI in; the runner never imports it.
+ScoringApp = Callable[[str, "str | None", "tuple[str, str]", int], int]
 
 # Exit codes of `therapy-rlhf run`.
 EXIT_SUCCEEDED = 0
@@ -139,8 +132,11 @@ def work_dir_for(paths: RunPaths, store_uri: str) -> Path:
 class LocalRunner:
     manifest: RunManifest
     store: Store
-    rater: RaterMode = "none"
+    # How each batch gets its scores: 'auto' the simulated rater, 'tui' the scoring app in this
+    # terminal (``scoring_app``), 'none' from anywhere else.
+    scoring: ScoringMode = "none"
     rater_id: str | None = None
+    scoring_app: ScoringApp | None = None
     # Seconds between store polls at a gate; None: POLL_SECONDS_LOCAL for a local directory
     # (a listing costs nothing), POLL_SECONDS_S3 for S3 (each poll is a LIST request).
     poll_interval: float | None = None
@@ -169,7 +165,7 @@ class LocalRunner:
     def prepare(self) -> tuple[RunManifest, RunSpec]:
         """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config."""
         frozen = freeze_spec(self.store, self.manifest)
-        spec = frozen.spec.model_copy(update={"suspend": self.manifest.spec.suspend})
+        spec = step.effective_spec(frozen.spec, self.manifest.spec)
         self.work_dir = work_dir_for(self.paths, self.store.uri)
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_file = self.work_dir / "run.json"
@@ -214,26 +210,14 @@ class LocalRunner:
                     self.run_job(action)
                 elif isinstance(action, CloseGate):
                     try:
-                        gate, digest, replaced = integrity.close_gate_as_executor(
-                            self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner",
-                            self.digests, previous=awaiting,
+                        done = step.close_round_gate(
+                            self.store, self.paths, spec, action, "runner", "local-runner", self.digests, previous=awaiting
                         )
-                    except (RatingError, integrity.IntegrityError) as err:
+                    except step.GateNotClosed as err:
                         raise RunnerError(str(err)) from None
-                    self.record({integrity.gate_name(self.paths, action.round): digest})
-                    if replaced:
-                        self.say(f"[yellow]round {action.round}: replaced a gate.json this runner had not closed[/]")
-                    model = describe_gate(gate)
-                    self.say(
-                        f"round {action.round}: gate closed ({gate.reason}), "
-                        f"{gate.responses_rewarded}/{gate.responses_total} rewarded by experts, mean reward {gate.mean_reward:.3f}"
-                        + (f"; {model}" if model else "")
-                    )
-                    if gate.reward_model is not None and gate.reward_model.drifted:
-                        self.say(
-                            f"[yellow]round {action.round}: reward model drift ({gate.reward_model.mae:.3f} > "
-                            f"driftBound {gate.reward_model.bound:g}): round {action.round + 1} goes to the experts whole[/]"
-                        )
+                    self.record(done.recorded)
+                    for notice in done.notices:
+                        self.say(f"[yellow]{notice.message}[/]" if notice.level == step.WARNING else notice.message)
                 elif isinstance(action, WaitForRatings):
                     if not self.wait_for_ratings(action, frozen):
                         self.say(
@@ -449,21 +433,21 @@ class LocalRunner:
     # --------------------------------------------------------------- ratings
     def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> bool:
         """Let ratings arrive; False when the rater chose to stop (TUI closed)."""
-        if self.rater == "auto":
-            from therapy_rlhf.simrater import rate_round
+        if self.scoring == "auto":
+            from therapy_rlhf.feedback.simrater import rate_round
 
             written = rate_round(self.store, self.paths, frozen, action.round)
             self.say(f"round {action.round}: SIMULATED rater wrote {written} rating(s) (demo/CI only)")
             if written == 0:
                 time.sleep(self.poll_interval)  # nothing to add: ratings must come from elsewhere
             return True
-        if self.rater == "tui":
-            from therapy_rlhf.tui import launch
-
+        if self.scoring == "tui":
+            if self.scoring_app is None:
+                raise RunnerError("--scoring tui needs the scoring app, which `therapy-rlhf run` provides")
             storage = frozen.spec.storage
             if storage.endpoint and self.store.uri.startswith("s3://"):
                 os.environ.setdefault("AWS_ENDPOINT_URL", storage.endpoint)
-            code = launch(self.store.uri, self.rater_id, (self.paths.namespace, self.paths.run), action.round)
+            code = self.scoring_app(self.store.uri, self.rater_id, (self.paths.namespace, self.paths.run), action.round)
             if code > 128:  # the app exited on SIGHUP/SIGTERM (scores kept in its journal): stop too
                 raise KeyboardInterrupt
             if code != 0:

@@ -1,6 +1,6 @@
 """The local runner's job worker: one process that starts every job, warm where it can.
 
-    python -m therapy_rlhf.jobworker --control-fd N [--preload MODULE ...] [--cold]
+    python -m therapy_rlhf.execution.worker_server --control-fd N [--preload MODULE ...] [--cold]
 
 Importing torch and transformers takes 5 s on an idle 2-core machine and
 13 s on a busy one, against well under a second of work per tiny job. The
@@ -31,52 +31,34 @@ Protocol (a Unix SOCK_SEQPACKET pair; one JSON object per message):
                       {"event": "started", "pid": n, "warm": bool, "why_cold": str}
                       {"event": "exited", "pid": n, "returncode": rc}   (rc < 0: killed by signal -rc)
 
-This module imports only the standard library: the runner imports it too.
+The runner talks to it through ``worker_client``; both speak ``worker_protocol``.
+Standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
-import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL, for a job's process group
-DRAIN_SECONDS = 2.0  # after a job exits, how long its output may still arrive (a straggler holding the pipe)
-MAX_MESSAGE = 1 << 20
+from therapy_rlhf.execution.worker_protocol import (
+    kill_group,
+    recv_message,
+    send_message,
+    stop_process_group,
+)
+
 EXIT_START_FAILED = 127  # like a shell's "command not found"
 PR_SET_PDEATHSIG = 1
 
 
 # ------------------------------------------------------------------ messages
-
-
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    if fds:
-        socket.send_fds(sock, [data], fds)
-    else:
-        sock.send(data)
-
-
-def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """(message, fds); (None, []) when the other end has closed."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    return json.loads(data), list(fds)
 
 
 # ------------------------------------------------------------- worker side
@@ -259,7 +241,7 @@ class Worker:
                 watched = [self.sock] + ([pidfd] if pidfd is not None else [])
                 ready, _, _ = select.select(watched, [], [], None if pidfd is not None else 0.05)
                 if self.sock in ready:
-                    message, fds = _recv(self.sock)
+                    message, fds = recv_message(self.sock)
                     for fd in fds:
                         os.close(fd)
                     if message is None or message.get("op") == "stop":
@@ -268,7 +250,7 @@ class Worker:
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     self.job = None
-                    _kill_group(pid, signal.SIGKILL)  # anything the job left running in its group
+                    kill_group(pid, signal.SIGKILL)  # anything the job left running in its group
                     return os.waitstatus_to_exitcode(status)
         finally:
             if pidfd is not None:
@@ -281,7 +263,7 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            message, fds = _recv(self.sock)
+            message, fds = recv_message(self.sock)
             if message is None or message.get("op") == "stop":
                 return
             if message.get("op") != "run" or len(fds) != 1:
@@ -290,18 +272,11 @@ class Worker:
                 continue
             pid, module, why_cold = self.spawn(message, fds[0])
             os.close(fds[0])
-            _send(self.sock, {"event": "started", "pid": pid, "warm": module is not None, "why_cold": why_cold})
+            send_message(self.sock, {"event": "started", "pid": pid, "warm": module is not None, "why_cold": why_cold})
             code = self.wait(pid)
             if code is None:
                 return
-            _send(self.sock, {"event": "exited", "pid": pid, "returncode": code})
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+            send_message(self.sock, {"event": "exited", "pid": pid, "returncode": code})
 
 
 def _reap(pid: int, timeout: float) -> bool:
@@ -319,17 +294,8 @@ def _reap(pid: int, timeout: float) -> bool:
         time.sleep(0.02)
 
 
-def stop_process_group(pgid: int, wait: Callable[[float], bool], grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM a job's process group, SIGKILL it if its leader has not exited after ``grace`` s."""
-    _kill_group(pgid, signal.SIGTERM)
-    if not wait(grace):
-        _kill_group(pgid, signal.SIGKILL)
-        wait(grace)
-    _kill_group(pgid, signal.SIGKILL)  # stragglers left in the group
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m therapy_rlhf.jobworker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m therapy_rlhf.execution.worker_server", description=__doc__.splitlines()[0])
     parser.add_argument("--control-fd", type=int, required=True, help="This end of the runner's socket pair.")
     parser.add_argument("--preload", action="append", default=[], metavar="MODULE", help="Import once, before any job.")
     parser.add_argument("--cold", action="store_true", help="Exec every job (no warm start).")
@@ -345,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(sock, warm=not args.cold, why_cold="started with --cold" if args.cold else "")
     try:
         ready = worker.preload(args.preload if not args.cold else [])
-        _send(sock, ready)
+        send_message(sock, ready)
         worker.serve()
     except _Stop:
         pass
@@ -356,207 +322,6 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, signal.SIG_IGN)  # stop the job once, uninterrupted
         worker.stop_job()
     return 0
-
-
-# ------------------------------------------------------------- runner side
-
-
-class WorkerGone(RuntimeError):
-    """The worker process died or closed its socket."""
-
-
-@dataclass
-class JobExit:
-    """How one job ended."""
-
-    returncode: int
-    pid: int | None
-    warm: bool
-    worker_died: bool = False
-    why_cold: str = ""
-
-
-@dataclass
-class JobWorkerClient:
-    """The runner's handle on its worker: start it, run jobs through it, stop it."""
-
-    preload: list[str] = field(default_factory=list)
-    warm: bool = True
-    log_path: Path | None = None
-    ready: dict[str, Any] | None = None
-    _proc: subprocess.Popen | None = None
-    _sock: socket.socket | None = None
-    _job_pid: int | None = None
-    _exited: int | None = None
-    _warm: bool = False
-    _why_cold: str = ""
-
-    def start(self) -> None:
-        """Start the worker (it preloads in the background: this returns at once)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cmd = [sys.executable, "-m", "therapy_rlhf.jobworker", "--control-fd", str(theirs.fileno())]
-        cmd += [arg for name in self.preload for arg in ("--preload", name)]
-        if not self.warm:
-            cmd.append("--cold")
-        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else subprocess.DEVNULL
-        try:
-            self._proc = subprocess.Popen(
-                cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the runner, which stops the worker itself
-                # os.environ as jobs get it (the C environment can hold more: curses sets COLUMNS/LINES)
-                env=dict(os.environ),
-            )
-        finally:
-            theirs.close()
-            if log is not subprocess.DEVNULL:
-                log.close()
-        self._sock = ours
-        self.ready = None
-
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def _event(self, timeout: float | None = None) -> dict[str, Any]:
-        assert self._sock is not None
-        if timeout is not None:
-            ready, _, _ = select.select([self._sock], [], [], timeout)
-            if not ready:
-                raise TimeoutError
-        try:
-            message, fds = _recv(self._sock)
-        except (ConnectionResetError, OSError):
-            message, fds = None, []
-        for fd in fds:
-            os.close(fd)
-        if message is None:
-            raise WorkerGone("the job worker exited")
-        if message.get("event") == "ready":
-            self.ready = message
-        return message
-
-    def run(self, argv: list[str], on_line: Callable[[str], None], env: dict[str, str] | None = None,
-            cwd: str | None = None) -> JobExit:
-        """Run one job to its end, passing each line of its output to ``on_line``."""
-        if not self.alive:
-            self.close()
-            self.start()
-        read_fd, write_fd = os.pipe()
-        request = {"op": "run", "argv": argv, "env": dict(os.environ if env is None else env), "cwd": cwd or os.getcwd()}
-        self._job_pid, self._exited, self._warm, self._why_cold = None, None, False, ""
-        try:
-            try:
-                _send(self._sock, request, [write_fd])
-            except OSError:
-                raise WorkerGone("the job worker is not listening") from None
-            finally:
-                os.close(write_fd)
-            self._pump(read_fd, on_line)
-        except WorkerGone:
-            if self._job_pid is not None:  # the job got SIGKILL from the kernel (PDEATHSIG); make sure
-                stop_process_group(self._job_pid, lambda timeout: _gone(self._job_pid, timeout))
-            self.close()
-            return JobExit(-signal.SIGKILL, self._job_pid, self._warm, worker_died=True)
-        finally:
-            os.close(read_fd)
-        code = self._exited if self._exited is not None else -signal.SIGKILL
-        return JobExit(code, self._job_pid, self._warm, why_cold="" if self._warm else self._why_cold)
-
-    def _pump(self, read_fd: int, on_line: Callable[[str], None]) -> None:
-        """Stream the job's output until it has exited and its pipe is drained."""
-        partial = b""
-        sel = selectors.DefaultSelector()
-        sel.register(read_fd, selectors.EVENT_READ, "out")
-        sel.register(self._sock, selectors.EVENT_READ, "control")
-        deadline = None
-        try:
-            while True:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                events = sel.select(timeout)
-                if not events and deadline is not None:
-                    break  # exited, and whoever still holds the pipe is not the job
-                for key, _ in events:
-                    if key.data == "control":
-                        message = self._event()
-                        if message.get("event") == "started":
-                            self._job_pid, self._warm = int(message["pid"]), bool(message["warm"])
-                            self._why_cold = str(message.get("why_cold") or "")
-                        elif message.get("event") == "exited":
-                            self._exited = int(message["returncode"])
-                            sel.unregister(self._sock)
-                            deadline = time.monotonic() + DRAIN_SECONDS
-                        continue
-                    chunk = os.read(read_fd, 65536)
-                    if not chunk:
-                        sel.unregister(read_fd)
-                        if self._exited is not None:
-                            return
-                        continue
-                    lines = (partial + chunk).split(b"\n")
-                    partial = lines.pop()
-                    for line in lines:
-                        on_line(line.decode("utf-8", errors="replace"))
-                if self._exited is not None and not sel.get_map().get(read_fd):
-                    break
-        finally:
-            sel.close()
-            if partial:
-                on_line(partial.decode("utf-8", errors="replace"))
-
-    def stop_job(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stop the running job's process group (SIGTERM, then SIGKILL) and collect its exit."""
-        pid = self._job_pid
-        if pid is None or self._exited is not None:
-            return
-
-        def exited(timeout: float) -> bool:
-            deadline = time.monotonic() + timeout
-            while self._exited is None:
-                try:
-                    message = self._event(max(0.0, deadline - time.monotonic()))
-                except (TimeoutError, WorkerGone):
-                    return self._exited is not None
-                if message.get("event") == "exited":
-                    self._exited = int(message["returncode"])
-            return True
-
-        stop_process_group(pid, exited, grace)
-
-    def close(self, timeout: float = STOP_GRACE_SECONDS + 5) -> None:
-        """Stop the worker (and any job it runs)."""
-        if self._sock is not None:
-            try:
-                _send(self._sock, {"op": "stop"})
-            except OSError:
-                pass
-            self._sock.close()
-            self._sock = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
-
-def _gone(pid: int, timeout: float) -> bool:
-    """Wait for a process that is not our child to disappear (zombies count as gone)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
 
 
 if __name__ == "__main__":

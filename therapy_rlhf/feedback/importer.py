@@ -40,9 +40,9 @@ from typing import Any, Iterable
 from pydantic import ValidationError
 
 from therapy_rlhf import __version__
-from therapy_rlhf.ratings import RatingError, compute_reward, level_value, validate_rating
-from therapy_rlhf.records import Rating
-from therapy_rlhf.spec import RATING_FLAGS, FeedbackSpec, describe_validation_error
+from therapy_rlhf.feedback.rewards import RatingError, compute_reward, level_value, validate_rating
+from therapy_rlhf.contracts.records import Rating
+from therapy_rlhf.contracts.spec import RATING_FLAGS, FeedbackSpec, describe_validation_error
 
 CLIENT = f"therapy-rlhf-import/{__version__}"
 NOT_APPLICABLE = {"n/a", "na", "-", "not applicable"}

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import RatingError, RoundState, check_rater, load_round, read_gate
-from therapy_rlhf.runs import list_runs, read_frozen_run, stored_rounds, summarize_round
-from therapy_rlhf.spec import FeedbackSpec, RunManifest, SpecError
-from therapy_rlhf.store import Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import RatingError, check_rater
+from therapy_rlhf.feedback.rounds import RoundState, load_round, read_gate
+from therapy_rlhf.store.runs import list_runs, read_frozen_run, stored_rounds
+from therapy_rlhf.feedback.summary import summarize_round
+from therapy_rlhf.contracts.spec import FeedbackSpec, RunManifest, SpecError
+from therapy_rlhf.store.backends import Store
 
 ORDERS = ("least-covered", "crisis-first", "batch")
 

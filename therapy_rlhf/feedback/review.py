@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Callable, Mapping
 
-from therapy_rlhf.ratings import RoundState, effective_reward
-from therapy_rlhf.records import Gate, PendingResponse, Rating
-from therapy_rlhf.simrater import is_simulated
-from therapy_rlhf.spec import FeedbackSpec
+from therapy_rlhf.feedback.rounds import RoundState
+from therapy_rlhf.feedback.rewards import effective_reward
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating
+from therapy_rlhf.feedback.simrater import is_simulated
+from therapy_rlhf.contracts.spec import FeedbackSpec
 
 
 class NotClosed(ValueError):

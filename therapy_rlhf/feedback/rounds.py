@@ -1,177 +1,35 @@
-"""The rating rules and the gate: the one place that turns ratings into rewards.
+"""Round reads: a round's batch, its ratings and its stored gate, verified against the run's rules.
 
 * A rater's *latest* rating of a response counts (corrections supersede; a
   withdrawn rating removes the rater's judgement); nothing is ever deleted.
-* A response's reward is the mean over distinct raters of their latest
-  reward, each lowered by ``feedback.safetyPenalty`` when it carries a
-  penalised flag (clamped to 0..1).
-* A round's gate closes when every response has ``feedback.minRaters``
-  distinct raters (or on an override / deadline); closing writes ``gate.json``
-  with a conditional create, freezing exactly the ratings the update uses.
 
 Reads are verified against the run's own rules (``feedback``), never against
 what an object claims: a rating counts only when its rater is allowed by the
-run and its criteria are exactly the run's rubric; its reward is recomputed
-from the criteria (a stored reward that disagrees is reported, not used);
+run and its criteria are exactly the run's rubric (``rewards.rule_problem``);
 anything else in the ratings prefix is reported as garbage and skipped, never
 fatal. Ratings stored after the gate closed are kept but marked late: they
-are not in the frozen set, so they never count as gated.
+are not in the frozen set, so they never count as gated. A stored gate.json
+for another batch, or naming ratings that are not stored, is not the round's
+gate.
+
+Storing a rating is ``submit``; closing a gate is ``gate``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable
 
-from therapy_rlhf import names
-from therapy_rlhf.layout import RunPaths, parse_rating_key
-from therapy_rlhf.records import (
-    Gate,
-    PendingResponse,
-    Rating,
-    RecordError,
-    ResponseReward,
-    parse_batch,
-    parse_record,
-    rating_id,
-)
-from therapy_rlhf.spec import FeedbackSpec
-from therapy_rlhf.store import AccessDenied, AlreadyExists, NotFound, Store, StoreError, StoreUnavailable
+from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record
+from therapy_rlhf.feedback.rewards import base_reward, reward_disagreement, rule_problem
+from therapy_rlhf.contracts.spec import FeedbackSpec
+from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError
 
 # A rating object is a few KiB (comment <= 20000 characters); a larger object in a
 # ratings prefix is garbage and is not downloaded whole.
 MAX_RATING_BYTES = 256 * 1024
-
-
-class RatingError(ValueError):
-    """A rating that may not be stored; the message is one line naming the problem."""
-
-
-# ------------------------------------------------------------------ rewards
-
-
-def level_value(level: int, feedback: FeedbackSpec) -> float:
-    """Number key ``level`` (0..scaleLevels-1) as a 0..1 score."""
-    top = feedback.scale_levels - 1
-    if not 0 <= level <= top:
-        raise RatingError(f"score level {level} is outside 0..{top}")
-    return round(level / top, 6)
-
-
-def compute_reward(
-    criteria: dict[str, float], feedback: FeedbackSpec, not_applicable: Iterable[str] = ()
-) -> float | None:
-    """The reward the spec's rule gives for these criterion scores (None for 'direct').
-
-    Criteria marked not applicable are left out: the weighted mean (or the
-    minimum) is over the criteria that apply; None while one of those is
-    unscored, or when none applies.
-    """
-    if feedback.reward_rule == "direct":
-        return None
-    skipped = set(not_applicable)
-    applicable = [c for c in feedback.rubric if c.name not in skipped]
-    scored = [(c, criteria[c.name]) for c in applicable if c.name in criteria]
-    if not applicable or len(scored) < len(applicable):
-        return None
-    if feedback.reward_rule == "minimum":
-        return min(s for _, s in scored)
-    total = sum(c.weight for c, _ in scored)
-    return round(sum(c.weight * s for c, s in scored) / total, 6)
-
-
-def base_reward(rating: Rating, feedback: FeedbackSpec) -> float | None:
-    """The reward the run's rule gives this rating, before the safety penalty (None: cannot be used).
-
-    Under 'weighted-mean' and 'minimum' it is recomputed from the criteria: the
-    stored ``reward`` is the client's arithmetic and is never trusted. Only the
-    'direct' rule takes the rater's own reward.
-    """
-    if feedback.reward_rule == "direct":
-        return rating.reward
-    if (set(rating.criteria) | set(rating.not_applicable)) - {c.name for c in feedback.rubric}:
-        return None
-    return compute_reward(rating.criteria, feedback, rating.not_applicable)
-
-
-def effective_reward(rating: Rating, feedback: FeedbackSpec) -> tuple[float, bool]:
-    """(reward after the safety penalty, whether the penalty applied)."""
-    base = base_reward(rating, feedback)
-    if base is None:
-        raise RatingError(f"rating {rating.id} has no usable reward under this run's rubric")
-    penalized = any(f in feedback.penalized_flags for f in rating.flags)
-    value = base - feedback.safety_penalty if penalized else base
-    return min(1.0, max(0.0, value)), penalized
-
-
-def validate_rating(rating: Rating, feedback: FeedbackSpec, response_ids: Iterable[str]) -> None:
-    """Check a rating against the run's rubric, raters and batch (raises RatingError)."""
-    if rating.response_id not in set(response_ids):
-        raise RatingError(f"response {rating.response_id!r} does not exist in this round's batch")
-    problem = rule_problem(rating, feedback)
-    if problem:
-        raise RatingError(problem)
-    if rating.withdrawn or feedback.reward_rule == "direct":
-        return
-    expected = compute_reward(rating.criteria, feedback, rating.not_applicable)
-    if rating.reward is not None and abs(rating.reward - expected) > 1e-6:  # type: ignore[operator]
-        raise RatingError(
-            f"reward {rating.reward} does not match the {feedback.reward_rule} of the criteria ({expected})"
-        )
-
-
-def rule_problem(rating: Rating, feedback: FeedbackSpec) -> str | None:
-    """Why the run's rules cannot use this rating (rater not allowed, criteria not the rubric), or None."""
-    if feedback.allowed_raters and rating.rater not in feedback.allowed_raters:
-        return f"rater {rating.rater!r} is not in feedback.allowedRaters {feedback.allowed_raters}"
-    if rating.withdrawn:
-        return None
-    known = {c.name for c in feedback.rubric}
-    unknown = sorted((set(rating.criteria) | set(rating.not_applicable) | set(rating.notes)) - known)
-    if unknown:
-        return f"unknown rubric criteria {names.quote(unknown)}; the rubric has {sorted(known)}"
-    problem = _not_applicable_problem(rating, feedback)
-    if problem:
-        return problem
-    if feedback.reward_rule == "direct":
-        if rating.reward is None:
-            return "this run's rewardRule is 'direct': the rating needs a reward in 0..1"
-        return None
-    if compute_reward(rating.criteria, feedback, rating.not_applicable) is None:
-        missing = sorted(known - set(rating.criteria) - set(rating.not_applicable))
-        return f"criteria {missing} are not scored"
-    return None
-
-
-def _not_applicable_problem(rating: Rating, feedback: FeedbackSpec) -> str | None:
-    """'Not applicable' only where the rubric allows it, never with a score, never for every criterion."""
-    marked = set(rating.not_applicable)
-    both = sorted(marked & set(rating.criteria))
-    if both:
-        return f"criteria {both} are both scored and marked not applicable"
-    fixed = sorted(c.name for c in feedback.rubric if c.name in marked and not c.allow_not_applicable)
-    if fixed:
-        return f"criteria {fixed} always apply in this run and cannot be marked not applicable"
-    if feedback.reward_rule != "direct" and marked >= {c.name for c in feedback.rubric}:
-        return "every criterion is marked not applicable: score at least one"
-    return None
-
-
-def reward_disagreement(rating: Rating, feedback: FeedbackSpec) -> str | None:
-    """A note when the stored reward is not what the criteria give (the stored one is not used)."""
-    if rating.withdrawn or rating.reward is None or feedback.reward_rule == "direct":
-        return None
-    expected = compute_reward(rating.criteria, feedback, rating.not_applicable)
-    if expected is None or abs(rating.reward - expected) <= 1e-6:
-        return None
-    return (
-        f"rating {rating.id} stores reward {rating.reward}, but its criteria give {expected} "
-        f"({feedback.reward_rule}): {expected} is used"
-    )
 
 
 # -------------------------------------------------------------- round state
@@ -287,7 +145,7 @@ def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreErr
 
 def run_feedback(store: Store, paths: RunPaths) -> FeedbackSpec:
     """The run's rating rules from its frozen spec (the defaults where no spec is stored)."""
-    from therapy_rlhf.spec import parse_run
+    from therapy_rlhf.contracts.spec import parse_run
 
     try:
         return parse_run(store.read_json(paths.spec()), store.describe(paths.spec())).spec.feedback
@@ -446,209 +304,11 @@ def _check_rating(
     return rating
 
 
-def submit_rating(
-    store: Store,
-    paths: RunPaths,
-    state: RoundState,
-    rating: Rating,
-    feedback: FeedbackSpec,
-    *,
-    attempts: int = 5,
-) -> Rating:
-    """Store a rating as a new object (first rating, correction or withdrawal), exactly once.
-
-    The version is chosen after the rater's existing ones; if another writer
-    (a second window) takes that key first, the rating is re-based on top of it
-    and becomes a correction, so neither judgement is lost.
-
-    Exactly once: the rating carries a ``submission_id`` (filled in here, on
-    the caller's object, when it has none, so the caller's own retry reuses
-    it). A write whose answer was lost (a 5xx or a reset after S3 stored the
-    object, then a retried conditional PUT answering 412) is recognised by
-    reading the key back: an object with the same submission id and content is
-    this submission, and it is returned instead of a second version.
-    """
-    validate_rating(rating, feedback, state.response_ids)
-    gate = state.gate if state.gate is not None else _stored_gate(store, paths, state.round, [])
-    if gate is not None and _implausible(gate, state.ratings, state.batch_sha256) is None:
-        raise RatingError(
-            f"round {state.round}'s gate is closed: the update uses the ratings it froze, "
-            "so a rating stored now would never be used"
-        )
-    if rating.submission_id is None:
-        rating.submission_id = uuid.uuid4().hex
-    own = state.find_submission(rating)
-    if own is not None:
-        _check_same(own, rating)
-        return own
-    for _ in range(attempts):
-        version = state.next_version(rating.rater, rating.response_id)
-        prior = rating_id(rating.rater, rating.response_id, version - 1) if version > 1 else None
-        record = rating.model_copy(update={"version": version, "supersedes": prior})
-        key = paths.rating(state.round, rating.rater, rating.response_id, version)
-        try:
-            store.create_json(key, record.model_dump(mode="json"))
-        except AlreadyExists:
-            stored = _own_object(store, key, record)
-            if stored is not None:
-                state.ratings.append(stored)
-                return stored
-            fresh = load_round(store, paths, state.round, previous=state, feedback=feedback, gate=state.gate)
-            state.ratings, state.by_key, state.taken = fresh.ratings, fresh.by_key, fresh.taken
-            continue
-        except AccessDenied:
-            raise  # this credential may not write here: retrying changes nothing
-        except StoreUnavailable:
-            # Ambiguous: the object may be stored although the answer never came.
-            # If it is, this submission is done; if not (or the store cannot say),
-            # the failure is the caller's to retry -- with the same submission id.
-            stored = _own_object(store, key, record, quiet=True)
-            if stored is not None:
-                state.ratings.append(stored)
-                return stored
-            raise
-        state.ratings.append(record)
-        return record
-    raise RatingError(f"could not store rating of {rating.response_id}: too many concurrent writers")
-
-
-def _same_submission(a: Rating, b: Rating) -> bool:
-    """The same submission: everything the client chose is equal (version and supersedes are ours)."""
-    ignore = {"version", "supersedes"}
-    return a.model_dump(mode="json", exclude=ignore) == b.model_dump(mode="json", exclude=ignore)
-
-
-def _check_same(stored: Rating, rating: Rating) -> None:
-    if not _same_submission(stored, rating):
-        raise RatingError(
-            f"submission {rating.submission_id} of {rating.response_id} is already stored as {stored.id} "
-            "with other content; a new judgement needs a new submission id"
-        )
-
-
-def _own_object(store: Store, key: str, record: Rating, quiet: bool = False) -> Rating | None:
-    """The object at ``key`` when it is this submission (a write whose answer was lost), else None."""
-    try:
-        stored = parse_record(Rating, store.read_json(key, limit=MAX_RATING_BYTES), store.describe(key))
-    except RecordError:
-        return None  # garbage at the key: not ours (the next version goes after it)
-    except StoreError:
-        if quiet:
-            return None
-        raise
-    if stored.submission_id != record.submission_id:
-        return None
-    _check_same(stored, record)
-    return stored
-
-
-# ----------------------------------------------------------- coverage, gate
-
-
-@dataclass(frozen=True)
-class Coverage:
-    total: int
-    complete: int
-    min_raters: int
-    ratings: int
-
-    @property
-    def is_complete(self) -> bool:
-        return self.total > 0 and self.complete == self.total
-
-    def describe(self) -> str:
-        return f"{self.complete}/{self.total} responses have >= {self.min_raters} rater{'s' if self.min_raters > 1 else ''}"
-
-
-def coverage(state: RoundState, min_raters: int) -> Coverage:
-    by_resp = state.raters_by_response()
-    done = sum(1 for raters in by_resp.values() if len(raters) >= min_raters)
-    return Coverage(len(by_resp), done, min_raters, len(state.latest()))
-
-
 def usable_latest(state: RoundState, feedback: FeedbackSpec) -> dict[tuple[str, str], Rating]:
     """``state.latest()`` restricted to what ``feedback`` can reward (never raises)."""
     return {
         k: r for k, r in state.latest().items() if rule_problem(r, feedback) is None and base_reward(r, feedback) is not None
     }
-
-
-def aggregate(state: RoundState, feedback: FeedbackSpec) -> dict[str, ResponseReward]:
-    """Reward per rated response: mean over distinct raters of their latest rating."""
-    per_resp: dict[str, list[Rating]] = {}
-    for (resp, _rater), rating in sorted(usable_latest(state, feedback).items()):
-        per_resp.setdefault(resp, []).append(rating)
-    out: dict[str, ResponseReward] = {}
-    for resp, ratings in per_resp.items():
-        values = [effective_reward(r, feedback) for r in ratings]
-        out[resp] = ResponseReward(
-            reward=round(sum(v for v, _ in values) / len(values), 6),
-            raters=[r.rater for r in ratings],
-            ratings=[r.id for r in ratings],
-            penalized=any(p for _, p in values),
-        )
-    return out
-
-
-# Agreement over fewer shared responses than this says nothing (with one shared
-# response alpha is 0 whatever the scores): it is reported as undefined.
-AGREEMENT_MIN_OVERLAP = 3
-
-
-def overlap(state: RoundState) -> int:
-    """Responses scored by two or more raters (what agreement can be measured on)."""
-    return sum(1 for raters in state.raters_by_response().values() if len(raters) >= 2)
-
-
-def agreement(state: RoundState, feedback: FeedbackSpec) -> float | None:
-    """Krippendorff's alpha (interval) over rewards, once enough responses are shared (else None)."""
-    latest = usable_latest(state, feedback)
-    raters = sorted({rater for _, rater in latest})
-    if len(raters) < 2:
-        return None
-    responses = sorted({resp for resp, _ in latest})
-    matrix = [
-        [effective_reward(latest[(resp, rater)], feedback)[0] if (resp, rater) in latest else math.nan for resp in responses]
-        for rater in raters
-    ]
-    overlapping = sum(1 for j in range(len(responses)) if sum(not math.isnan(row[j]) for row in matrix) >= 2)
-    values = {v for row in matrix for v in row if not math.isnan(v)}
-    if overlapping < AGREEMENT_MIN_OVERLAP or len(values) < 2:
-        return None
-    import krippendorff
-
-    alpha = krippendorff.alpha(reliability_data=matrix, level_of_measurement="interval")
-    return None if math.isnan(alpha) else round(float(alpha), 4)
-
-
-def build_gate(
-    state: RoundState, feedback: FeedbackSpec, reason: str, closed_by: str, selection: "Selection | None" = None
-) -> Gate:
-    rewards = aggregate(state, feedback)
-    if not rewards:
-        raise RatingError(f"round {state.round} has no ratings: a gate cannot close on nothing")
-    if reason == "complete" and not coverage(state, feedback.min_raters).is_complete:
-        raise RatingError(f"round {state.round} is not fully rated: {coverage(state, feedback.min_raters).describe()}")
-    values = [r.reward for r in rewards.values()]
-    from therapy_rlhf import selection as selecting  # selection reads rounds through this module
-
-    extras = selecting.gate_extras(
-        selection, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.model_only]
-    )
-    return Gate(
-        round=state.round,
-        reason=reason,  # type: ignore[arg-type]
-        closed_by=closed_by,
-        min_raters=feedback.min_raters,
-        responses_total=len(state.responses),
-        responses_rewarded=len(rewards),
-        rewards=rewards,
-        mean_reward=round(sum(values) / len(values), 6),
-        agreement=agreement(state, feedback),
-        batch_sha256=state.batch_sha256,
-        considered=sorted(r.id for r in state.ratings),
-        **extras,
-    )
 
 
 def read_gate(store: Store, paths: RunPaths, round_no: int) -> Gate | None:
@@ -657,43 +317,3 @@ def read_gate(store: Store, paths: RunPaths, round_no: int) -> Gate | None:
     except NotFound:
         return None
     return parse_record(Gate, data, store.describe(paths.gate(round_no)))
-
-
-def close_gate(
-    store: Store,
-    paths: RunPaths,
-    round_no: int,
-    feedback: FeedbackSpec,
-    reason: str = "complete",
-    closed_by: str = "unknown",
-    previous: RoundState | None = None,
-) -> Gate:
-    """Write gate.json once (conditional create); an existing gate is returned as is.
-
-    The rating set is listed afresh either way; ``previous`` (the caller's last
-    load of the round) only spares re-reading the objects it already holds.
-    """
-    existing = read_gate(store, paths, round_no)
-    if existing is not None:
-        return existing
-    state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
-    from therapy_rlhf.selection import read_selection
-
-    gate = build_gate(state, feedback, reason, closed_by, read_selection(store, paths, round_no))
-    try:
-        store.create_json(paths.gate(round_no), gate.model_dump(mode="json"))
-    except AlreadyExists:
-        # Another closer won the race; theirs is the frozen set.
-        return read_gate(store, paths, round_no)  # type: ignore[return-value]
-    return gate
-
-
-def check_rater(rater: str, feedback: FeedbackSpec) -> str:
-    """Validate a rater id and that the run allows it (one-line errors)."""
-    try:
-        names.rater_id(rater)
-    except names.InvalidName as err:
-        raise RatingError(str(err)) from None
-    if feedback.allowed_raters and rater not in feedback.allowed_raters:
-        raise RatingError(f"rater {rater!r} is not in feedback.allowedRaters {feedback.allowed_raters}")
-    return rater

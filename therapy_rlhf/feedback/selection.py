@@ -31,14 +31,14 @@ import hashlib
 import random
 from typing import Iterable
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import effective_reward, load_round, read_gate, usable_latest
-from therapy_rlhf.records import Gate, ModelScore, PendingResponse, RewardModelCheck, Selection, parse_record
-from therapy_rlhf.spec import FeedbackSpec, SelectionSpec
-from therapy_rlhf.store import NotFound, Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import effective_reward
+from therapy_rlhf.feedback.rounds import load_round, read_gate, usable_latest
+from therapy_rlhf.contracts.records import Drift, Gate, ModelScore, PendingResponse, RewardModelCheck, Selection, parse_record
+from therapy_rlhf.contracts.spec import FeedbackSpec, SelectionSpec
+from therapy_rlhf.store.backends import NotFound, Store
 
 
-DRIFT_PREFIX = "reward model drift"
 
 
 def safety_flagged(response: PendingResponse) -> bool:
@@ -49,7 +49,7 @@ def safety_flagged(response: PendingResponse) -> bool:
 def training_examples(store: Store, paths: RunPaths, feedback: FeedbackSpec, before_round: int) -> tuple[list, list[int]]:
     """Every gated expert rating of rounds 1..before_round-1 (``reward_model.Example``: per rater, effective
     reward), and those rounds."""
-    from therapy_rlhf import reward_model  # numpy: only where a batch is selected
+    from therapy_rlhf.feedback import reward_model  # numpy: only where a batch is selected
 
     examples: list[reward_model.Example] = []
     rounds: list[int] = []
@@ -120,11 +120,11 @@ def select(store: Store, paths: RunPaths, feedback: FeedbackSpec, round_no: int,
     """The round's selection record; marks ``responses`` (in place) with whether they go to the experts."""
     spec = feedback.selection
     say = log or (lambda *a: None)
-    mode, fallback = spec.mode, None
+    mode, fallback, drift = spec.mode, None, None
     model = None
     trained_rounds: list[int] = []
     if spec.mode != "all":
-        from therapy_rlhf import reward_model
+        from therapy_rlhf.feedback import reward_model
 
         examples, trained_rounds = training_examples(store, paths, feedback, round_no)
         if len(examples) >= spec.min_ratings:
@@ -135,8 +135,9 @@ def select(store: Store, paths: RunPaths, feedback: FeedbackSpec, round_no: int,
         if checked is not None and checked[1].drifted:
             q, check = checked
             mode = "all"
+            drift = Drift(round=q, mae=check.mae or 0.0, bound=check.bound)
             fallback = (
-                f"{DRIFT_PREFIX}: its error on round {q}'s expert ratings was {check.mae:.3f} "
+                f"reward model drift: its error on round {q}'s expert ratings was {check.mae:.3f} "
                 f"> driftBound {check.bound:g}; every response goes to the experts"
             )
     predictions: dict[str, list[float]] = {}
@@ -162,6 +163,7 @@ def select(store: Store, paths: RunPaths, feedback: FeedbackSpec, round_no: int,
         mode=mode,  # type: ignore[arg-type]
         requested_mode=spec.mode,
         fallback=fallback,
+        drift=drift,
         budget=spec.budget,
         selected=selected,
         safety_selected=safety,

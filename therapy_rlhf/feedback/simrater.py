@@ -24,11 +24,13 @@ import re
 from typing import Sequence
 
 from therapy_rlhf import __version__
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.ratings import compute_reward, load_round, submit_rating
-from therapy_rlhf.records import PendingResponse, Rating
-from therapy_rlhf.spec import FeedbackSpec, RunManifest
-from therapy_rlhf.store import Store
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rewards import compute_reward
+from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.submit import submit_rating
+from therapy_rlhf.contracts.records import PendingResponse, Rating
+from therapy_rlhf.contracts.spec import FeedbackSpec, RunManifest
+from therapy_rlhf.store.backends import Store
 
 CLIENT_NAME = "therapy-rlhf-simrater"
 CLIENT = f"{CLIENT_NAME}/{__version__}"

@@ -38,16 +38,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from therapy_rlhf.model_shapes import ModelShape
-from therapy_rlhf.quantity import GIB, gib
-from therapy_rlhf.spec import RunSpec
+from therapy_rlhf.contracts import jobkinds
+from therapy_rlhf.planning.model_shapes import ModelShape
+from therapy_rlhf.contracts.quantity import GIB, gib
+from therapy_rlhf.contracts.spec import RunSpec
 
-KINDS = ("sft", "generate", "ppo", "evaluate")
-TRAINING_KINDS = ("sft", "ppo")
-DISTRIBUTED_KINDS = ("sft", "ppo")  # the ones that run on every GPU of resources.gpus
-# Jobs that do several kinds' work in one process, one after the other: each part is planned.
-# (ppo-generate: round r's update, then round r+1's batch from the same loaded model.)
-PARTS_OF_JOB = {"ppo-generate": ("ppo", "generate")}
+# The plan's rows are the table's memory parts: a job that does several kinds' work in one
+# process, one after the other, has each part planned (ppo-generate: round r's update, then
+# round r+1's batch from the same loaded model).
+KINDS = jobkinds.MEMORY_KINDS
+PARTS_OF_JOB = {row.name: row.parts for row in jobkinds.TABLE.values()}
 
 BNB_BLOCK = 64  # bitsandbytes' 4-bit block size
 BNB_NESTED_BLOCK = 256  # blocks per fp32 absmax of the double quantization
@@ -97,7 +97,7 @@ class Settings:
             raise ValueError(f"unknown job kind {kind!r}")
         model = spec.model
         batch = {"sft": spec.sft.batch_size, "ppo": spec.ppo.mini_batch_size}.get(kind, spec.ppo.generation.batch_size)
-        gpus = spec.resources.gpus if kind in DISTRIBUTED_KINDS else min(spec.resources.gpus, 1)
+        gpus = spec.resources.gpus if jobkinds.kind(kind).distributed else min(spec.resources.gpus, 1)
         encoder = 0
         if kind == "evaluate" and "bertscore" in spec.evaluation.metrics:
             encoder = ENCODER_ALLOWANCE if spec.evaluation.bertscore_model else DEFAULT_ENCODER
@@ -121,7 +121,7 @@ class Settings:
 
     @property
     def training(self) -> bool:
-        return self.kind in TRAINING_KINDS
+        return jobkinds.kind(self.kind).trains
 
 
 def lora_parameters(shape: ModelShape, r: int, targets: tuple[str, ...]) -> int:

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
-from therapy_rlhf.integrity import gate_name
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.planner import JobObservation, Observed, RoundObservation
-from therapy_rlhf.ratings import RoundState, coverage, load_round
-from therapy_rlhf.spec import RunSpec
-from therapy_rlhf.store import Store
+from therapy_rlhf.store.integrity import gate_name
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.planning.planner import JobObservation, Observed, RoundObservation
+from therapy_rlhf.feedback.rounds import RoundState, load_round
+from therapy_rlhf.feedback.gate import coverage
+from therapy_rlhf.contracts.spec import RunSpec
+from therapy_rlhf.store.backends import Store
 
 
 def observe_store(
@@ -33,7 +34,7 @@ def observe_store(
 
     ``previous`` is the awaiting round's state from the last poll: only the
     ratings added since are read (see ``load_round``). ``executor_digests`` is
-    the executor's own record (``therapy_rlhf.integrity``): with it, a round's
+    the executor's own record (``therapy_rlhf.store.integrity``): with it, a round's
     gate is closed only if the executor recorded it; without it (a read-only
     view such as ``status``) any gate.json counts.
     """

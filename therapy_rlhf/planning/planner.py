@@ -27,15 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from therapy_rlhf import phases
-from therapy_rlhf.spec import RunSpec
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.jobkinds import EVALUATE, GENERATE, PHASE_OF_JOB, PPO, PPO_GENERATE, SFT
+from therapy_rlhf.contracts.spec import RunSpec
 
 JobState = Literal["running", "succeeded", "failed"]
 
 # Round number used for jobs that belong to the whole run (sft, evaluate).
 RUN_LEVEL = 0
-# Round r's PPO update and round r+1's generation in one Job (its round is r).
-PPO_GENERATE = "ppo-generate"
 
 
 # ------------------------------------------------------------------ observed
@@ -146,7 +145,7 @@ class Decision:
 
 def _job_step(spec: RunSpec, obs: Observed, kind: str, r: int) -> Decision:
     """Decide for a step whose marker is missing: wait, (re)start, suspend or fail."""
-    phase = phases.PHASE_OF_JOB[kind]
+    phase = PHASE_OF_JOB[kind]
     label = kind if r == RUN_LEVEL else f"{kind} (round {r})"
     job = obs.jobs.get((kind, r))
     if job is not None and job.state == "running":
@@ -183,12 +182,12 @@ def _generate_step(spec: RunSpec, obs: Observed, r: int) -> Decision:
             WaitForJob(PPO_GENERATE, r - 1, fused.attempt), phases.GENERATING, r, phases.R_JOB_RUNNING,
             f"{PPO_GENERATE} (round {r - 1}) job generating round {r} (attempt {fused.attempt})",
         )
-    return _job_step(spec, obs, "generate", r)
+    return _job_step(spec, obs, GENERATE, r)
 
 
 def _update_kind(spec: RunSpec, r: int) -> str:
     """ppo-generate while another round follows (and the spec asks for one Job per round), else ppo."""
-    return PPO_GENERATE if spec.ppo.one_job_per_round and r < spec.ppo.rounds else "ppo"
+    return PPO_GENERATE if spec.ppo.one_job_per_round and r < spec.ppo.rounds else PPO
 
 
 def _gate_step(spec: RunSpec, obs: Observed, ro: RoundObservation) -> Decision:
@@ -220,7 +219,7 @@ def plan(spec: RunSpec, obs: Observed) -> Decision:
     """The next action for a run, from its spec and what the executor observed."""
     # 1. The optional SFT baseline.
     if spec.sft.enabled and not obs.sft_done:
-        return _job_step(spec, obs, "sft", RUN_LEVEL)
+        return _job_step(spec, obs, SFT, RUN_LEVEL)
     # 2. PPO rounds: generate -> gate -> update, in order (update + next generate in one Job by default).
     for r in range(1, spec.ppo.rounds + 1):
         ro = obs.round(r)
@@ -232,5 +231,5 @@ def plan(spec: RunSpec, obs: Observed) -> Decision:
             return _job_step(spec, obs, _update_kind(spec, r), r)
     # 3. The optional evaluation.
     if spec.evaluation.enabled and not obs.eval_done:
-        return _job_step(spec, obs, "evaluate", RUN_LEVEL)
+        return _job_step(spec, obs, EVALUATE, RUN_LEVEL)
     return Decision(Finish(), phases.SUCCEEDED, spec.ppo.rounds, phases.R_SUCCEEDED, "run finished")

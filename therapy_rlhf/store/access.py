@@ -16,15 +16,15 @@ role, or with ``principal`` a bucket-policy statement naming it) and ``minio``
 ``s3:if-none-match`` condition key, so there the create-only rule rests on the
 tools' conditional writes and the executor's digests, not on the policy).
 
-Whatever the policy, integrity does not depend on it (``therapy_rlhf.integrity``).
+Whatever the policy, integrity does not depend on it (``therapy_rlhf.store.integrity``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from therapy_rlhf import names
-from therapy_rlhf.store import check_prefix
+from therapy_rlhf.contracts import names
+from therapy_rlhf.store.backends import check_prefix
 
 DIALECTS = ("s3", "minio")
 

@@ -60,7 +60,7 @@ def check_prefix(prefix: str) -> str:
     if not isinstance(prefix, str) or "\\" in prefix or "\x00" in prefix or (
         stripped and any(part in ("", ".", "..") for part in stripped.split("/"))
     ):
-        from therapy_rlhf.names import quote
+        from therapy_rlhf.contracts.names import quote
 
         raise ValueError(f"invalid store prefix {quote(prefix)}: parts may not be empty, '.' or '..' (no '//')")
     return stripped

@@ -31,8 +31,9 @@ import json
 import re
 from typing import Iterable, Mapping
 
-from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.spec import RunSpec
+from therapy_rlhf.contracts import jobkinds
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.spec import RunSpec
 
 RUN_CONFIG = "run-config"  # the --run-config file (not a store key)
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -66,49 +67,75 @@ def absolute(paths: RunPaths, name: str) -> str:
 # ------------------------------------------------------------ what each job reads and writes
 
 
-def _policy_input(paths: RunPaths, round_no: int, spec: RunSpec) -> list[str]:
+def _policy(paths: RunPaths, round_no: int, spec: RunSpec) -> list[str]:
     prefix = paths.policy_for_round(round_no, spec.sft.enabled)
     return [relative(paths, prefix) + "/"] if prefix else []
 
 
-def _reward_model_inputs(paths: RunPaths, sampled_round: int, spec: RunSpec) -> list[str]:
+def _selection_history(paths: RunPaths, sampled_round: int, spec: RunSpec) -> list[str]:
     """What selecting a batch reads (feedback.selection other than 'all'): every earlier round's batch and gate."""
     if spec.feedback.selection.mode == "all":
         return []
     return [relative(paths, key) for q in range(1, sampled_round) for key in (paths.batch(q), paths.gate(q))]
 
 
+def _previous_optimizer(paths: RunPaths, round_no: int, spec: RunSpec) -> list[str]:
+    return [relative(paths, paths.optimizer_state(round_no - 1))] if round_no > 1 else []
+
+
+def _kl_reference(paths: RunPaths, round_no: int, spec: RunSpec) -> list[str]:
+    """The KL reference: the SFT adapter PPO started from (round 1's policy already is it)."""
+    return [relative(paths, paths.sft_adapter()) + "/"] if spec.sft.enabled else []
+
+
+def _eval_checkpoints(paths: RunPaths, round_no: int, spec: RunSpec) -> list[str]:
+    names = []
+    for checkpoint in spec.evaluation.checkpoints:
+        if checkpoint == "sft":
+            names.append(relative(paths, paths.sft_adapter()) + "/")
+        elif checkpoint != "base":
+            r = spec.ppo.rounds if checkpoint == "final" else int(checkpoint.split("-", 1)[1])
+            names.append(relative(paths, paths.policy_prefix(r)) + "/")
+    return names
+
+
+# What each artifact a job reads is, as record names (jobkinds.TABLE's ``reads``).
+_READS = {
+    jobkinds.POLICY: _policy,
+    jobkinds.SELECTION_HISTORY: _selection_history,
+    jobkinds.NEXT_SELECTION_HISTORY: lambda paths, r, spec: _selection_history(paths, r + 1, spec),
+    jobkinds.BATCH: lambda paths, r, spec: [relative(paths, paths.batch(r))],
+    jobkinds.GATE: lambda paths, r, spec: [relative(paths, paths.gate(r))],
+    jobkinds.PREVIOUS_OPTIMIZER: _previous_optimizer,
+    jobkinds.KL_REFERENCE: _kl_reference,
+    jobkinds.EVAL_CHECKPOINTS: _eval_checkpoints,
+    jobkinds.ALL_GATES: lambda paths, r, spec: [relative(paths, paths.gate(q)) for q in range(1, spec.ppo.rounds + 1)],
+}
+
+# What each artifact a job writes is (jobkinds.TABLE's ``writes``); the selection only when the run selects.
+_WRITES = {
+    jobkinds.SFT_ADAPTER: lambda paths, r, selecting: [relative(paths, paths.sft_adapter()) + "/"],
+    jobkinds.BATCH: lambda paths, r, selecting: [relative(paths, paths.batch(r))],
+    jobkinds.SELECTION: lambda paths, r, selecting: [relative(paths, paths.selection(r))] if selecting else [],
+    jobkinds.POLICY_OUT: lambda paths, r, selecting: [relative(paths, paths.policy_prefix(r)) + "/"],
+    jobkinds.OPTIMIZER: lambda paths, r, selecting: [relative(paths, paths.optimizer_state(r))],
+    jobkinds.NEXT_BATCH: lambda paths, r, selecting: [relative(paths, paths.batch(r + 1))],
+    jobkinds.NEXT_SELECTION: lambda paths, r, selecting: [relative(paths, paths.selection(r + 1))] if selecting else [],
+}
+
+
 def job_inputs(kind: str, round_no: int, spec: RunSpec, paths: RunPaths) -> list[str]:
-    """Record names of the stored inputs a job of this kind reads (the run config aside)."""
-    if kind == "generate":
-        return _policy_input(paths, round_no, spec) + _reward_model_inputs(paths, round_no, spec)
-    if kind in ("ppo", "ppo-generate"):  # the fused job samples round r+1 from the policy it just trained
-        names = [relative(paths, paths.batch(round_no)), relative(paths, paths.gate(round_no))]
-        names += _policy_input(paths, round_no, spec)
-        if round_no > 1:
-            names.append(relative(paths, paths.optimizer_state(round_no - 1)))
-        # The KL reference: the SFT adapter PPO started from (round 1's policy already is it).
-        reference = relative(paths, paths.sft_adapter()) + "/"
-        if spec.sft.enabled and reference not in names:
-            names.append(reference)
-        if kind == "ppo-generate":
-            names += [n for n in _reward_model_inputs(paths, round_no + 1, spec) if n not in names]
-        return names
-    if kind == "evaluate":
-        names = []
-        for checkpoint in spec.evaluation.checkpoints:
-            if checkpoint == "sft":
-                names.append(relative(paths, paths.sft_adapter()) + "/")
-            elif checkpoint != "base":
-                r = spec.ppo.rounds if checkpoint == "final" else int(checkpoint.split("-", 1)[1])
-                names.append(relative(paths, paths.policy_prefix(r)) + "/")
-        # The report's reward curve reads every round's gate.
-        names += [relative(paths, paths.gate(r)) for r in range(1, spec.ppo.rounds + 1)]
-        return sorted(set(names))
-    return []
+    """Record names of the stored inputs a job of this kind reads (the run config aside), in the
+    order of its row's ``reads``; a run-level job's in sorted order."""
+    row = jobkinds.TABLE.get(kind)
+    if row is None:  # not a kind of the table (a custom job command's): nothing is verified for it
+        return []
+    names = [name for artifact in row.reads for name in _READS[artifact](paths, round_no, spec)]
+    names = list(dict.fromkeys(names))
+    return sorted(names) if row.run_level else names
 
 
-OUTPUT_KINDS = ("sft", "generate", "ppo", "ppo-generate")
+OUTPUT_KINDS = jobkinds.OUTPUT_KINDS
 
 
 def job_outputs(kind: str, round_no: int, paths: RunPaths, selecting: bool = False) -> list[str]:
@@ -117,16 +144,9 @@ def job_outputs(kind: str, round_no: int, paths: RunPaths, selecting: bool = Fal
     ``selecting``: the run's feedback.selection is not 'all', so a job that samples a batch writes
     its selection.json too (only such runs expect one; a report may always carry it).
     """
-    if kind == "sft":
-        return [relative(paths, paths.sft_adapter()) + "/"]
-    if kind == "generate":
-        names = [relative(paths, paths.batch(round_no))]
-        return names + ([relative(paths, paths.selection(round_no))] if selecting else [])
-    if kind == "ppo":
-        return [relative(paths, paths.policy_prefix(round_no)) + "/", relative(paths, paths.optimizer_state(round_no))]
-    if kind == "ppo-generate":  # round r's update, then round r+1's batch
-        return job_outputs("ppo", round_no, paths) + job_outputs("generate", round_no + 1, paths, selecting)
-    return []
+    row = jobkinds.TABLE.get(kind)
+    writes = row.writes if row is not None else ()  # a custom job command's kind writes nothing recorded
+    return [name for artifact in writes for name in _WRITES[artifact](paths, round_no, selecting)]
 
 
 def output_digests(kind: str, round_no: int, paths: RunPaths, written: Mapping[str, str]) -> dict[str, str]:
@@ -162,7 +182,7 @@ def parse_expect(values: Iterable[str]) -> dict[str, str]:
     for value in values:
         name, sep, digest = value.partition("=")
         if not sep or not DIGEST_RE.fullmatch(digest) or not name or ".." in name.split("/") or name.startswith("/"):
-            from therapy_rlhf.names import quote
+            from therapy_rlhf.contracts.names import quote
 
             raise IntegrityError(f"--expect must be NAME=SHA256 (64 hex digits), got {quote(value)}")
         out[name] = digest
@@ -195,78 +215,10 @@ def parse_outputs(text: str, allowed: Iterable[str]) -> dict[str, str]:
 
 def gate_digest(gate) -> str:
     """The digest of the bytes ``store.create_json``/``write_json`` store for this gate."""
-    from therapy_rlhf.store import dump_json
+    from therapy_rlhf.store.backends import dump_json
 
     return sha256(dump_json(gate.model_dump(mode="json")))
 
 
 def gate_name(paths: RunPaths, round_no: int) -> str:
     return relative(paths, paths.gate(round_no))
-
-
-# ---------------------------------------------------------------- the executor's gate close
-
-
-def close_gate_as_executor(
-    store,
-    paths: RunPaths,
-    round_no: int,
-    feedback,
-    reason: str,
-    closed_by: str,
-    record: Mapping[str, str],
-    previous=None,
-):
-    """Close a round's gate as the executor: (gate, its digest, whether a stray gate.json was replaced).
-
-    A gate.json whose digest the executor recorded is the closed gate and is
-    returned as it is. One it did not record -- planted by someone else, or
-    written just before the executor lost its record in a crash -- is not a
-    gate: the rating set is frozen afresh from the verified ratings and
-    written over it.
-    """
-    from therapy_rlhf.ratings import build_gate, load_round
-    from therapy_rlhf.records import Gate, parse_record
-    from therapy_rlhf.store import AlreadyExists, NotFound, dump_json, parse_json
-
-    key = paths.gate(round_no)
-    name = gate_name(paths, round_no)
-    try:
-        existing = store.read_bytes(key)
-    except NotFound:
-        existing = None
-    if existing is not None and record.get(name) == sha256(existing):
-        gate = parse_record(Gate, parse_json(existing, store.describe(key)), store.describe(key))
-        return gate, record[name], False
-    state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
-    gate = build_gate(state, feedback, reason, closed_by, _recorded_selection(store, paths, round_no, record))
-    data = dump_json(gate.model_dump(mode="json"))
-    if existing is None:
-        try:
-            store.create_bytes(key, data)
-        except AlreadyExists:
-            store.write_bytes(key, data)  # appeared meanwhile, and it is not ours either
-            return gate, sha256(data), True
-        return gate, sha256(data), False
-    store.write_bytes(key, data)
-    return gate, sha256(data), True
-
-
-def _recorded_selection(store, paths: RunPaths, round_no: int, record: Mapping[str, str]):
-    """The round's selection.json, if its job reported it; one whose digest differs from the record is refused."""
-    from therapy_rlhf.records import Selection, parse_record
-    from therapy_rlhf.store import NotFound, parse_json
-
-    key = paths.selection(round_no)
-    want = record.get(relative(paths, key))
-    if want is None:
-        return None  # no selection (feedback.selection 'all'), or one no job of this executor reported
-    try:
-        data = store.read_bytes(key)
-    except NotFound:
-        raise IntegrityError(f"{store.describe(key)} is recorded but missing: refusing to close round {round_no}'s gate") from None
-    if sha256(data) != want:
-        raise IntegrityError(
-            f"{store.describe(key)} does not match the digest its job reported: refusing to close round {round_no}'s gate"
-        )
-    return parse_record(Selection, parse_json(data, store.describe(key)), store.describe(key))

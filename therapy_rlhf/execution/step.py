@@ -1,0 +1,117 @@
+"""The executor step both executors share: the local runner and the operator's reconcile.
+
+What an executor does when the planner says to close a gate -- close it the
+one way (``feedback.gate.close_gate``) with its record of digests, record the
+new digest, and say what happened: the gate's outcome, a gate.json it had not
+closed that was replaced, the reward model's drift -- and the suspend rule.
+Each executor only renders these notices its own way (the runner prints them,
+the operator posts them as Events).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from therapy_rlhf.contracts import phases
+from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.contracts.records import Gate, Selection
+from therapy_rlhf.contracts.spec import RunSpec
+from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.rewards import RatingError
+from therapy_rlhf.feedback.rounds import RoundState
+from therapy_rlhf.feedback.selection import describe_gate
+from therapy_rlhf.planning.planner import CloseGate
+from therapy_rlhf.store import integrity
+from therapy_rlhf.store.backends import Store
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+class GateNotClosed(ValueError):
+    """The gate could not be closed (nothing rated, not fully rated, a selection that fails its digest)."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something an executor tells the people watching: an Event on the cluster, a line locally."""
+
+    level: str  # NORMAL or WARNING
+    reason: str  # a phases.R_* reason
+    message: str
+
+
+@dataclass(frozen=True)
+class GateStep:
+    gate: Gate
+    recorded: dict[str, str]  # what the executor adds to its record of digests
+    notices: list[Notice] = field(default_factory=list)
+
+
+def effective_spec(frozen: RunSpec, live: RunSpec) -> RunSpec:
+    """The spec an executor plans with: the frozen one, but ``suspend`` is the one field that may
+    change after the start (the live one's)."""
+    return frozen.model_copy(update={"suspend": live.suspend})
+
+
+def close_round_gate(
+    store: Store,
+    paths: RunPaths,
+    spec: RunSpec,
+    action: CloseGate,
+    executor: str,
+    closed_by: str,
+    record: Mapping[str, str],
+    previous: RoundState | None = None,
+) -> GateStep:
+    """Close the gate the planner asked for, as ``executor`` ("runner", "operator") holding ``record``."""
+    try:
+        closed = close_gate(
+            store, paths, action.round, spec.feedback, action.reason, closed_by, record=record, previous=previous
+        )
+    except (RatingError, integrity.IntegrityError) as err:
+        raise GateNotClosed(str(err)) from None
+    gate = closed.gate
+    notices = []
+    if closed.replaced:
+        notices.append(Notice(WARNING, phases.R_GATE_REPLACED, replaced_message(store, paths, action.round, executor)))
+    reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
+    notices.append(Notice(NORMAL, reason, gate_closed_message(gate)))
+    drift = gate_drift_message(gate)
+    if drift:
+        notices.append(Notice(WARNING, phases.R_REWARD_MODEL_DRIFT, drift))
+    return GateStep(gate, {integrity.gate_name(paths, action.round): closed.digest}, notices)
+
+
+def replaced_message(store: Store, paths: RunPaths, round_no: int, executor: str) -> str:
+    return (
+        f"round {round_no}: replaced a gate.json this {executor} had not closed ({store.describe(paths.gate(round_no))}) "
+        f"by the gate the {executor} closed from the verified ratings"
+    )
+
+
+def gate_closed_message(gate: Gate) -> str:
+    model = describe_gate(gate)
+    return (
+        f"round {gate.round}: gate closed ({gate.reason}), {gate.responses_rewarded}/{gate.responses_total} "
+        f"responses rewarded by experts, mean reward {gate.mean_reward:.3f}" + (f"; {model}" if model else "")
+    )
+
+
+def gate_drift_message(gate: Gate) -> str | None:
+    """Said when a gate finds the reward model drifted: the next round goes to the experts whole."""
+    check = gate.reward_model
+    if check is None or not check.drifted:
+        return None
+    return (
+        f"round {gate.round}: the reward model's error on the experts' fresh ratings was {check.mae:.3f} > "
+        f"driftBound {check.bound:g}; round {gate.round + 1} goes to the experts whole"
+    )
+
+
+def selection_drift_message(selection: Selection | None) -> str | None:
+    """Said while a round that went to the experts whole because of drift awaits its ratings."""
+    if selection is None or selection.drift is None:
+        return None
+    return selection.fallback or f"reward model drift found at round {selection.drift.round}"
