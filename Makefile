@@ -17,14 +17,16 @@ TORCH_INDEX ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test e2e-kind crd
+.PHONY: venv run test e2e-kind crd pins-refresh
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml images/ml-stack.txt
+CONSTRAINTS := -c images/ml-stack.txt -c images/constraints.txt
+
+$(STAMP): pyproject.toml images/ml-stack.txt images/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
-	$(BIN)/pip install -c images/ml-stack.txt -e '.[all]'
+	$(BIN)/pip install $(CONSTRAINTS) -e '.[all]'
 	touch $(STAMP)
 
 run: venv
@@ -39,3 +41,12 @@ e2e-kind: venv
 crd: venv
 	$(BIN)/therapy-rlhf crd --output crds/therapyrlhfrun.yaml
 	cp crds/therapyrlhfrun.yaml charts/therapy-rlhf/files/therapyrlhfrun.yaml  # the chart ships a copy
+
+# A candidate images/constraints.txt from a fresh, unconstrained install of today's releases
+# (the ML stack stays as images/ml-stack.txt pins it). Check it with `make test`, then commit.
+pins-refresh:
+	rm -rf .pins-venv && $(PYTHON) -m venv .pins-venv
+	.pins-venv/bin/pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
+	.pins-venv/bin/pip install -c images/ml-stack.txt '.[all]'
+	.pins-venv/bin/python images/pins.py images/ml-stack.txt images/constraints.txt > images/constraints.txt.new
+	@echo "wrote images/constraints.txt.new: diff it against images/constraints.txt, run make test with it, commit"

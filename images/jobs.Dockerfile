@@ -25,15 +25,19 @@ RUN apt-get update \
  && python3.12 -m venv /opt/venv
 
 WORKDIR /src
-COPY images/ml-stack.txt ./
+COPY images/ml-stack.txt images/constraints.txt ./
 # torch first, from the CUDA index, at the tested version; everything after is held to the same set.
-RUN pip install -c ml-stack.txt torch --index-url "${TORCH_INDEX}"
+RUN pip install -c ml-stack.txt -c constraints.txt torch --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
 COPY therapy_rlhf ./therapy_rlhf
 COPY operator ./operator
 COPY jobs ./jobs
 COPY tui ./tui
-RUN pip install -c ml-stack.txt ".[jobs]" bitsandbytes && rm -rf /src
+# The same wheel CI builds and installs (tests/packaging): built here from the source, then
+# installed like any other package, so the image needs no source tree at run time.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && pip install -c ml-stack.txt -c constraints.txt "$(ls /wheels/therapy_rlhf-*.whl)[jobs]" bitsandbytes \
+ && rm -rf /src /wheels
 
 RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin trainer
 USER 1000:1000

@@ -8,13 +8,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+COPY images/ml-stack.txt images/constraints.txt ./
 COPY pyproject.toml README.md ./
 COPY therapy_rlhf ./therapy_rlhf
 COPY operator ./operator
 COPY jobs ./jobs
 COPY tui ./tui
-# A regular (not editable) install: the image needs no source tree at run time.
-RUN pip install ".[operator]" && rm -rf /src
+# The same wheel CI builds and installs (tests/packaging), at the tested versions: a regular
+# install, so the image needs no source tree at run time.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && pip install -c ml-stack.txt -c constraints.txt "$(ls /wheels/therapy_rlhf-*.whl)[operator]" \
+ && rm -rf /src /wheels
 
 # Non-root, matching the chart's runAsUser; the root filesystem is mounted read-only.
 RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin operator

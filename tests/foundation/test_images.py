@@ -42,8 +42,8 @@ def test_both_job_images_install_through_the_stack():
     for name in ("jobs.Dockerfile", "jobs-cpu.Dockerfile"):
         text = (ROOT / "images" / name).read_text()
         installs = [l for l in text.splitlines() if "pip install" in l]
-        assert installs and all("-c ml-stack.txt" in l for l in installs), (name, installs)
-        assert "COPY images/ml-stack.txt" in text
+        assert installs and all("-c ml-stack.txt -c constraints.txt" in l for l in installs), (name, installs)
+        assert "COPY images/ml-stack.txt images/constraints.txt" in text
         assert not re.search(r"(torch|transformers|peft|trl|bitsandbytes|accelerate)[=<>]=?[0-9]", text), name
 
 
@@ -53,3 +53,35 @@ def test_the_gpu_image_names_its_cuda_and_matches_the_torch_build():
     index = re.search(r"download\.pytorch\.org/whl/cu(\d+)", text)
     assert base and index
     assert index.group(1) == base.group(1) + base.group(2)  # CUDA 12.8 image, cu128 wheel
+
+
+def test_every_image_installs_the_built_wheel_at_the_tested_versions():
+    for name in ("jobs.Dockerfile", "jobs-cpu.Dockerfile", "operator.Dockerfile"):
+        text = (ROOT / "images" / name).read_text()
+        assert "pip wheel --no-deps --wheel-dir /wheels ." in text, name
+        install = next(l for l in text.splitlines() if "/wheels/therapy_rlhf-" in l)
+        assert "-c ml-stack.txt -c constraints.txt" in install and "-e " not in install, name
+
+
+def test_the_two_pin_files_never_name_the_same_package():
+    constraints = ROOT / "images" / "constraints.txt"
+    pinned = {}
+    for line in constraints.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"{constraints}: {line!r} is not pinned with =="
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert "moto" in pinned and "kmock" in pinned and "textual" in pinned
+    assert not set(pinned) & {re.sub(r"[-_.]+", "-", n) for n in pins()}
+
+
+def test_these_tests_run_with_the_pinned_tools():
+    wrong = {}
+    for name in ("moto", "kmock", "textual", "pytest", "boto3", "kopf"):
+        line = next(l for l in (ROOT / "images" / "constraints.txt").read_text().splitlines()
+                    if l.lower().startswith(name + "=="))
+        version = line.partition("==")[2]
+        if metadata.version(name) != version:
+            wrong[name] = (metadata.version(name), version)
+    assert not wrong, f"installed vs images/constraints.txt: {wrong} (install with -c images/constraints.txt)"

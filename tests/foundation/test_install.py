@@ -27,7 +27,7 @@ def test_default_install_uses_pips_own_indexes(tmp_path):
     torch, project = planned(tmp_path)
     assert torch.split()[-1] == "torch==2.13.0" and "--index-url" not in torch
     # the rest at the tested versions (torch 2.13.0+cpu meets the constraint torch==2.13.0)
-    assert project.endswith("pip install -c images/ml-stack.txt -e '.[all]'")
+    assert project.endswith("pip install -c images/ml-stack.txt -c images/constraints.txt -e '.[all]'")
 
 
 def test_torch_index_points_only_the_torch_install_at_it(tmp_path):

@@ -138,6 +138,9 @@ def test_a_raters_tools_work_with_the_policy(iam_s3, run):
         "rating-key-inside-a-checkpoint",
         "read-the-models-predictions",  # feedback.selection: nothing from the model anchors a rater
         "overwrite-the-selection",
+        "overwrite-own-rating",  # a plain PUT, not a create: the s3:if-none-match condition refuses it
+        "list-outside-the-store",  # the s3:prefix condition: key names under the store prefix only
+        "list-the-whole-bucket",
     ],
 )
 def test_every_forgery_with_a_raters_credential_is_refused(iam_s3, run, forgery):
@@ -164,9 +167,24 @@ def test_every_forgery_with_a_raters_credential_is_refused(iam_s3, run, forgery)
             lee.read_bytes(PATHS.selection(1))
         elif forgery == "overwrite-the-selection":
             lee.write_json(PATHS.selection(1), {"round": 1, "selected": []})
+        elif forgery == "overwrite-own-rating":
+            lee.write_json(PATHS.rating(1, "dr-lee", "r0001-b"), {**forged, "rater": "dr-lee"})
+        elif forgery == "list-outside-the-store":
+            S3Store(lee.bucket, "elsewhere", client=lee.client).list("")
+        elif forgery == "list-the-whole-bucket":
+            S3Store(lee.bucket, "", client=lee.client).list("")
         else:  # a key that ends in ratings/dr-lee/ but sits in a checkpoint folder
             lee.create_json(PATHS.policy_prefix(1) + "/ratings/dr-lee/adapter_model.json", {})
     assert snapshot(executor) == before
+
+
+def test_a_refused_listing_names_the_prefix_it_asked_for(iam_s3, run):
+    lee = iam_s3("dr-lee")
+    with pytest.raises(AccessDenied) as refused:
+        S3Store(lee.bucket, "elsewhere", client=lee.client).list("")
+    assert str(refused.value) == f"listing s3://{lee.bucket}/elsewhere/ failed: access denied"
+    # The store's own root listing is allowed and is the prefix the policy names: 'therapy-rlhf/'.
+    assert lee.list("") and all(not key.startswith("/") for key in lee.list(""))
 
 
 def test_the_command_prints_both_dialects(capsys):

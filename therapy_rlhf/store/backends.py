@@ -390,7 +390,7 @@ class S3Store(Store):
         def _pages() -> Iterable[dict]:
             yield from paginator.paginate(Bucket=self.bucket, Prefix=full)
 
-        for page in self._call("listing", prefix or "/", lambda: list(_pages())):
+        for page in self._call("listing", prefix, lambda: list(_pages())):
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
