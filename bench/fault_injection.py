@@ -1,6 +1,6 @@
 """Ratings under injected S3 faults: acknowledged, stored, duplicates, lost.
 
-    python bench/fault_injection.py [--responses 250] [--raters 4] [--rate 0.05] [--seeds 1 2 3]
+    python -m bench.fault_injection [--responses 250] [--raters 4] [--rate 0.05] [--seeds 1 2 3]
 
 moto's S3 server runs here on loopback behind the fault-injecting proxy of
 tests/support/fault_proxy.py: ``--rate`` of all requests get one of four
@@ -24,10 +24,8 @@ import os
 import platform
 import sys
 import uuid
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-from fault_proxy import run_workload  # noqa: E402
+from tests.support.fault_proxy import run_workload
 
 
 def main() -> int:

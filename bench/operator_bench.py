@@ -1,6 +1,6 @@
 """Operator benchmark against the Kubernetes API emulator (kmock) and S3 (moto).
 
-    python bench/operator_bench.py [--runs 100] [--responses 8] [--trials 5] [--window 60]
+    python -m bench.operator_bench [--runs 100] [--responses 8] [--trials 5] [--window 60]
 
 The operator runs as its own process, exactly as deployed
 (``python -m therapy_rlhf.operator --all-namespaces``, default timer interval
@@ -43,7 +43,7 @@ from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import PendingResponse, dump_batch
 from therapy_rlhf.store.runs import freeze_spec
 from therapy_rlhf.feedback.simrater import judge
-from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, PLURAL, parse_run
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, PLURAL
 from therapy_rlhf.store.backends import S3Store
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -54,8 +54,8 @@ JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The same emulator set-up as the operator tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-from kube_emulator import Emulator, register_resources, write_kubeconfig  # noqa: E402
+from tests.support.kube_emulator import Emulator, register_resources, write_kubeconfig
+from tests.support.manifests import run_doc, run_manifest
 
 
 def spec_for(bucket: str, endpoint: str, responses: int) -> dict:
@@ -71,8 +71,7 @@ def spec_for(bucket: str, endpoint: str, responses: int) -> dict:
 
 def prepare_store(store: S3Store, name: str, spec: dict, responses: int):
     """Frozen spec, SFT marker and round 1's batch: the run starts out awaiting ratings."""
-    manifest = parse_run({"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
-                          "metadata": {"name": name, "namespace": NS}, "spec": spec})
+    manifest = run_manifest(spec, name, NS)
     freeze_spec(store, manifest)
     paths = RunPaths(NS, name)
     store.write_json(paths.sft_metrics(), {"bench": True})
@@ -153,9 +152,7 @@ async def main_async(args) -> str:
 
         async def create(name):
             manifest, paths = await asyncio.to_thread(prepare_store, store, name, spec, args.responses)
-            await api("POST", RUNS, {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
-                                     "metadata": {"name": name, "namespace": NS, "uid": str(uuid.uuid4()),
-                                                  "resourceVersion": "1", "generation": 1}, "spec": spec})
+            await api("POST", RUNS, run_doc(spec, name, NS, uid=str(uuid.uuid4()), resourceVersion="1", generation=1))
             return manifest, paths
 
         async def wait(predicate, timeout, what, poll=0.02):
@@ -222,7 +219,7 @@ async def main_async(args) -> str:
     def fmt(xs):
         return f"median {statistics.median(xs):.2f} s, max {max(xs):.2f} s (n={len(xs)})"
     return "\n".join([
-        f"`python bench/operator_bench.py --runs {args.runs} --responses {args.responses} --trials {args.trials} "
+        f"`python -m bench.operator_bench --runs {args.runs} --responses {args.responses} --trials {args.trials} "
         f"--window {args.window}` (timer interval {interval:g} s), {time.strftime('%Y-%m-%d')}, "
         f"{platform.node() or 'host'} ({os.cpu_count()} CPUs, shared), Python {platform.python_version()}; "
         "operator, moto's S3 server and the benchmark (with kmock's emulator) as three processes.",

@@ -40,6 +40,7 @@ from therapy_rlhf.feedback.gate import close_gate
 from therapy_rlhf.contracts.records import parse_batch
 from therapy_rlhf.contracts.spec import ModelSpec, parse_run
 from therapy_rlhf.store.backends import LocalStore
+from tests.support.manifests import run_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "I'm feeling depressed and hopeless. Can you help me?"
@@ -47,11 +48,7 @@ PROMPT = "I'm feeling depressed and hopeless. Can you help me?"
 
 def manifest(store: Path, esconv: Path, rounds: int, eval_examples: int):
     return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "issue-8-bench", "namespace": "default"},
-            "spec": {
+        run_doc({
                 "model": {"source": "tiny:mistral", "maxLength": 256, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
                 "storage": {"localPath": str(store)},
                 "sft": {
@@ -71,8 +68,7 @@ def manifest(store: Path, esconv: Path, rounds: int, eval_examples: int):
                     "maxExamples": eval_examples, "maxNewTokens": 24, "checkpoints": ["base", "sft", "final"],
                 },
                 "resources": {"gpus": 0},
-            },
-        },
+            }, "issue-8-bench", "default"),
         "bench",
     )
 

@@ -1,7 +1,7 @@
 """Benchmark: from the last rating of a round to the next batch, and a 20-round tiny run, before and after.
 
-    python bench/round_latency.py --before-python /tmp/main/.venv/bin/python            # print only
-    python bench/round_latency.py --before-python /tmp/main/.venv/bin/python --write    # + bench/RESULTS.md
+    python -m bench.round_latency --before-python /tmp/main/.venv/bin/python            # print only
+    python -m bench.round_latency --before-python /tmp/main/.venv/bin/python --write    # + bench/RESULTS.md
 
 "Before" is today's behaviour, measured in the same invocation: ``--before-python``
 is the Python of a virtualenv where ``therapy_rlhf`` is installed from a checkout
@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import copy
 import importlib.util
 import json
 import os
@@ -59,7 +57,6 @@ TINY_EXAMPLE = REPO / "examples" / "tiny-local.yaml"
 DONE_RE = re.compile(r"\[(?P<kind>[\w-]+) r(?P<round>\d+)\] done: (?P<json>\{.*\})")
 FINISHED_RE = re.compile(r"(?P<kind>[\w-]+) job finished in (?P<seconds>[0-9.]+)s")
 ROUND_KINDS = ("generate", "ppo", "ppo-generate")
-sys.path.insert(0, str(REPO / "tests" / "support"))  # the emulator set-up shared with the operator tests
 
 from therapy_rlhf.contracts.layout import RunPaths  # noqa: E402
 from therapy_rlhf.feedback.rounds import load_round  # noqa: E402
@@ -183,7 +180,7 @@ async def cluster_latency(rounds: int, modes: list[tuple[str, bool]], tmp: Path)
     import aiohttp
     import boto3
     import kmock
-    from kube_emulator import Emulator, register_resources, write_kubeconfig
+    from tests.support.kube_emulator import Emulator, register_resources, write_kubeconfig
 
     harness = _harness()
     progress("emulated cluster: starting moto, the emulator and the operator")
@@ -308,7 +305,7 @@ def render(args, local: list[dict], cluster: list[dict], full: list[dict], loads
     out = [
         SECTION,
         "",
-        f"`python bench/round_latency.py --before-python {args.before_python}` ({when}, shared 2-CPU dev machine, "
+        f"`python -m bench.round_latency --before-python {args.before_python}` ({when}, shared 2-CPU dev machine, "
         f"no GPU, Python {sys.version.split()[0]}; load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end). "
         f"Before = {args.before_label}, run from its own virtualenv in the same invocation; after = this tree. "
         "Tiny Mistral of `examples/tiny-local.yaml`. Targets on this machine: per-job start-up < 0.5 s locally, "

@@ -28,8 +28,8 @@ from therapy_rlhf.feedback.gate import coverage
 from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.contracts.records import PendingResponse, dump_batch
 from therapy_rlhf.store.runs import freeze_spec
-from therapy_rlhf.contracts.spec import parse_run
 from therapy_rlhf.store.backends import LocalStore, Store
+from tests.support.manifests import run_manifest
 
 PATHS = RunPaths("default", "bench")
 KEYS_PER_RATING = ["3", "4", "2", "3", "4", "enter"]
@@ -72,14 +72,7 @@ class SlowStore(Store):
 
 def make_store(root: str, n: int) -> LocalStore:
     store = LocalStore(root)
-    manifest = parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "bench"},
-            "spec": {"model": {"source": "tiny:mistral"}, "storage": {"localPath": root}},
-        }
-    )
+    manifest = run_manifest({"model": {"source": "tiny:mistral"}, "storage": {"localPath": root}}, "bench")
     freeze_spec(store, manifest)
     batch = [
         PendingResponse(

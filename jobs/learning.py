@@ -123,7 +123,7 @@ def rate(
     feedback = manifest.spec.feedback
     state = load_round(store, paths, round_no, feedback=feedback)
     judged = [judge(r, feedback) for r in state.responses]
-    rewards = [j.reward for j in judged] + [judge(r, feedback).reward for r in state.model_only]
+    rewards = [j.reward for j in judged] + [judge(r, feedback).reward for r in state.not_sent]
     order = list(range(len(judged)))
     if shuffle is not None:
         shuffle.shuffle(order)

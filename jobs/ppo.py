@@ -111,7 +111,7 @@ def read_inputs(store: Store, paths: RunPaths, round_no: int, sft_enabled: bool,
             raise JobError(f"{store.describe(gate_key)}: {rid!r} is both expert-rated and model-scored")
         if rid not in by_id:
             raise JobError(f"{store.describe(gate_key)} model-scores {rid!r}, which is not in the batch")
-        if by_id[rid].expert:
+        if by_id[rid].sent_to_experts:
             raise JobError(f"{store.describe(gate_key)} model-scores {rid!r}, which was sent to the experts")
     reward_of = {rid: r.reward for rid, r in gate.rewards.items()}
     reward_of.update({rid: s.reward for rid, s in gate.model_scored.items()})

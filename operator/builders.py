@@ -171,24 +171,10 @@ def _resources(manifest: RunManifest, kind: str) -> dict[str, Any]:
     return {"requests": amounts, "limits": limits}
 
 
-def build_job(
-    manifest: RunManifest,
-    kind: str,
-    round_no: int,
-    attempt: int,
-    owner: dict[str, Any],
-    config: cfg.OperatorConfig | None = None,
-    expect: list[str] | None = None,
-) -> dict[str, Any]:
-    """The Job for one attempt of one planner step (``expect``: see ``job_command``)."""
-    config = config or cfg.OperatorConfig()
+def _container(manifest: RunManifest, kind: str, round_no: int, config: cfg.OperatorConfig, expect: list[str] | None) -> dict[str, Any]:
+    """The Job's one container: the job's command, its environment, resources, mounts, a locked-down context."""
     res = manifest.spec.resources
-    name = job_name(manifest.name, kind, round_no, attempt)
-    labels = job_labels(manifest.name, kind, round_no, attempt)
-    job_meta_labels = dict(labels)
-    if res.queue_name:
-        job_meta_labels[LABEL_QUEUE] = res.queue_name
-    container = {
+    return {
         "name": kind,
         "image": res.image,
         "imagePullPolicy": res.image_pull_policy,
@@ -212,6 +198,11 @@ def build_job(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+
+
+def _pod_spec(manifest: RunManifest, container: dict[str, Any]) -> dict[str, Any]:
+    """The pod: non-root, no API token, the run config, cache, scratch and shared-memory volumes, placement."""
+    res = manifest.spec.resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # Jobs talk to the object store only, never to the Kubernetes API.
@@ -247,6 +238,27 @@ def build_job(
         pod_spec["priorityClassName"] = res.priority_class_name
     if res.service_account_name:
         pod_spec["serviceAccountName"] = res.service_account_name
+    return pod_spec
+
+
+def build_job(
+    manifest: RunManifest,
+    kind: str,
+    round_no: int,
+    attempt: int,
+    owner: dict[str, Any],
+    config: cfg.OperatorConfig | None = None,
+    expect: list[str] | None = None,
+) -> dict[str, Any]:
+    """The Job for one attempt of one planner step (``expect``: see ``job_command``)."""
+    config = config or cfg.OperatorConfig()
+    res = manifest.spec.resources
+    name = job_name(manifest.name, kind, round_no, attempt)
+    labels = job_labels(manifest.name, kind, round_no, attempt)
+    job_meta_labels = dict(labels)
+    if res.queue_name:
+        job_meta_labels[LABEL_QUEUE] = res.queue_name
+    pod_spec = _pod_spec(manifest, _container(manifest, kind, round_no, config, expect))
     job_spec: dict[str, Any] = {
         # Retries are the operator's: each attempt is a new Job (a new name), counted
         # against spec.backoffLimit, so a pod failure must end this Job at once.

@@ -45,6 +45,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Lo
         kopf.event(body, type=event_type, reason=reason, message=message[:MAX_EVENT_MESSAGE])
 
     _apply(reconcile(plain, state, emit, logger), patch, plain["status"])
+    metrics.RECONCILES.inc()
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> kopf.OperatorRegistry:

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from therapy_rlhf.contracts import phases
 
 RUNS_BY_PHASE = Gauge("therapy_rlhf_runs", "TherapyRLHFRuns by phase, as last reconciled.", ["phase"])
+RECONCILES = Counter("therapy_rlhf_reconciles_total", "Reconcile passes (timer ticks and run events), all runs.")
 JOBS_CREATED = Counter("therapy_rlhf_jobs_created_total", "Jobs created by the operator.", ["kind"])
 JOBS_SUCCEEDED = Counter("therapy_rlhf_jobs_succeeded_total", "Jobs seen finishing successfully.", ["kind"])
 JOBS_FAILED = Counter("therapy_rlhf_jobs_failed_total", "Jobs seen failing.", ["kind"])

@@ -296,8 +296,8 @@ def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, 
         done = step.close_round_gate(store, paths, spec, action, "operator", closed_by, record, previous=awaiting)
     except step.GateNotClosed as err:
         raise StoreError(str(err)) from None
-    record.update(done.recorded)
-    memory.digest.recorded.update(done.recorded)
+    record.update(done.digests)
+    memory.digest.recorded.update(done.digests)
     for notice in done.notices:
         emit(notice.level, notice.reason, notice.message)
     return done.gate

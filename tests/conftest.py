@@ -8,7 +8,6 @@ backend with ``local_store`` / ``s3_store``.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from therapy_rlhf.store.backends import LocalStore, S3Store
 
 ESCONV_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esconv"
 
-# tests/support holds helpers shared by test folders and benchmarks
-# (``from budget import budget``, ``from kube_emulator import Emulator``).
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+# tests/support is a package of helpers shared by test folders and benchmarks
+# (``from tests.support.budget import budget``); pytest puts the repository root
+# on the path (pyproject: pythonpath), benchmarks run as ``python -m bench.NAME``.
 
 
 @pytest.fixture(scope="session")

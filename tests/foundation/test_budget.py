@@ -2,7 +2,7 @@
 
 import pytest
 
-from budget import DEFAULT_SCALE, SCALE_ENV, budget
+from tests.support.budget import DEFAULT_SCALE, SCALE_ENV, budget
 
 
 def test_budget_scales_quiet_seconds(monkeypatch):

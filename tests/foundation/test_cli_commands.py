@@ -16,6 +16,7 @@ from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
 from therapy_rlhf.store.runs import freeze_spec
 from therapy_rlhf.contracts.spec import parse_run
+from tests.support.manifests import run_doc
 
 RUN = "demo"
 PATHS = RunPaths("default", RUN)
@@ -27,17 +28,12 @@ TEXTS = [
 
 
 def manifest_doc(min_raters=1, allowed=()):
-    return {
-        "apiVersion": "rlhf.therapy.dev/v1alpha1",
-        "kind": "TherapyRLHFRun",
-        "metadata": {"name": RUN},
-        "spec": {
+    return run_doc({
             "model": {"source": "tiny:mistral"},
             "storage": {"localPath": "/unused"},
             "ppo": {"rounds": 2},
             "feedback": {"minRaters": min_raters, "allowedRaters": list(allowed)},
-        },
-    }
+        }, RUN)
 
 
 def seed_run(store, round_no=1, **kw):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fault_proxy import FaultProxy, run_workload
+from tests.support.fault_proxy import FaultProxy, run_workload
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.rewards import RatingError
 from therapy_rlhf.feedback.rounds import load_round

@@ -19,7 +19,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 
 ROOT = Path(__file__).resolve().parents[2]
 # import name prefix -> folder, as pyproject's package-dir maps them

@@ -20,14 +20,15 @@ from therapy_rlhf.contracts.records import PendingResponse, Rating
 from therapy_rlhf.contracts.spec import MAX_SEED, RunSpec, SpecError, load_run, parse_run
 from therapy_rlhf.store.backends import LocalStore, OutsideStore, S3Store, open_store
 
-from budget import budget  # tests/support, on sys.path via tests/conftest.py
+from tests.support.budget import budget
+from tests.support.manifests import run_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/tmp/store"}}
 
 
 def manifest(spec: dict, name: str = "demo") -> dict:
-    return {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "metadata": {"name": name}, "spec": spec}
+    return run_doc(spec, name)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

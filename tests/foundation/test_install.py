@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 
 ROOT = Path(__file__).resolve().parents[2]
 

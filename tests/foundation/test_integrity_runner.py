@@ -22,7 +22,7 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.rounds import load_round, read_gate
 from therapy_rlhf.contracts.records import Gate, ResponseReward
 from therapy_rlhf.execution.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
-from therapy_rlhf.contracts.spec import parse_run
+from tests.support.manifests import run_manifest
 
 PATHS = RunPaths("default", "demo")
 STANDIN = [sys.executable, str(Path(__file__).resolve().parents[1] / "support" / "standin_jobs.py")]
@@ -37,9 +37,7 @@ def manifest(tmp_path: Path, **spec_overrides):
     }
     for key, value in spec_overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_run(
-        {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "metadata": {"name": "demo"}, "spec": spec}
-    )
+    return run_manifest(spec, "demo")
 
 
 @pytest.fixture(autouse=True)

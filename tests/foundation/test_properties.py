@@ -20,19 +20,15 @@ from therapy_rlhf.contracts import names
 from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
 from therapy_rlhf.contracts.spec import RunManifest, SpecError, load_run, parse_run
 from therapy_rlhf.store.backends import check_key
+from tests.support.manifests import run_doc
 
 BASE = RunManifest.model_validate(
-    {
-        "apiVersion": "rlhf.therapy.dev/v1alpha1",
-        "kind": "TherapyRLHFRun",
-        "metadata": {"name": "demo"},
-        "spec": {
+    run_doc({
             "model": {"source": "tiny:mistral"},
             "storage": {"localPath": "/tmp/store"},
             "resources": {"tolerations": [{"key": "gpu", "operator": "Exists"}], "nodeSelector": {"a": "b"}},
             "evaluation": {"externalResponses": [{"name": "gpt", "path": "/x.jsonl"}]},
-        },
-    }
+        }, "demo")
 ).model_dump(mode="json", by_alias=True)
 
 

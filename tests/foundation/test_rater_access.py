@@ -25,10 +25,11 @@ from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
 from therapy_rlhf.store.runs import freeze_spec
-from therapy_rlhf.contracts.spec import FeedbackSpec, parse_run
+from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.store.backends import AccessDenied, S3Store
 
-from budget import budget  # tests/support, on sys.path via tests/conftest.py
+from tests.support.budget import budget
+from tests.support.manifests import run_manifest
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 PATHS = RunPaths("default", "demo")
@@ -88,10 +89,8 @@ def iam_s3():
 @pytest.fixture(scope="module")
 def run(iam_s3):
     executor = iam_s3("executor")
-    manifest = parse_run({"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun",
-                          "metadata": {"name": "demo"},
-                          "spec": {"model": {"source": "tiny:mistral"}, "storage": {"bucket": "b-unused", "prefix": PREFIX},
-                                   "feedback": {"minRaters": 2}}})
+    manifest = run_manifest({"model": {"source": "tiny:mistral"}, "storage": {"bucket": "b-unused", "prefix": PREFIX},
+                                   "feedback": {"minRaters": 2}}, "demo")
     freeze_spec(executor, manifest)
     executor.write_bytes(PATHS.batch(1), dump_batch(
         [PendingResponse(id=i, round=1, prompt_id="p", prompt="I feel hopeless.", response="I hear you.")

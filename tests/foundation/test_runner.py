@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 from rich.console import Console
 
 import therapy_rlhf.execution.runner as runner_mod
@@ -19,12 +18,12 @@ from therapy_rlhf.feedback.rounds import read_gate
 from therapy_rlhf.execution.runner import EXIT_FAILED, EXIT_SUCCEEDED, EXIT_SUSPENDED, LocalRunner
 from therapy_rlhf.store.runs import FrozenSpecMismatch
 from therapy_rlhf.feedback.simrater import rate_round
-from therapy_rlhf.contracts.spec import parse_run
+from tests.support.manifests import run_manifest
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 # The stand-ins as a script (a cold start: the worker execs it) and as a module (forked warm).
 STANDIN = [sys.executable, str(SUPPORT / "standin_jobs.py")]
-STANDIN_WARM = [sys.executable, "-m", "standin_jobs"]
+STANDIN_WARM = [sys.executable, "-m", "tests.support.standin_jobs"]
 
 
 def manifest(tmp_path: Path, **spec_overrides):
@@ -43,16 +42,14 @@ def manifest(tmp_path: Path, **spec_overrides):
     }
     for key, value in spec_overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_run(
-        {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "metadata": {"name": "demo"}, "spec": spec}
-    )
+    return run_manifest(spec, "demo")
 
 
 def make_runner(m, store, **kw) -> LocalRunner:
     kw.setdefault("scoring", "auto")
     kw.setdefault("poll_interval", 0.01)
     kw.setdefault("job_command", STANDIN_WARM)
-    kw.setdefault("preload", ("standin_jobs",))
+    kw.setdefault("preload", ("tests.support.standin_jobs",))
     kw.setdefault("console", Console(file=open(os.devnull, "w")))
     return LocalRunner(m, store, **kw)
 
@@ -67,7 +64,7 @@ def job_logs(runner: LocalRunner) -> list[str]:
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("THERAPY_RLHF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("STANDIN_STATE_DIR", str(tmp_path / "standin"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT.parents[1]), os.environ.get("PYTHONPATH")])))
 
 
 def snapshot(store) -> dict[str, bytes]:
@@ -197,7 +194,7 @@ def test_progress_lines_are_not_wrapped_when_output_is_not_a_terminal(tmp_path, 
     store = LocalStore(deep)
     runner = LocalRunner(
         manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1}), store,
-        scoring="auto", job_command=STANDIN_WARM, preload=("standin_jobs",),
+        scoring="auto", job_command=STANDIN_WARM, preload=("tests.support.standin_jobs",),
     )
     assert runner.run() == EXIT_SUCCEEDED
     err = capsys.readouterr().err
@@ -297,7 +294,7 @@ def test_sigkill_during_jobs_then_resume(tmp_path, monkeypatch):
     import uuid
 
     import yaml
-    from processes import MARK_ENV, kill_marked, marked_processes, wait_until
+    from tests.support.processes import MARK_ENV, kill_marked, marked_processes, wait_until
 
     from therapy_rlhf.contracts.records import parse_batch
     from therapy_rlhf.store.backends import LocalStore

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from selection_rounds import PATHS, PROMPTS, closed_round_with_model, manifest, rate_all, responses, sample_round
+from tests.support.selection_rounds import PATHS, PROMPTS, closed_round_with_model, manifest, rate_all, responses, sample_round
 
 from therapy_rlhf.store import integrity
 from therapy_rlhf.feedback import selection
@@ -78,8 +78,8 @@ def test_responses_not_sent_are_hidden_and_refused(local_store):
     freeze_spec(local_store, m)
     chosen = sample_round(local_store, m, 1)
     state = load_round(local_store, PATHS, 1, feedback=m.spec.feedback)
-    assert state.response_ids == chosen.selected and len(state.model_only) == 24
-    hidden = state.model_only[0].id
+    assert state.response_ids == chosen.selected and len(state.not_sent) == 24
+    hidden = state.not_sent[0].id
     with pytest.raises(RatingError):
         submit_rating(local_store, PATHS, state, Rating(response_id=hidden, rater="dr-kim", criteria={"empathy": 1.0}, reward=1.0), m.spec.feedback)
     # Planted straight into the store, it is garbage, not a rating.
@@ -166,7 +166,7 @@ def test_the_executor_refuses_a_selection_that_is_not_the_one_its_job_reported(l
     doc["selected"] = doc["selected"][:1]
     local_store.write_json(key, doc)
     with pytest.raises(integrity.IntegrityError, match="does not match the digest its job reported"):
-        close_gate(local_store, PATHS, 1, m.spec.feedback, "complete", "test", record=record)
+        close_gate(local_store, PATHS, 1, m.spec.feedback, "complete", "test", digests=record)
     assert read_gate(local_store, PATHS, 1) is None
 
 

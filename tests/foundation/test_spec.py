@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from therapy_rlhf.contracts.spec import PAPER_PROMPT, RunSpec, SpecError, load_run, parse_run, parse_spec
+from tests.support.manifests import run_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -17,7 +18,7 @@ MINIMAL = {"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/tmp/s
 
 
 def manifest(spec: dict, name: str = "demo") -> dict:
-    return {"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "metadata": {"name": name}, "spec": spec}
+    return run_doc(spec, name)
 
 
 def test_defaults_reproduce_the_paper():

@@ -20,26 +20,19 @@ from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
 from therapy_rlhf.store.runs import freeze_spec
 from therapy_rlhf.feedback.summary import summarize_round
-from therapy_rlhf.contracts.spec import parse_run
+from tests.support.manifests import run_manifest
 
 PATHS = RunPaths("default", "demo")
 IDS = ["r0001-a", "r0001-b"]
 
 
 def make_run(store, **feedback):
-    manifest = parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "demo"},
-            "spec": {
+    manifest = run_manifest({
                 "model": {"source": "tiny:mistral"},
                 "storage": {"localPath": "/unused"},
                 "ppo": {"rounds": 2},
                 "feedback": {"allowedRaters": ["dr-lee", "dr-kim"], **feedback},
-            },
-        }
-    )
+            }, "demo")
     freeze_spec(store, manifest)
     batch = [PendingResponse(id=i, round=1, prompt_id="p", prompt="I feel hopeless.", response=f"answer {i}") for i in IDS]
     store.write_bytes(PATHS.batch(1), dump_batch(batch))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from budget import budget
+from tests.support.budget import budget
 from therapy_rlhf.jobs import download, models
 from therapy_rlhf.jobs.common import JobError, make_logger
 
@@ -194,8 +194,7 @@ def test_the_config_is_read_alone(s3_store, tmp_path):
 RANK = r"""
 import json, os, sys, time
 from pathlib import Path
-sys.path[:0] = [{tests!r}, {support!r}]
-from test_download import Requests
+from tests.jobs.test_download import Requests
 from therapy_rlhf.jobs import download
 from therapy_rlhf.jobs.common import make_logger
 make_logger()
@@ -213,10 +212,12 @@ def test_two_ranks_on_a_node_download_once(s3_store, tmp_path, chunks_of_one_mib
     upload_model(s3_store)
     cache = tmp_path / "cache"
     here = Path(__file__).parent
-    script = RANK.format(tests=str(here), support=str(here.parent / "support"), ready=str(tmp_path / "ready-"), go=str(tmp_path / "go"),
+    root = str(here.parents[1])  # the repository: the ranks import this module as tests.jobs.test_download
+    script = RANK.format(ready=str(tmp_path / "ready-"), go=str(tmp_path / "go"),
                          uri=uri_of(s3_store), cache=str(cache))
     ranks = [
-        subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, LOCAL_RANK=str(r), RANK=str(r), WORLD_SIZE="2"),
+        subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, LOCAL_RANK=str(r), RANK=str(r), WORLD_SIZE="2",
+                                                                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for r in (0, 1)
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 import torch
 
 from therapy_rlhf.cli import main as cli_main

@@ -14,6 +14,7 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import GenerationSettings, parse_batch
 from therapy_rlhf.contracts.spec import parse_run
 from therapy_rlhf.store.backends import LocalStore
+from tests.support.manifests import run_manifest
 
 PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?", "category": "depression"},
@@ -30,20 +31,13 @@ def manifest(store_dir, name="gen-test", sft=False, **ppo):
         "generation": {"maxNewTokens": 10, "batchSize": 2, "seed": 5},
         **ppo,
     }
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral", "maxLength": 128},
                 "storage": {"localPath": str(store_dir)},
                 "sft": {"enabled": sft},
                 "ppo": ppo_spec,
                 "evaluation": {"enabled": False, "checkpoints": ["base"]},
-            },
-        }
-    )
+            }, name, "default")
 
 
 def run_generate(m, store, round_no=1):

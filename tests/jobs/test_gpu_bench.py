@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from budget import budget
+from tests.support.budget import budget
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_bench.py"
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 import torch
 from safetensors.torch import load_file
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from recording_store import RecordingStore, snapshot
-from sft_adapter import store_sft_adapter
+from tests.support.recording_store import RecordingStore, snapshot
+from tests.support.sft_adapter import store_sft_adapter
 
 from therapy_rlhf.jobs import generate, models, ppo, ppo_generate
 from therapy_rlhf.jobs.__main__ import run as job_main
@@ -16,19 +16,14 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import StartJob, plan
 from therapy_rlhf.contracts.records import parse_batch
-from therapy_rlhf.contracts.spec import parse_run
 from therapy_rlhf.store.backends import LocalStore
 import job_steps  # tests/support
-from job_steps import run_job
+from tests.support.job_steps import run_job
+from tests.support.manifests import run_manifest
 
 
 def manifest(store_dir, sft: bool = False):
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "fused-test", "namespace": "default"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral", "maxLength": 128},
                 "storage": {"localPath": str(store_dir)},
                 "sft": {"enabled": sft},
@@ -45,9 +40,7 @@ def manifest(store_dir, sft: bool = False):
                     "miniBatchSize": 2,
                 },
                 "evaluation": {"enabled": False, "checkpoints": ["base"]},
-            },
-        }
-    )
+            }, "fused-test", "default")
 
 
 

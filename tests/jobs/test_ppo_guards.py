@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from therapy_rlhf.jobs import models, ppo_trainer, reference
 from therapy_rlhf.jobs.value_head import ValueHead
-from therapy_rlhf.contracts.spec import parse_run
+from tests.support.manifests import run_manifest
 
 
 def manifest(tmp_path, **ppo):
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "guards", "namespace": "default"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral", "maxLength": 128},
                 "storage": {"localPath": str(tmp_path)},
                 "sft": {"enabled": False},
                 "ppo": {"learningRate": 5e-3, "epochs": 3, "miniBatchSize": 2, **ppo},
                 "evaluation": {"enabled": False, "checkpoints": ["base"]},
-            },
-        }
-    )
+            }, "guards", "default")
 
 
 def make_policy(m, scale=0.2, seed=0):

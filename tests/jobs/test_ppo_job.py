@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import yaml
-from recording_store import RecordingStore, snapshot
+from tests.support.recording_store import RecordingStore, snapshot
 
 from therapy_rlhf.feedback import simrater
 from therapy_rlhf.jobs import generate, models, ppo, ppo_trainer
@@ -20,9 +20,9 @@ from therapy_rlhf.feedback.gate import close_gate
 from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import Rating, dump_batch, parse_batch
-from therapy_rlhf.contracts.spec import parse_run
 from therapy_rlhf.store.backends import LocalStore
-from job_steps import rated_round, run_job  # tests/support
+from tests.support.job_steps import rated_round, run_job  # tests/support
+from tests.support.manifests import run_manifest
 
 PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?"},
@@ -31,12 +31,7 @@ PROMPTS = [
 
 
 def manifest(store_dir, name="ppo-test"):
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral", "maxLength": 128},
                 "storage": {"localPath": str(store_dir)},
                 "sft": {"enabled": False},
@@ -51,9 +46,7 @@ def manifest(store_dir, name="ppo-test"):
                     "gradientAccumulationSteps": 2,
                 },
                 "evaluation": {"enabled": False, "checkpoints": ["base"]},
-            },
-        }
-    )
+            }, name, "default")
 
 
 

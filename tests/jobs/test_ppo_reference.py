@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sft_adapter import store_sft_adapter
+from tests.support.sft_adapter import store_sft_adapter
 
 from therapy_rlhf.jobs import models, ppo, ppo_trainer, reference
 from therapy_rlhf.jobs.common import JobContext
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import parse_batch
-from therapy_rlhf.contracts.spec import parse_run
-from job_steps import rated_round, run_job  # tests/support
+from tests.support.job_steps import rated_round, run_job  # tests/support
+from tests.support.manifests import run_manifest
 
 PROMPTS = [
     {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?"},
@@ -20,12 +20,7 @@ PROMPTS = [
 
 
 def manifest(store_dir, sft: bool, name="ref-test"):
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral", "maxLength": 128},
                 "storage": {"localPath": str(store_dir)},
                 "sft": {"enabled": sft},
@@ -39,9 +34,7 @@ def manifest(store_dir, sft: bool, name="ref-test"):
                     "miniBatchSize": 3,
                 },
                 "evaluation": {"enabled": False, "checkpoints": ["base"]},
-            },
-        }
-    )
+            }, name, "default")
 
 
 

@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import yaml
-from budget import budget
+from tests.support.budget import budget
 
 from therapy_rlhf.jobs import learning
 from therapy_rlhf.contracts.layout import RunPaths
-from therapy_rlhf.execution.runner import work_dir_for
+from therapy_rlhf.execution.workdir import work_dir_for
 from therapy_rlhf.store.backends import LocalStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 import torch
 from transformers import TrainerControl, TrainerState
 

@@ -17,15 +17,12 @@ from therapy_rlhf.feedback import simrater
 from therapy_rlhf.feedback.gate import close_gate
 from therapy_rlhf.jobs.__main__ import run as job_main
 from therapy_rlhf.contracts.layout import RunPaths
-from therapy_rlhf.contracts.spec import parse_run
 from therapy_rlhf.store.backends import LocalStore
+from tests.support.manifests import run_manifest
 
 
 def manifest(store_dir, sft: bool = False):
-    return parse_run({
-        "apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun",
-        "metadata": {"name": "verify", "namespace": "default"},
-        "spec": {
+    return run_manifest({
             "model": {"source": "tiny:mistral", "maxLength": 96, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}},
             "storage": {"localPath": str(store_dir)},
             "sft": {"enabled": sft},
@@ -33,8 +30,7 @@ def manifest(store_dir, sft: bool = False):
                     "prompts": [{"id": "hopeless", "text": "I'm feeling depressed and hopeless."}],
                     "generation": {"maxNewTokens": 4, "batchSize": 2}},
             "evaluation": {"enabled": False, "checkpoints": ["base"]},
-        },
-    })
+        }, "verify", "default")
 
 
 @pytest.fixture
@@ -53,7 +49,7 @@ def gated(tmp_path):
     record = integrity.parse_outputs(outputs.read_text(), integrity.job_outputs("generate", 1, paths))
     assert record == {"rounds/0001/batch.jsonl": hashlib.sha256(store.read_bytes(paths.batch(1))).hexdigest()}
     simrater.rate_round(store, paths, m, 1)
-    closed = close_gate(store, paths, 1, m.spec.feedback, "complete", "test", record=record)
+    closed = close_gate(store, paths, 1, m.spec.feedback, "complete", "test", digests=record)
     digest = closed.digest
     record[integrity.gate_name(paths, 1)] = digest
     return store, paths, m, run_file, record

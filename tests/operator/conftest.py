@@ -34,7 +34,7 @@ import aiohttp
 import kmock
 import pytest
 
-from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, PLURAL
 from therapy_rlhf.store.backends import S3Store
 
 # Import up front what the operator's thread would otherwise import lazily: CPython
@@ -49,10 +49,10 @@ import prometheus_client  # noqa: E402,F401
 import therapy_rlhf.operator.handlers  # noqa: E402,F401
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
-sys.path.insert(0, str(SUPPORT))
-from kube_emulator import Emulator, register_resources, write_kubeconfig  # noqa: E402
+from tests.support.kube_emulator import Emulator, register_resources, write_kubeconfig
 
-from budget import budget  # noqa: E402
+from tests.support.budget import budget
+from tests.support.manifests import run_doc
 
 STANDIN = SUPPORT / "standin_jobs.py"
 NAMESPACE = "default"
@@ -62,6 +62,11 @@ SECRET_NAME = "s3-creds"
 JOB_ENTRYPOINT = ["python", "-m", "therapy_rlhf.jobs"]
 TEST_IMAGES = "therapy-rlhf/jobs-cpu:*"  # the job image the test runs name (an installation allow-list)
 OPT_IN = "rlhf.therapy.dev/credentials"
+
+
+async def _now(value):
+    """``value`` as an awaitable, for wait_for's async predicates."""
+    return value
 
 
 class Cluster:
@@ -110,19 +115,7 @@ class Cluster:
         return await self.list(f"/api/v1/namespaces/{NAMESPACE}/events")
 
     async def create_run(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": KIND,
-            "metadata": {
-                "name": name,
-                "namespace": NAMESPACE,
-                "uid": str(uuid.uuid4()),
-                "resourceVersion": "1",
-                "generation": 1,
-                "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            "spec": spec,
-        }
+        body = run_doc(spec, name, NAMESPACE, uid=str(uuid.uuid4()), resourceVersion="1", generation=1, creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         return await self.api("POST", RUNS, body)
 
     async def patch_run(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -131,9 +124,18 @@ class Cluster:
     async def delete(self, path: str) -> None:
         await self.api("DELETE", path)
 
-    async def settle(self, ticks: int = 5, interval: float = 0.3) -> None:
-        """Let the operator run a few timer ticks."""
-        await asyncio.sleep(ticks * interval)
+    async def settle(self, ticks: int = 5) -> None:
+        """Wait until the operator has finished ``ticks`` reconcile passes that began after this call
+        (``therapy_rlhf_reconciles_total``), so that something checked absent next had that many
+        chances to appear, however slow the machine."""
+        from prometheus_client import REGISTRY
+
+        def passes() -> float:
+            return REGISTRY.get_sample_value("therapy_rlhf_reconciles_total") or 0.0
+
+        start = passes()  # a pass under way now may have read the store before this call: one more
+        await self.wait_for(lambda: _now(passes() >= start + ticks + 1), budget(self.STEP_SECONDS) * ticks,
+                            f"{ticks} operator passes")
 
     async def create_secret(self, name: str, data: dict[str, str], labels: dict[str, str] | None = None,
                             annotations: dict[str, str] | None = None) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 
 from therapy_rlhf.contracts import phases
-from therapy_rlhf.contracts.spec import parse_run
 
 from therapy_rlhf.operator.admission import LABEL_CREDENTIALS, NotAllowed, check_run, check_secret
 from therapy_rlhf.operator.config import OperatorConfig
 
-from budget import budget  # tests/support, on sys.path via tests/conftest.py
+from tests.support.budget import budget
+from tests.support.manifests import run_manifest
 
 pytestmark = pytest.mark.timeout(budget(15))
 
@@ -23,8 +23,7 @@ def manifest(**resources):
     spec = {"model": {"source": "tiny:mistral"},
             "storage": {"bucket": "rlhf-bucket", "endpoint": "https://minio.example:9000", "credentialsSecret": {"name": "s3"}},
             "resources": resources}
-    return parse_run({"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun",
-                      "metadata": {"name": "demo"}, "spec": spec})
+    return run_manifest(spec, "demo")
 
 
 def test_only_the_installations_image_by_default():

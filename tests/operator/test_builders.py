@@ -12,17 +12,13 @@ from therapy_rlhf.contracts.spec import parse_run
 
 from therapy_rlhf.operator import builders
 from therapy_rlhf.operator.config import OperatorConfig
+from tests.support.manifests import run_manifest
 
 OWNER = {"metadata": {"name": "demo", "uid": "0f6b1c3e-1111-2222-3333-444455556666"}}
 
 
 def manifest(**resources):
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "demo", "namespace": "team-a"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral"},
                 "storage": {
                     "bucket": "rlhf-bucket",
@@ -32,9 +28,7 @@ def manifest(**resources):
                     "credentialsSecret": {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
                 },
                 "resources": resources,
-            },
-        }
-    )
+            }, "demo", "team-a")
 
 
 def validate_schema(obj: dict) -> None:

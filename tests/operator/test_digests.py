@@ -8,18 +8,17 @@ from therapy_rlhf.store import integrity
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.planning.planner import CloseGate, Decision, JobObservation, Observed, RoundObservation, StartJob, WaitForJob
-from therapy_rlhf.contracts.spec import parse_run
 
 from therapy_rlhf.operator import digests
+from tests.support.manifests import run_manifest
 
 PATHS = RunPaths("default", "demo")
 D1, D2 = "a" * 64, "b" * 64
 
 
 def manifest(**sft):
-    return parse_run({"apiVersion": "rlhf.therapy.dev/v1alpha1", "kind": "TherapyRLHFRun", "metadata": {"name": "demo"},
-                      "spec": {"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/x"}, "ppo": {"rounds": 3},
-                               "sft": {"enabled": True, **sft}}})
+    return run_manifest({"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/x"}, "ppo": {"rounds": 3},
+                               "sft": {"enabled": True, **sft}}, "demo")
 
 
 def spec(**sft):

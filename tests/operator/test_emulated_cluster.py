@@ -6,11 +6,10 @@ instant artifacts), so each scenario runs in seconds.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
@@ -20,7 +19,7 @@ from therapy_rlhf.feedback.simrater import rate_round
 
 from therapy_rlhf.operator import builders
 
-from budget import budget  # noqa: E402  (tests/support, on sys.path via tests/conftest.py)
+from tests.support.budget import budget
 
 
 # A scenario: a handful of phases (Cluster.PHASE_SECONDS each on a quiet machine).

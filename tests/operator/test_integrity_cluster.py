@@ -19,7 +19,7 @@ from therapy_rlhf.contracts.records import Gate, ResponseReward
 from therapy_rlhf.store.runs import read_frozen_run
 from therapy_rlhf.feedback.simrater import rate_round
 
-from budget import budget  # tests/support, on sys.path via tests/conftest.py
+from tests.support.budget import budget
 
 pytestmark = pytest.mark.timeout(budget(25))
 PATHS = RunPaths("default", "demo")

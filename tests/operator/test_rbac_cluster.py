@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from budget import budget
-from kube_emulator import Rbac
+from tests.support.budget import budget
+from tests.support.kube_emulator import Rbac
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.store.runs import read_frozen_run

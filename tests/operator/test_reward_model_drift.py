@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-import selection_rounds as sel
+from tests.support import selection_rounds as sel
 
 from therapy_rlhf.store import integrity
 from therapy_rlhf.contracts import phases

@@ -5,7 +5,7 @@ closes the gate from that verified selection, and shows the model's part in the 
 from __future__ import annotations
 
 import pytest
-from budget import budget
+from tests.support.budget import budget
 
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths

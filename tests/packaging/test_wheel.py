@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from budget import budget
+from tests.support.budget import budget
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -13,7 +13,7 @@ from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import PendingResponse, Rating, SafetyScreen, dump_batch
 from therapy_rlhf.store.runs import freeze_spec
-from therapy_rlhf.contracts.spec import parse_run
+from tests.support.manifests import run_manifest
 
 PATHS = RunPaths("default", "sel")
 PROMPTS = ["p-a", "p-b", "p-c", "p-d"]
@@ -22,12 +22,7 @@ FILLER = "the a day work then when so it".split()
 
 
 def manifest(**sel):
-    return parse_run(
-        {
-            "apiVersion": "rlhf.therapy.dev/v1alpha1",
-            "kind": "TherapyRLHFRun",
-            "metadata": {"name": "sel"},
-            "spec": {
+    return run_manifest({
                 "model": {"source": "tiny:mistral"},
                 "storage": {"localPath": "/unused"},
                 "ppo": {"rounds": 4},
@@ -35,9 +30,7 @@ def manifest(**sel):
                     "rubric": [{"name": "empathy", "description": "e"}],
                     "selection": {"mode": "active", "budget": 8, "minRatings": 16, "unselected": "model", **sel},
                 },
-            },
-        }
-    )
+            }, "sel")
 
 
 def responses(round_no: int, n_per_prompt: int = 8, flagged: int = 0, seed: int = 0) -> list[PendingResponse]:

@@ -12,6 +12,7 @@ from therapy_rlhf.contracts.records import PendingResponse, SafetyScreen, dump_b
 from therapy_rlhf.store.runs import freeze_spec
 from therapy_rlhf.contracts.spec import parse_run
 from therapy_rlhf.store.backends import Store, StoreUnavailable
+from tests.support.manifests import run_doc
 
 PROMPTS = [
     "I'm feeling depressed and hopeless. Can you help me?",
@@ -36,17 +37,12 @@ def manifest(name: str = "demo", namespace: str = "default", **feedback):
     # The flow tests walk the batch in order; the ordering tests ask for the
     # product's default (least-covered first) explicitly.
     feedback.setdefault("responseOrder", "batch")
-    doc = {
-        "apiVersion": "rlhf.therapy.dev/v1alpha1",
-        "kind": "TherapyRLHFRun",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
+    doc = run_doc({
             "model": {"source": "tiny:mistral"},
             "storage": {"localPath": "/tmp/unused"},
             "ppo": {"rounds": 3},
             "feedback": feedback,
-        },
-    }
+        }, name, namespace)
     return parse_run(doc)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from budget import budget  # tests/support, on sys.path via tests/conftest.py
+from tests.support.budget import budget
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.rounds import load_round
 
@@ -41,7 +41,7 @@ def mine(store, rater="alice", paths=DEMO, round_no=1):
 
 async def until(pilot, predicate, seconds: float, what: str) -> None:
     """Wait for ``predicate()`` (a step that takes ``seconds`` on a quiet machine, scaled by the budget)."""
-    from budget import budget
+    from tests.support.budget import budget
 
     deadline = time.monotonic() + budget(seconds)
     while time.monotonic() < deadline:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from budget import budget
-from tcp_proxy import TcpProxy
+from tests.support.budget import budget
+from tests.support.tcp_proxy import TcpProxy
 
 from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating

@@ -96,7 +96,7 @@ def export_rows(store, paths, fmt: str = "conversational", include_model_scored:
         if include_model_scored and state.gate is not None:
             rows += [
                 _model_row(response, state.gate.model_scored[response.id], r, fmt)
-                for response in state.model_only
+                for response in state.not_sent
                 if response.id in state.gate.model_scored
             ]
     return rows

@@ -54,7 +54,8 @@ def _scoring_app(store_uri: str, rater: str | None, run: tuple[str, str], round_
 
 
 def run(args: argparse.Namespace) -> int:
-    from therapy_rlhf.execution.runner import LocalRunner, default_warm
+    from therapy_rlhf.execution.runner import LocalRunner
+    from therapy_rlhf.execution.workdir import default_warm
     from therapy_rlhf.store.runs import FrozenSpecMismatch, read_frozen_run
     from therapy_rlhf.contracts.spec import SpecError, load_run
     from therapy_rlhf.store.backends import StoreError, store_for_spec

@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from therapy_rlhf.contracts import names
 from therapy_rlhf.contracts.spec import MAX_ROUND, RATING_FLAGS, describe_validation_error
@@ -93,8 +93,10 @@ class PendingResponse(Record):
     policy: str | None = Field(None, description="Checkpoint key the response was sampled from.")
     generation: GenerationSettings | None = None
     safety: SafetyScreen = Field(default_factory=SafetyScreen)
-    expert: bool = Field(
+    sent_to_experts: bool = Field(
         True,
+        # batch.jsonl files written before the rename call it "expert"
+        validation_alias=AliasChoices("sent_to_experts", "expert"),
         description="Sent to the experts (feedback.selection); a response that is not is never shown to raters "
         "and can be rewarded only by the reward model, marked as model-scored.",
     )

@@ -1,6 +1,6 @@
 """Local execution: the runner that carries a run out on this machine, one job at a time.
 
-Owns the local runner (``runner``), the executor step both executors share
+Owns the local runner (``runner``; ``workdir``: where it keeps a run's files, how it starts jobs), the executor step both executors share
 (``step``: closing a gate, outcome and drift messages, the digest record,
 the suspend rule), and the job worker (``worker_server``: the process that
 forks jobs warm; ``worker_client``: the runner's handle on it;

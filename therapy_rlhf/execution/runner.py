@@ -30,11 +30,8 @@ the model.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
-import re
-import shlex
 import signal
 import sys
 import threading
@@ -51,6 +48,7 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.spec import RunManifest, RunSpec
 from therapy_rlhf.execution import step
 from therapy_rlhf.execution.worker_client import JobExit, JobWorkerClient
+from therapy_rlhf.execution.workdir import JOBS_MODULE, default_console, default_job_command, default_warm, work_dir_for
 from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import (
     CloseGate, Decision, Fail, Finish, JobObservation, StartJob, Suspend, WaitForJob, WaitForRatings, plan,
@@ -71,9 +69,6 @@ EXIT_SUSPENDED = 3
 EXIT_PAUSED = 4  # the rater closed the scoring TUI before the gate closed
 EXIT_INTERRUPTED = 130
 
-JOB_COMMAND_ENV = "THERAPY_RLHF_JOB_COMMAND"
-WARM_WORKER_ENV = "THERAPY_RLHF_WARM_WORKER"
-JOBS_MODULE = "therapy_rlhf.jobs"
 # Imported once by the warm worker when the jobs are the project's own.
 JOBS_PRELOAD = ("therapy_rlhf.jobs.preload",)
 LOG_TAIL_LINES = 20
@@ -92,40 +87,6 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-def default_job_command() -> list[str]:
-    """The job launcher: ``$THERAPY_RLHF_JOB_COMMAND`` (shell words) or this Python's jobs module."""
-    custom = os.environ.get(JOB_COMMAND_ENV)
-    if custom:
-        return shlex.split(custom)
-    return [sys.executable, "-m", JOBS_MODULE]
-
-
-def default_warm() -> bool:
-    """Warm job starts unless ``$THERAPY_RLHF_WARM_WORKER`` is 0/false/no."""
-    return os.environ.get(WARM_WORKER_ENV, "1").strip().lower() not in ("0", "false", "no")
-
-
-def default_console() -> Console:
-    """Progress on stderr; lines are never wrapped where stderr is a file or a CI log."""
-    console = Console(stderr=True, highlight=False)
-    if not console.is_terminal:
-        console.soft_wrap = True
-    return console
-
-
-def store_folder(uri: str) -> str:
-    """A folder name for a store: readable, and unique per store URI."""
-    slug = re.sub(r"[^a-z0-9]+", "-", uri.lower()).strip("-")[-40:].strip("-") or "store"
-    return f"{slug}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
-
-
-def work_dir_for(paths: RunPaths, store_uri: str) -> Path:
-    """Where the runner keeps the run config it hands to jobs, and the job logs: one folder per
-    store and run, so runs of the same name in two stores never share them."""
-    cache = Path(os.environ.get("THERAPY_RLHF_CACHE", Path.home() / ".cache" / "therapy-rlhf"))
-    return cache / "runner" / store_folder(store_uri) / paths.namespace / paths.run
 
 
 @dataclass
@@ -155,7 +116,7 @@ class LocalRunner:
             self.poll_interval = POLL_SECONDS_S3 if self.store.uri.startswith("s3://") else POLL_SECONDS_LOCAL
         self.paths = RunPaths(self.manifest.namespace, self.manifest.name)
         self.jobs: dict[tuple[str, int], JobObservation] = {}
-        # The executor's record (integrity): name -> digest of what it closed or its jobs wrote.
+        # The executor's digests (integrity): name -> digest of what it closed or its jobs wrote.
         self.digests: dict[str, str] = {}
         self._last_message = ""
         self.worker: JobWorkerClient | None = None
@@ -178,7 +139,7 @@ class LocalRunner:
 
     def run(self) -> int:
         """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
-        # 1. Freeze the spec, write the jobs' run config and read this runner's record.
+        # 1. Freeze the spec, write the jobs' run config and read this runner's digests.
         frozen, spec = self.prepare()
         self.say(f"run {self.paths.root} in {self.store.uri}")
         warned: set[int] = set()
@@ -215,7 +176,7 @@ class LocalRunner:
                         )
                     except step.GateNotClosed as err:
                         raise RunnerError(str(err)) from None
-                    self.record(done.recorded)
+                    self.keep_digests(done.digests)
                     for notice in done.notices:
                         self.say(f"[yellow]{notice.message}[/]" if notice.level == step.WARNING else notice.message)
                 elif isinstance(action, WaitForRatings):
@@ -339,10 +300,10 @@ class LocalRunner:
             outcome = self.worker.run(cmd, on_line)
         self._announce_worker()
         if outputs_file.is_file():  # also a failed job's: ppo-generate reports its update before it samples
-            self.record(self.read_outputs(outputs_file, action.kind, action.round))
-        self.record_outcome(action, outcome, list(tail), time.monotonic() - started, log_path)
+            self.keep_digests(self.read_outputs(outputs_file, action.kind, action.round))
+        self.observe_outcome(action, outcome, list(tail), time.monotonic() - started, log_path)
 
-    def record_outcome(self, action: StartJob, outcome: JobExit, tail: list[str], elapsed: float, log_path: Path) -> None:
+    def observe_outcome(self, action: StartJob, outcome: JobExit, tail: list[str], elapsed: float, log_path: Path) -> None:
         """The one place a job's end becomes the planner's JobObservation."""
         prior = self.jobs.get((action.kind, action.round))
         failures = prior.failures if prior else 0
@@ -377,7 +338,7 @@ class LocalRunner:
             else:
                 self.say(f"job worker: jobs start cold ({ready['why_cold']})")
 
-    # ------------------------------------------------------------ the record
+    # ----------------------------------------------------------- the digests
     def load_state(self) -> dict[str, str]:
         """The digests recorded by earlier starts of this runner for this run."""
         try:
@@ -385,7 +346,7 @@ class LocalRunner:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
-            raise RunnerError(f"cannot read the runner's record {self.state_file}: {err}") from None
+            raise RunnerError(f"cannot read the runner's digests {self.state_file}: {err}") from None
         digests = doc.get("digests") if isinstance(doc, dict) else None
         return {k: v for k, v in (digests or {}).items() if isinstance(v, str) and integrity.DIGEST_RE.fullmatch(v)}
 
@@ -409,10 +370,10 @@ class LocalRunner:
             round_text = rest.split("-", 1)[0]
             if kind in integrity.OUTPUT_KINDS and round_text.isdigit():
                 found.update(self.read_outputs(path, kind, int(round_text)))
-        self.record({k: v for k, v in found.items() if self.digests.get(k) != v})
+        self.keep_digests({k: v for k, v in found.items() if self.digests.get(k) != v})
 
-    def record(self, digests: dict[str, str]) -> None:
-        """Add digests to the record and write it whole (temp + rename) before going on."""
+    def keep_digests(self, digests: dict[str, str]) -> None:
+        """Add digests to the runner's digests and write them whole (temp + rename) before going on."""
         if not digests:
             return
         self.digests.update(digests)

@@ -1,8 +1,8 @@
 """The executor step both executors share: the local runner and the operator's reconcile.
 
 What an executor does when the planner says to close a gate -- close it the
-one way (``feedback.gate.close_gate``) with its record of digests, record the
-new digest, and say what happened: the gate's outcome, a gate.json it had not
+one way (``feedback.gate.close_gate``) with its digests, keep the new
+digest, and say what happened: the gate's outcome, a gate.json it had not
 closed that was replaced, the reward model's drift -- and the suspend rule.
 Each executor only renders these notices its own way (the runner prints them,
 the operator posts them as Events).
@@ -45,7 +45,7 @@ class Notice:
 @dataclass(frozen=True)
 class GateStep:
     gate: Gate
-    recorded: dict[str, str]  # what the executor adds to its record of digests
+    digests: dict[str, str]  # what the executor adds to its digests
     notices: list[Notice] = field(default_factory=list)
 
 
@@ -62,13 +62,13 @@ def close_round_gate(
     action: CloseGate,
     executor: str,
     closed_by: str,
-    record: Mapping[str, str],
+    digests: Mapping[str, str],
     previous: RoundState | None = None,
 ) -> GateStep:
-    """Close the gate the planner asked for, as ``executor`` ("runner", "operator") holding ``record``."""
+    """Close the gate the planner asked for, as ``executor`` ("runner", "operator") holding ``digests``."""
     try:
         closed = close_gate(
-            store, paths, action.round, spec.feedback, action.reason, closed_by, record=record, previous=previous
+            store, paths, action.round, spec.feedback, action.reason, closed_by, digests=digests, previous=previous
         )
     except (RatingError, integrity.IntegrityError) as err:
         raise GateNotClosed(str(err)) from None

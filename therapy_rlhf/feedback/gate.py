@@ -5,8 +5,8 @@ distinct raters (or on an override / deadline); closing writes ``gate.json``
 with a conditional create, freezing exactly the ratings the update uses.
 
 ``close_gate`` is the only way a gate is closed: by both executors (with
-their record of digests), and by the learning check, the benchmarks and the
-tests (with the same record, or none).
+their digests), and by the learning check, the benchmarks and the tests
+(with digests, or none).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def build_gate(
         raise RatingError(f"round {state.round} is not fully rated: {coverage(state, feedback.min_raters).describe()}")
     values = [r.reward for r in rewards.values()]
     extras = selecting.gate_extras(
-        selection, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.model_only]
+        selection, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.not_sent]
     )
     return Gate(
         round=state.round,
@@ -137,19 +137,19 @@ def close_gate(
     reason: str = "complete",
     closed_by: str = "unknown",
     *,
-    record: Mapping[str, str] | None = None,
+    digests: Mapping[str, str] | None = None,
     previous: RoundState | None = None,
 ) -> ClosedGate:
     """Close a round's gate: freeze its verified ratings into gate.json, once.
 
-    ``record`` is the closer's record of digests (an executor's: its gates and
-    its jobs' outputs). A gate.json whose digest it holds is the closed gate and
+    ``digests`` are the closer's own (an executor's: of its gates and its jobs'
+    outputs, kept where raters cannot write). A gate.json whose digest it holds is the closed gate and
     is returned as it is; one it does not hold -- planted by someone else, or
     written just before the executor lost its record in a crash -- is not a
     gate: the rating set is frozen afresh and written over it. The round's
     selection.json is used only when its recorded digest matches.
 
-    With no record (a closer that keeps none), the stored gate.json is the
+    With no digests (a closer that keeps none), the stored gate.json is the
     closed gate, and so is the gate another closer created first in a race.
 
     The rating set is listed afresh either way; ``previous`` (the caller's last
@@ -158,10 +158,10 @@ def close_gate(
     key = paths.gate(round_no)
     name = integrity.gate_name(paths, round_no)
     existing = _stored_bytes(store, key)
-    if existing is not None and (record is None or record.get(name) == integrity.sha256(existing)):
+    if existing is not None and (digests is None or digests.get(name) == integrity.sha256(existing)):
         return ClosedGate(_parse_gate(store, key, existing), integrity.sha256(existing), False)
     state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
-    selection = _stored_selection(store, paths, round_no) if record is None else _recorded_selection(store, paths, round_no, record)
+    selection = _stored_selection(store, paths, round_no) if digests is None else _recorded_selection(store, paths, round_no, digests)
     gate = build_gate(state, feedback, reason, closed_by, selection)
     data = dump_json(gate.model_dump(mode="json"))
     if existing is not None:
@@ -170,7 +170,7 @@ def close_gate(
     try:
         store.create_bytes(key, data)
     except AlreadyExists:
-        if record is None:  # another closer won the race; theirs is the frozen set
+        if digests is None:  # another closer won the race; theirs is the frozen set
             theirs = store.read_bytes(key)
             return ClosedGate(_parse_gate(store, key, theirs), integrity.sha256(theirs), False)
         store.write_bytes(key, data)  # appeared meanwhile, and it is not ours either
@@ -193,10 +193,10 @@ def _stored_selection(store: Store, paths: RunPaths, round_no: int) -> Selection
     return selecting.read_selection(store, paths, round_no)
 
 
-def _recorded_selection(store: Store, paths: RunPaths, round_no: int, record: Mapping[str, str]) -> Selection | None:
-    """The round's selection.json, if its job reported it; one whose digest differs from the record is refused."""
+def _recorded_selection(store: Store, paths: RunPaths, round_no: int, digests: Mapping[str, str]) -> Selection | None:
+    """The round's selection.json, if its job reported it; one whose digest differs from the executor's is refused."""
     key = paths.selection(round_no)
-    want = record.get(integrity.relative(paths, key))
+    want = digests.get(integrity.relative(paths, key))
     if want is None:
         return None  # no selection (feedback.selection 'all'), or one no job of this executor reported
     try:

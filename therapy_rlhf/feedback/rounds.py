@@ -66,7 +66,7 @@ class RoundState:
     taken: set[tuple[str, str, int]] = field(default_factory=set, repr=False)
     # Responses of the batch that feedback.selection did not send to the experts: never
     # shown to raters, never rateable, rewarded (if at all) by the reward model.
-    model_only: list[PendingResponse] = field(default_factory=list)
+    not_sent: list[PendingResponse] = field(default_factory=list)
 
     @property
     def response_ids(self) -> list[str]:
@@ -176,13 +176,13 @@ def load_round(
     reuse = previous is not None and previous.round == round_no and previous.batch_sha256
     if reuse:
         responses, batch_errors, digest = previous.responses, previous.batch_errors, previous.batch_sha256
-        model_only = previous.model_only
+        not_sent = previous.not_sent
         known = previous.by_key
         feedback = feedback or previous.feedback
     else:
         whole, batch_errors, digest = read_batch(store, paths, round_no)
-        responses = [r for r in whole if r.expert]
-        model_only = [r for r in whole if not r.expert]
+        responses = [r for r in whole if r.sent_to_experts]
+        not_sent = [r for r in whole if not r.sent_to_experts]
         known = {}
     if feedback is None:  # the same run's rules, whichever round the previous load was of
         feedback = previous.feedback if previous is not None and previous.feedback else run_feedback(store, paths)
@@ -193,7 +193,7 @@ def load_round(
         gate = previous.gate if reuse and previous.gate is not None else _stored_gate(store, paths, round_no, garbage)
     prefix = paths.ratings_prefix(round_no)
     ids = {r.id for r in responses}
-    hidden = {r.id for r in model_only}
+    not_sent_ids = {r.id for r in not_sent}
     keyed: dict[str, tuple[str, str, int]] = {}
     for key in store.list(prefix):
         parsed = parse_rating_key(key[len(prefix) :])
@@ -203,7 +203,7 @@ def load_round(
             keyed[key] = parsed
     by_key: dict[str, Rating | str] = {k: known[k] for k in keyed if k in known}
     for key, data, error in _read_all(store, [k for k in keyed if k not in known]):
-        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, hidden)
+        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, not_sent_ids)
     ratings: list[Rating] = []
     unreadable: list[str] = []
     for key in keyed:  # listing order, as before
@@ -219,7 +219,7 @@ def load_round(
         gate = None
     state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
     state.taken = set(keyed.values())
-    state.model_only = model_only
+    state.not_sent = not_sent
     state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
     return state
 
@@ -279,7 +279,7 @@ def _check_rating(
     error,
     ids: set[str],
     feedback: FeedbackSpec,
-    hidden: set[str] = frozenset(),  # type: ignore[assignment]
+    not_sent_ids: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Rating | str:
     """The stored rating, or why it cannot be used (unreadable, not matching its key, unknown
     response, a rater or criteria the run does not allow)."""
@@ -294,7 +294,7 @@ def _check_rating(
         return str(err)
     if (rating.rater, rating.response_id, rating.version) != (rater, response_id, version):
         return f"{store.describe(key)}: record does not match its key"
-    if response_id in hidden:
+    if response_id in not_sent_ids:
         return f"{store.describe(key)}: rates {response_id!r}, which was not sent to the experts (feedback.selection)"
     if response_id not in ids:
         return f"{store.describe(key)}: rates unknown response {response_id!r}"

@@ -151,7 +151,7 @@ def select(store: Store, paths: RunPaths, feedback: FeedbackSpec, round_no: int,
         selected, safety = choose(responses, spec.budget, uncertainty, _round_rng(spec, round_no))
     chosen = set(selected)
     for r in responses:
-        r.expert = r.id in chosen
+        r.sent_to_experts = r.id in chosen
     if spec.mode != "all":
         say(
             "selection %s: %d of %d responses to the experts (%d safety-flagged)%s; reward model %s",
@@ -182,12 +182,12 @@ def read_selection(store: Store, paths: RunPaths, round_no: int) -> Selection | 
     return parse_record(Selection, data, store.describe(paths.selection(round_no)))
 
 
-def model_scores(selection: Selection | None, spec: SelectionSpec, unselected: Iterable[str]) -> dict[str, ModelScore]:
+def model_scores(selection: Selection | None, spec: SelectionSpec, not_sent: Iterable[str]) -> dict[str, ModelScore]:
     """Rewards for the responses the experts did not see (``unselected: model`` and a fitted model only)."""
     if selection is None or spec.unselected != "model" or not selection.predictions:
         return {}
     out = {}
-    for rid in unselected:
+    for rid in not_sent:
         if rid in selection.predictions:
             predicted, spread = selection.predictions[rid]
             reward = min(1.0, max(0.0, predicted - spec.uncertainty_penalty * spread))
@@ -207,10 +207,10 @@ def check(selection: Selection | None, spec: SelectionSpec, rewards: dict[str, f
     )
 
 
-def gate_extras(selection: Selection | None, feedback: FeedbackSpec, expert_rewards: dict[str, float], unselected: Iterable[str]) -> dict:
+def gate_extras(selection: Selection | None, feedback: FeedbackSpec, expert_rewards: dict[str, float], not_sent: Iterable[str]) -> dict:
     """The gate fields that come from the selection: model scores and the model check."""
     return {
-        "model_scored": model_scores(selection, feedback.selection, unselected),
+        "model_scored": model_scores(selection, feedback.selection, not_sent),
         "reward_model": check(selection, feedback.selection, expert_rewards),
     }
 

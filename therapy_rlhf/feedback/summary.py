@@ -99,7 +99,7 @@ def summarize_round(
         garbage=len(state.garbage),
         reward_mismatches=len(state.reward_disagreements()),
         simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
-        not_sent=len(state.model_only),
+        not_sent=len(state.not_sent),
         model_scored=len(gate.model_scored) if gate is not None else 0,
         reward_model_error=gate.reward_model.mae if gate is not None and gate.reward_model is not None else None,
         reward_model_drifted=bool(gate is not None and gate.reward_model is not None and gate.reward_model.drifted),
