@@ -17,7 +17,7 @@ from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import StartJob, plan
 from therapy_rlhf.contracts.records import parse_batch
 from therapy_rlhf.store.backends import LocalStore
-import job_steps  # tests/support
+from tests.support import job_steps
 from tests.support.job_steps import run_job
 from tests.support.manifests import run_manifest
 

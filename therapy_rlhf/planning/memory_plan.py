@@ -99,7 +99,7 @@ class Settings:
         batch = {"sft": spec.sft.batch_size, "ppo": spec.ppo.mini_batch_size}.get(kind, spec.ppo.generation.batch_size)
         gpus = spec.resources.gpus if jobkinds.kind(kind).distributed else min(spec.resources.gpus, 1)
         encoder = 0
-        if kind == "evaluate" and "bertscore" in spec.evaluation.metrics:
+        if kind == jobkinds.EVALUATE and "bertscore" in spec.evaluation.metrics:
             encoder = ENCODER_ALLOWANCE if spec.evaluation.bertscore_model else DEFAULT_ENCODER
         return cls(
             kind=kind,
@@ -112,7 +112,7 @@ class Settings:
             lora_targets=tuple(model.lora.target_modules),
             gpus=max(gpus, 1),
             encoder_bytes=encoder,
-            extra_tokens=spec.evaluation.max_new_tokens if kind == "evaluate" else 0,
+            extra_tokens=spec.evaluation.max_new_tokens if kind == jobkinds.EVALUATE else 0,
         )
 
     @property
@@ -194,7 +194,7 @@ def plan_job(shape: ModelShape, s: Settings, capacity: int | None = None, capaci
     a = s.dtype_bytes
     h, vocab, layers = shape.hidden_size, shape.vocab_size, shape.num_hidden_layers
     weights = weight_bytes(shape, s)
-    lora = lora_parameters(shape, s.lora_r, s.lora_targets) + (h + 1 if s.kind == "ppo" else 0)
+    lora = lora_parameters(shape, s.lora_r, s.lora_targets) + (h + 1 if s.kind == jobkinds.PPO else 0)
     layer = layer_elements(shape, s)
     parts: dict[str, int] = {"weights": weights}
     if s.training:
@@ -225,7 +225,7 @@ def plan_job(shape: ModelShape, s: Settings, capacity: int | None = None, capaci
 def plan_run(spec: RunSpec, shape: ModelShape, capacity: int | None = None,
              capacity_from: str = "resources.gpuMemory") -> list[JobPlan]:
     """The plan of every job the run starts (sft and evaluate only when enabled)."""
-    kinds = [k for k in KINDS if not (k == "sft" and not spec.sft.enabled) and not (k == "evaluate" and not spec.evaluation.enabled)]
+    kinds = [k for k in KINDS if not (k == jobkinds.SFT and not spec.sft.enabled) and not (k == jobkinds.EVALUATE and not spec.evaluation.enabled)]
     return [plan_job(shape, Settings.from_spec(spec, k), capacity, capacity_from) for k in kinds]
 
 
