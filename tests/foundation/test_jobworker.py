@@ -49,13 +49,15 @@ def mark(monkeypatch):
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("THERAPY_RLHF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT.parents[1]), os.environ.get("PYTHONPATH")])))
+    # The stand-ins run as top-level modules of their own folder (never the repository root on a
+    # child's PYTHONPATH: its operator/ would shadow the standard library's at start-up).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("STANDIN_STATE_DIR", str(tmp_path / "standin"))
 
 
 def probe_runner(tmp_path: Path, **kw) -> LocalRunner:
     runner = LocalRunner(
-        manifest(tmp_path), LocalStore(tmp_path / "store"), job_command=[sys.executable, "-m", "tests.support.warm_probe"],
+        manifest(tmp_path), LocalStore(tmp_path / "store"), job_command=[sys.executable, "-m", "warm_probe"],
         console=Console(file=open(os.devnull, "w")), **kw,
     )
     runner.prepare()
@@ -165,7 +167,7 @@ def start_cli(tmp_path: Path, mark: str, warm: bool) -> tuple[subprocess.Popen, 
     run_file = tmp_path / "run.yaml"
     run_file.write_text(yaml.safe_dump(m.model_dump(mode="json", by_alias=True, exclude_none=True)))
     pid_dir = tmp_path / "pids"
-    command = f"{sys.executable} -m tests.support.standin_jobs" if warm else f"{sys.executable} {STANDIN_SCRIPT}"
+    command = f"{sys.executable} -m standin_jobs" if warm else f"{sys.executable} {STANDIN_SCRIPT}"
     env = {**os.environ, "THERAPY_RLHF_JOB_COMMAND": command, "STANDIN_SLEEP": "600", "STANDIN_PID_DIR": str(pid_dir),
            "STANDIN_GRANDCHILD": "1"}  # each job has a child in its group that ignores SIGTERM
     stderr = tmp_path / "runner.err"
@@ -213,7 +215,7 @@ def test_a_signal_to_the_worker_stops_its_job(tmp_path, mark, monkeypatch, sig):
     client.start()
     outcome = []
     runner = threading.Thread(
-        target=lambda: outcome.append(client.run([sys.executable, "-m", "tests.support.warm_probe", "sleep"], lambda line: None))
+        target=lambda: outcome.append(client.run([sys.executable, "-m", "warm_probe", "sleep"], lambda line: None))
     )
     runner.start()
     try:

@@ -23,7 +23,7 @@ from tests.support.manifests import run_manifest
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 # The stand-ins as a script (a cold start: the worker execs it) and as a module (forked warm).
 STANDIN = [sys.executable, str(SUPPORT / "standin_jobs.py")]
-STANDIN_WARM = [sys.executable, "-m", "tests.support.standin_jobs"]
+STANDIN_WARM = [sys.executable, "-m", "standin_jobs"]
 
 
 def manifest(tmp_path: Path, **spec_overrides):
@@ -49,7 +49,7 @@ def make_runner(m, store, **kw) -> LocalRunner:
     kw.setdefault("scoring", "auto")
     kw.setdefault("poll_interval", 0.01)
     kw.setdefault("job_command", STANDIN_WARM)
-    kw.setdefault("preload", ("tests.support.standin_jobs",))
+    kw.setdefault("preload", ("standin_jobs",))
     kw.setdefault("console", Console(file=open(os.devnull, "w")))
     return LocalRunner(m, store, **kw)
 
@@ -64,7 +64,9 @@ def job_logs(runner: LocalRunner) -> list[str]:
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("THERAPY_RLHF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("STANDIN_STATE_DIR", str(tmp_path / "standin"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT.parents[1]), os.environ.get("PYTHONPATH")])))
+    # The stand-ins run as top-level modules of their own folder (never the repository root on a
+    # child's PYTHONPATH: its operator/ would shadow the standard library's at start-up).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])))
 
 
 def snapshot(store) -> dict[str, bytes]:
@@ -194,7 +196,7 @@ def test_progress_lines_are_not_wrapped_when_output_is_not_a_terminal(tmp_path, 
     store = LocalStore(deep)
     runner = LocalRunner(
         manifest(tmp_path, sft={"enabled": False}, evaluation={"enabled": False}, ppo={"rounds": 1}), store,
-        scoring="auto", job_command=STANDIN_WARM, preload=("tests.support.standin_jobs",),
+        scoring="auto", job_command=STANDIN_WARM, preload=("standin_jobs",),
     )
     assert runner.run() == EXIT_SUCCEEDED
     err = capsys.readouterr().err

@@ -194,6 +194,7 @@ def test_the_config_is_read_alone(s3_store, tmp_path):
 RANK = r"""
 import json, os, sys, time
 from pathlib import Path
+sys.path[:0] = [{root!r}]  # after start-up: the repository's operator/ must not shadow the stdlib's
 from tests.jobs.test_download import Requests
 from therapy_rlhf.jobs import download
 from therapy_rlhf.jobs.common import make_logger
@@ -212,12 +213,11 @@ def test_two_ranks_on_a_node_download_once(s3_store, tmp_path, chunks_of_one_mib
     upload_model(s3_store)
     cache = tmp_path / "cache"
     here = Path(__file__).parent
-    root = str(here.parents[1])  # the repository: the ranks import this module as tests.jobs.test_download
-    script = RANK.format(ready=str(tmp_path / "ready-"), go=str(tmp_path / "go"),
+    # the ranks import this module as tests.jobs.test_download
+    script = RANK.format(root=str(here.parents[1]), ready=str(tmp_path / "ready-"), go=str(tmp_path / "go"),
                          uri=uri_of(s3_store), cache=str(cache))
     ranks = [
-        subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, LOCAL_RANK=str(r), RANK=str(r), WORLD_SIZE="2",
-                                                                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
+        subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, LOCAL_RANK=str(r), RANK=str(r), WORLD_SIZE="2"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for r in (0, 1)
     ]
