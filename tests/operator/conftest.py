@@ -64,7 +64,7 @@ TEST_IMAGES = "therapy-rlhf/jobs-cpu:*"  # the job image the test runs name (an 
 OPT_IN = "rlhf.therapy.dev/credentials"
 
 
-async def _now(value):
+async def _as_awaitable(value):
     """``value`` as an awaitable, for wait_for's async predicates."""
     return value
 
@@ -134,7 +134,7 @@ class Cluster:
             return REGISTRY.get_sample_value("therapy_rlhf_reconciles_total") or 0.0
 
         start = passes()  # a pass under way now may have read the store before this call: one more
-        await self.wait_for(lambda: _now(passes() >= start + ticks + 1), budget(self.STEP_SECONDS) * ticks,
+        await self.wait_for(lambda: _as_awaitable(passes() >= start + ticks + 1), budget(self.STEP_SECONDS) * ticks,
                             f"{ticks} operator passes")
 
     async def create_secret(self, name: str, data: dict[str, str], labels: dict[str, str] | None = None,
