@@ -47,7 +47,7 @@ from typing import Callable, Literal
 from rich.console import Console
 from rich.text import Text
 
-from therapy_rlhf import integrity
+from therapy_rlhf import integrity, lease
 from therapy_rlhf.jobworker import JobExit, JobWorkerClient
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
@@ -76,6 +76,7 @@ EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_SUSPENDED = 3
 EXIT_PAUSED = 4  # the rater closed the scoring TUI before the gate closed
+EXIT_HELD = 5  # another runner, or the operator, holds the run's lease
 EXIT_INTERRUPTED = 130
 
 JOB_COMMAND_ENV = "THERAPY_RLHF_JOB_COMMAND"
@@ -153,6 +154,8 @@ class LocalRunner:
     # Called while waiting for ratings in 'none' mode (tests use it to rate from "elsewhere").
     on_wait: Callable[[WaitForRatings], None] | None = None
     max_polls: int | None = None
+    # How long the run's lease lasts unrenewed (renewed every third of it while the runner runs).
+    lease_seconds: float = lease.LOCAL_LEASE_SECONDS
 
     def __post_init__(self) -> None:
         if self.poll_interval is None:
@@ -164,6 +167,7 @@ class LocalRunner:
         self._last_message = ""
         self.worker: JobWorkerClient | None = None
         self._worker_announced = False
+        self.keeper: lease.LeaseKeeper | None = None
 
     # ------------------------------------------------------------------ loop
     def prepare(self) -> tuple[RunManifest, RunSpec]:
@@ -182,17 +186,16 @@ class LocalRunner:
 
     def run(self) -> int:
         """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
-        # 1. Freeze the spec, write the jobs' run config and read this runner's record.
-        frozen, spec = self.prepare()
-        self.say(f"run {self.paths.root} in {self.store.uri}")
-        warned: set[int] = set()
-        polls = 0
-        awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
-        # 2. A warm job worker starts importing now, while the first observations and gates go on.
-        if self._preload():
-            self.worker = self._start_worker()
         restore = self._catch_stop_signals()
         try:
+            # 1. Hold the run's lease (one executor per run) before writing anything; then freeze
+            #    the spec, write the jobs' run config and read this runner's record.
+            self.hold()
+            frozen, spec = self.prepare()
+            self.say(f"run {self.paths.root} in {self.store.uri}")
+            warned: set[int] = set()
+            polls = 0
+            awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
             # Reports of jobs that finished while no runner watched (an earlier runner was killed).
             self.absorb_outputs()
             while True:
@@ -209,6 +212,11 @@ class LocalRunner:
                 decision = plan(spec, observed)
                 self.report(decision)
                 action = decision.action
+                # 2. Still the holder? A job is coming: start the warm job worker, whose imports
+                #    overlap the scoring. A finished, failed or suspended run never starts it.
+                self.hold()
+                if self.worker is None and self._preload() and not isinstance(action, (Finish, Fail, Suspend)):
+                    self.worker = self._start_worker()
                 # 4. Carry it out.
                 if isinstance(action, StartJob):
                     self.run_job(action)
@@ -255,6 +263,9 @@ class LocalRunner:
                 elif isinstance(action, Fail):
                     self.say(f"[bold red]run failed[/]: {action.reason}")
                     return EXIT_FAILED
+        except lease.LeaseHeld as err:
+            self.say(f"[bold red]refused[/]: {err}")
+            return EXIT_HELD
         except RunnerError as err:
             self.say(f"[bold red]error[/]: {err}")
             return EXIT_FAILED
@@ -269,6 +280,18 @@ class LocalRunner:
             restore()
 
     # ------------------------------------------------------ process control
+    def hold(self) -> None:
+        """Take the run's lease once (LeaseHeld if another executor has it), then keep it; RunnerError
+        once it was taken over."""
+        if self.keeper is None:
+            holding = lease.acquire(self.store, self.paths, lease.local_holder(), lease.KIND_LOCAL, self.lease_seconds)
+            if holding.took_over:
+                self.say(f"[yellow]took over the run's lease[/] from {holding.took_over}")
+            self.keeper = lease.LeaseKeeper(holding, self.lease_seconds)
+            self.keeper.start()
+        if self.keeper.lost:
+            raise RunnerError(self.keeper.lost)
+
     def _preload(self) -> tuple[str, ...]:
         if not self.warm:
             return ()
@@ -441,10 +464,13 @@ class LocalRunner:
             self.worker.stop_job()
 
     def close(self) -> None:
-        """Stop the job worker (run() does this itself before it returns)."""
+        """Stop the job worker and release the lease (run() does this itself before it returns)."""
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
 
     # --------------------------------------------------------------- ratings
     def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> bool:

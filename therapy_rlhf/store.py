@@ -42,6 +42,10 @@ class StoreUnavailable(StoreError):
     """The store could not be reached or refused the request."""
 
 
+class NoSuchStore(StoreUnavailable):
+    """A local store whose directory does not exist (a typo in --store): named, never searched around."""
+
+
 class AccessDenied(StoreUnavailable):
     """The credential in use may not do this (S3 403): a rater reading another rater's object."""
 
@@ -250,7 +254,12 @@ class LocalStore(Store):
         base = self.root / prefix.rstrip("/") if prefix.strip("/") else self.root
         if prefix:
             check_key(prefix.rstrip("/") or "x")
-        search = base if base.is_dir() else base.parent
+        if not self.root.is_dir():
+            # Without this, the fallback below would walk the folder *above* the store
+            # (``--store ~/typo`` would walk the home directory).
+            raise NoSuchStore(f"store {self.uri} does not exist (no such directory; check --store)")
+        # A partial last part ('ratings/al') is searched for in its folder, never above the root.
+        search = base if base.is_dir() or base == self.root else base.parent
         if not search.is_dir():
             return []
         keys = []

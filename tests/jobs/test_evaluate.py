@@ -138,7 +138,7 @@ def test_external_responses_that_match_nothing(tmp_path):
 def test_report_command_without_results(tmp_path, capsys):
     assert cli_main(["report", "tiny-test", "--store", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "has no evaluation results" in err[0]
+    assert len(err) == 1 and "no run default/tiny-test" in err[0] and "holds no runs at all" in err[0]
 
 
 def test_report_command_does_not_import_torch(tmp_path):
