@@ -170,16 +170,17 @@ class LocalRunner:
         self.keeper: lease.LeaseKeeper | None = None
 
     # ------------------------------------------------------------------ loop
-    def prepare(self) -> tuple[RunManifest, RunSpec]:
-        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config."""
+    def prepare(self, write_config: bool = True) -> tuple[RunManifest, RunSpec]:
+        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config
+        (``run()`` writes it only once it holds the run's lease: a refused runner changes nothing)."""
         frozen = freeze_spec(self.store, self.manifest)
         spec = frozen.spec.model_copy(update={"suspend": self.manifest.spec.suspend})
         self.work_dir = work_dir_for(self.paths, self.store.uri)
-        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_file = self.work_dir / "run.json"
-        config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
-        self.config_file.write_bytes(config)
-        self.config_sha = integrity.sha256(config)
+        self._config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
+        self.config_sha = integrity.sha256(self._config)
+        if write_config:
+            self.write_config()
         self.state_file = self.work_dir / "state.json"
         self.digests = self.load_state()
         return frozen, spec
@@ -188,10 +189,9 @@ class LocalRunner:
         """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
         restore = self._catch_stop_signals()
         try:
-            # 1. Hold the run's lease (one executor per run) before writing anything; then freeze
-            #    the spec, write the jobs' run config and read this runner's record.
-            self.hold()
-            frozen, spec = self.prepare()
+            # 1. Freeze the spec and read this runner's record (the jobs' run config is written
+            #    once this runner holds the run's lease, in 2.).
+            frozen, spec = self.prepare(write_config=False)
             self.say(f"run {self.paths.root} in {self.store.uri}")
             warned: set[int] = set()
             polls = 0
@@ -212,11 +212,13 @@ class LocalRunner:
                 decision = plan(spec, observed)
                 self.report(decision)
                 action = decision.action
-                # 2. Still the holder? A job is coming: start the warm job worker, whose imports
-                #    overlap the scoring. A finished, failed or suspended run never starts it.
-                self.hold()
-                if self.worker is None and self._preload() and not isinstance(action, (Finish, Fail, Suspend)):
-                    self.worker = self._start_worker()
+                # 2. Before acting: hold the run's lease (one executor per run), and start the warm
+                #    job worker, whose imports overlap the scoring: a job is coming. A finished, failed
+                #    or suspended run needs neither and says so at once, changing nothing.
+                if not isinstance(action, (Finish, Fail, Suspend)):
+                    self.hold()
+                    if self.worker is None and self._preload():
+                        self.worker = self._start_worker()
                 # 4. Carry it out.
                 if isinstance(action, StartJob):
                     self.run_job(action)
@@ -279,6 +281,10 @@ class LocalRunner:
             self.close()
             restore()
 
+    def write_config(self) -> None:
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.config_file.write_bytes(self._config)
+
     # ------------------------------------------------------ process control
     def hold(self) -> None:
         """Take the run's lease once (LeaseHeld if another executor has it), then keep it; RunnerError
@@ -289,6 +295,7 @@ class LocalRunner:
                 self.say(f"[yellow]took over the run's lease[/] from {holding.took_over}")
             self.keeper = lease.LeaseKeeper(holding, self.lease_seconds)
             self.keeper.start()
+            self.write_config()
         if self.keeper.lost:
             raise RunnerError(self.keeper.lost)
 
