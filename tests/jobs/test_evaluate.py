@@ -118,6 +118,9 @@ def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_sto
     assert mtimes[PATHS.eval_results()] >= max(mtimes.values())
 
     capsys.readouterr()
+    from therapy_rlhf.runs import freeze_spec
+
+    freeze_spec(local_store, manifest)  # report reads the run's frozen spec (whether evaluation is on)
     assert cli_main(["report", "tiny-test", "--store", str(root)]) == 0
     out = capsys.readouterr().out
     assert "| Model | BERTScore | ROUGE-1 | F1 | ROUGE-L | BLEU-2 | Dist-1 | Dist-2 | n |" in out
