@@ -273,7 +273,7 @@ class RateScreen(Screen):
         ready = f"A new batch ({s.round + 1}) is ready: Esc, then Enter." if self.next_batch else ""
         if s.closed:
             when = s.gate.closed_at.replace("T", " ").removesuffix("Z")
-            text = f"CLOSED {when} UTC: scoring finished; your scores are read only."
+            text = f"CLOSED {when} UTC: scoring finished, read only; new scores would not count."
             unsent = self.drafts.unsaved(s) if self.closed_while_open else []
             if unsent:  # said only when there is typed work that was not submitted
                 text += f" What you typed for {len(unsent)} response(s) is kept as a draft."

@@ -65,6 +65,7 @@ async def test_typed_work_left_unsubmitted_is_said_to_be_kept(local_store):
         await settle(pilot)
         await pilot.press(*"44444", "enter", "3", "3")  # the second response: typed, not submitted
         await saved(pilot)
+        rate(local_store, m, "bob", "r0001-p1-s1", 0.5)  # someone else's score lets the batch close
         await close_with_next_batch(pilot, local_store, m)
         text = banner_text(app)
         assert text.startswith(READY) and "What you typed for 1 response(s) is kept as a draft." in text
