@@ -234,3 +234,37 @@ def test_a_signal_to_the_worker_stops_its_job(tmp_path, mark, monkeypatch, sig):
     finally:
         client.close()
         runner.join(budget(1))
+
+
+# ------------------------------------------------------------ fast exits
+
+
+def test_a_worker_still_preloading_is_stopped_at_once(tmp_path, mark):
+    """A run that ends while the worker imports (a finished run, the rater quit) does not wait for the imports."""
+    worker = JobWorkerClient(["slow_preload"], True, tmp_path / "worker.log")
+    worker.start()
+    wait_until(lambda: "slow_preload" in Path(f"/proc/{worker.pid}/cmdline").read_text(), budget(2), "the worker")
+    time.sleep(0.3)  # inside the preload now
+    pid = worker.pid
+    started = time.monotonic()
+    worker.close()
+    assert time.monotonic() - started < budget(3)  # the preload sleeps 60 s; before: close waited 15 s, then killed
+    assert pid not in marked_processes(mark)
+
+
+def test_a_finished_run_starts_no_worker_and_takes_no_lease(tmp_path, mark, monkeypatch):
+    from therapy_rlhf.layout import RunPaths
+
+    store = LocalStore(tmp_path / "store")
+    standin = [sys.executable, str(SUPPORT / "standin_jobs.py")]
+    first = LocalRunner(manifest(tmp_path), store, rater="auto", poll_interval=0.01, job_command=standin,
+                        preload=("slow_preload",), console=Console(file=open(os.devnull, "w")))
+    monkeypatch.setenv("SLOW_PRELOAD_SECONDS", "0")
+    assert first.run() == 0
+    lease_before = store.read_bytes(RunPaths("default", "demo").lease())
+    starts = []
+    again = LocalRunner(manifest(tmp_path), store, rater="auto", poll_interval=0.01, job_command=standin,
+                        preload=("slow_preload",), console=Console(file=open(os.devnull, "w")))
+    monkeypatch.setattr(again, "_start_worker", lambda: starts.append(1))
+    assert again.run() == 0
+    assert starts == [] and store.read_bytes(RunPaths("default", "demo").lease()) == lease_before
