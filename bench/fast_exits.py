@@ -86,7 +86,7 @@ def close_seconds(python: str, folder: Path, samples: int) -> list[float]:
     for i in range(samples):
         done = subprocess.run(
             [python, "-c", CLOSE_PROBE, str(folder / f"worker-{i}.log")], env=env_for(folder), capture_output=True,
-            text=True, check=True,
+            text=True, check=True, cwd=folder,  # not this checkout: `python -c` imports from its working directory
         )
         out.append(float(done.stdout.strip().splitlines()[-1]))
     return out
