@@ -112,19 +112,15 @@ def main() -> int:
         print(f"{label}: finished run -> {describe(finished)}; worker close while preloading -> {describe(closing)}", flush=True)
     load_end = os.getloadavg()
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        SECTION,
-        "",
+    how = (
         f"`python bench/fast_exits.py --before-python {args.before_python} --samples {args.samples}` ({when}, shared "
         f"2-CPU dev machine, no GPU; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end). "
         "Before = the code before issue 20 (its own virtualenv, same invocation); after = this tree. Target: a "
-        "finished run says so in under 2 s.",
-        "",
-        "| variant | `run` on a finished run (whole command) | worker `close()` while it preloads |",
-        "|---|---|---|",
-        *(f"| {label} | {describe(f)} | {describe(c)} |" for label, f, c in rows),
-        "",
-    ]
+        "finished run says so in under 2 s."
+    )
+    table = ["| variant | `run` on a finished run (whole command) | worker `close()` while it preloads |", "|---|---|---|"]
+    table += [f"| {label} | {describe(f)} | {describe(c)} |" for label, f, c in rows]
+    lines = [SECTION, "", how, "", *table, ""]
     text = "\n".join(lines)
     print(text)
     if args.write:

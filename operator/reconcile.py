@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 from therapy_rlhf import integrity, phases
 from therapy_rlhf.layout import RunPaths
-from therapy_rlhf.lease import LeaseHeld
 from therapy_rlhf.observe import observe_store
 from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
 from therapy_rlhf.ratings import RatingError
@@ -176,7 +175,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         manifest = _frozen(store, live, memory, emit)
         check_run(manifest, state.config)
         runlease.hold(store, paths, memory.lease, now)  # one executor per run
-    except LeaseHeld as err:
+    except runlease.LeaseHeld as err:
         return blocked(phases.R_HELD_BY_LOCAL_RUNNER, str(err))
     except NotAllowed as err:
         return blocked(phases.R_NOT_ALLOWED, f"not allowed: {err}")
@@ -229,8 +228,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             logger.info("gate of round %d closed (%s): mean reward %s", gate.round, gate.reason, gate.mean_reward)
         decision = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
         active = _act(decision, state, manifest, owner, memory, emit, logger, previous, record)
-        if decision.phase in (phases.SUCCEEDED, phases.FAILED):
-            runlease.release(memory.lease)
+        runlease.release_when_ended(memory.lease, decision.phase)
         if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
             memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
             emit(
@@ -254,8 +252,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
 def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: bool, record: dict[str, str]):
     """observe_store, skipped while the run's keys are unchanged.
 
-    Every object in the layout is written whole and never rewritten (ratings and
-    corrections are new keys, gate.json is created once), so an unchanged key
+    Every object the observation reads is written whole and never rewritten (ratings
+    and corrections are new keys, gate.json is created once; lease.json is not read), so an unchanged key
     listing means an unchanged observation: an idle run awaiting ratings costs
     one LIST per tick instead of reading every rating again.
     """

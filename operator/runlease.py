@@ -13,9 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from therapy_rlhf import lease
+from therapy_rlhf import lease, phases
 from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.lease import LeaseHeld
 from therapy_rlhf.store import Store
+
+__all__ = ["LeaseHeld", "OperatorLease", "hold", "release_when_ended"]
 
 
 @dataclass
@@ -45,8 +48,8 @@ def hold(store: Store, paths: RunPaths, kept: OperatorLease, now: float | None =
     kept.written_at = now
 
 
-def release(kept: OperatorLease) -> None:
-    """The run ended (Succeeded, Failed): a local runner may take it at once."""
-    if kept.holding is not None:
+def release_when_ended(kept: OperatorLease, phase: str) -> None:
+    """Once the run ended (Succeeded, Failed), a local runner may take it at once."""
+    if phase in (phases.SUCCEEDED, phases.FAILED) and kept.holding is not None:
         kept.holding.release()
         kept.holding = None
