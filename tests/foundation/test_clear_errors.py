@@ -32,10 +32,12 @@ def cli(capsys, *argv):
 def test_a_store_path_that_does_not_exist_is_named_never_walked_around(tmp_path, capsys):
     (tmp_path / "Makefile").write_text("all:\n")  # what the old fallback walked into
     missing = tmp_path / "typo"
+    assert LocalStore(missing).list("") == []  # nothing above the store is listed (it was: the Makefile)
     with pytest.raises(NoSuchStore, match=f"store {missing} does not exist"):
-        LocalStore(missing).list("")
-    code, out, err = cli(capsys, "status", "--store", str(missing))
-    assert code == 1 and err == f"error: store {missing} does not exist (no such directory; check --store)\n"
+        LocalStore(missing).check_exists()
+    for argv in (["status"], ["report", "demo"], ["pending"], ["export", "demo"], ["run", "demo"]):
+        code, out, err = cli(capsys, *argv, "--store", str(missing))
+        assert code == 1 and err == f"error: store {missing} does not exist (no such directory; check --store)\n", argv
     assert not missing.exists()  # reading created nothing
 
 
