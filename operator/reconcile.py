@@ -29,7 +29,7 @@ from therapy_rlhf.selection import DRIFT_PREFIX, describe_gate, read_selection
 from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
 from therapy_rlhf.store import Store, StoreError
 
-from therapy_rlhf.operator import builders, digests as run_digests, kube, metrics, runconfig
+from therapy_rlhf.operator import builders, digests as run_digests, kube, metrics, runconfig, runlease
 from therapy_rlhf.operator.admission import NotAllowed, check_run
 from therapy_rlhf.operator.conditions import Outcome, build_status, is_transition, ready_reason
 from therapy_rlhf.operator.config import OperatorConfig
@@ -68,6 +68,7 @@ class RunMemory:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Round -> why its selection fell back to 'all' ('' if it did not); selection.json never changes.
     selection_fallback: dict[int, str] = field(default_factory=dict)
+    lease: runlease.OperatorLease = field(default_factory=runlease.OperatorLease)
 
 
 class OperatorState:
@@ -173,6 +174,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         store = state.stores.store_for(live, state.api, state.config)
         manifest = _frozen(store, live, memory, emit)
         check_run(manifest, state.config)
+        runlease.hold(store, paths, memory.lease, now)  # one executor per run
+    except runlease.LeaseHeld as err:
+        return blocked(phases.R_HELD_BY_LOCAL_RUNNER, str(err))
     except NotAllowed as err:
         return blocked(phases.R_NOT_ALLOWED, f"not allowed: {err}")
     except kube.NotFound as err:
@@ -224,6 +228,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             logger.info("gate of round %d closed (%s): mean reward %s", gate.round, gate.reason, gate.mean_reward)
         decision = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
         active = _act(decision, state, manifest, owner, memory, emit, logger, previous, record)
+        runlease.release_when_ended(memory.lease, decision.phase)
         if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
             memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
             emit(
@@ -247,8 +252,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
 def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: bool, record: dict[str, str]):
     """observe_store, skipped while the run's keys are unchanged.
 
-    Every object in the layout is written whole and never rewritten (ratings and
-    corrections are new keys, gate.json is created once), so an unchanged key
+    Every object the observation reads is written whole and never rewritten (ratings
+    and corrections are new keys, gate.json is created once; lease.json is not read), so an unchanged key
     listing means an unchanged observation: an idle run awaiting ratings costs
     one LIST per tick instead of reading every rating again.
     """

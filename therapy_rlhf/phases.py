@@ -51,3 +51,6 @@ R_NOT_ALLOWED = "NotAllowed"  # a Secret, image or service account the installat
 # feedback.selection (issue 12): the reward model's error on fresh expert ratings passed driftBound, so the
 # next round goes to the experts whole (a Warning Event; the reason of Ready/AwaitingRatings while it waits).
 R_REWARD_MODEL_DRIFT = "RewardModelDrift"
+# One executor per run (issue 20): a live local runner holds the run's lease in the store, so the
+# operator starts nothing (the Ready condition's reason and a Warning Event, naming the runner).
+R_HELD_BY_LOCAL_RUNNER = "HeldByLocalRunner"

@@ -47,7 +47,7 @@ from typing import Callable, Literal
 from rich.console import Console
 from rich.text import Text
 
-from therapy_rlhf import integrity
+from therapy_rlhf import integrity, lease
 from therapy_rlhf.jobworker import JobExit, JobWorkerClient
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
@@ -76,6 +76,7 @@ EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_SUSPENDED = 3
 EXIT_PAUSED = 4  # the rater closed the scoring TUI before the gate closed
+EXIT_HELD = 5  # another runner, or the operator, holds the run's lease
 EXIT_INTERRUPTED = 130
 
 JOB_COMMAND_ENV = "THERAPY_RLHF_JOB_COMMAND"
@@ -153,6 +154,8 @@ class LocalRunner:
     # Called while waiting for ratings in 'none' mode (tests use it to rate from "elsewhere").
     on_wait: Callable[[WaitForRatings], None] | None = None
     max_polls: int | None = None
+    # How long the run's lease lasts unrenewed (renewed every third of it while the runner runs).
+    lease_seconds: float = lease.LOCAL_LEASE_SECONDS
 
     def __post_init__(self) -> None:
         if self.poll_interval is None:
@@ -164,35 +167,35 @@ class LocalRunner:
         self._last_message = ""
         self.worker: JobWorkerClient | None = None
         self._worker_announced = False
+        self.keeper: lease.LeaseKeeper | None = None
 
     # ------------------------------------------------------------------ loop
-    def prepare(self) -> tuple[RunManifest, RunSpec]:
-        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config."""
+    def prepare(self, write_config: bool = True) -> tuple[RunManifest, RunSpec]:
+        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config
+        (``run()`` writes it only once it holds the run's lease: a refused runner changes nothing)."""
         frozen = freeze_spec(self.store, self.manifest)
         spec = frozen.spec.model_copy(update={"suspend": self.manifest.spec.suspend})
         self.work_dir = work_dir_for(self.paths, self.store.uri)
-        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_file = self.work_dir / "run.json"
-        config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
-        self.config_file.write_bytes(config)
-        self.config_sha = integrity.sha256(config)
+        self._config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
+        self.config_sha = integrity.sha256(self._config)
+        if write_config:
+            self.write_config()
         self.state_file = self.work_dir / "state.json"
         self.digests = self.load_state()
         return frozen, spec
 
     def run(self) -> int:
         """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
-        # 1. Freeze the spec, write the jobs' run config and read this runner's record.
-        frozen, spec = self.prepare()
-        self.say(f"run {self.paths.root} in {self.store.uri}")
-        warned: set[int] = set()
-        polls = 0
-        awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
-        # 2. A warm job worker starts importing now, while the first observations and gates go on.
-        if self._preload():
-            self.worker = self._start_worker()
         restore = self._catch_stop_signals()
         try:
+            # 1. Freeze the spec and read this runner's record (the jobs' run config is written
+            #    once this runner holds the run's lease, in 2.).
+            frozen, spec = self.prepare(write_config=False)
+            self.say(f"run {self.paths.root} in {self.store.uri}")
+            warned: set[int] = set()
+            polls = 0
+            awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
             # Reports of jobs that finished while no runner watched (an earlier runner was killed).
             self.absorb_outputs()
             while True:
@@ -209,6 +212,13 @@ class LocalRunner:
                 decision = plan(spec, observed)
                 self.report(decision)
                 action = decision.action
+                # 2. Before acting: hold the run's lease (one executor per run), and start the warm
+                #    job worker, whose imports overlap the scoring: a job is coming. A finished, failed
+                #    or suspended run needs neither and says so at once, changing nothing.
+                if not isinstance(action, (Finish, Fail, Suspend)):
+                    self.hold()
+                    if self.worker is None and self._preload():
+                        self.worker = self._start_worker()
                 # 4. Carry it out.
                 if isinstance(action, StartJob):
                     self.run_job(action)
@@ -255,6 +265,9 @@ class LocalRunner:
                 elif isinstance(action, Fail):
                     self.say(f"[bold red]run failed[/]: {action.reason}")
                     return EXIT_FAILED
+        except lease.LeaseHeld as err:
+            self.say(f"[bold red]refused[/]: {err}")
+            return EXIT_HELD
         except RunnerError as err:
             self.say(f"[bold red]error[/]: {err}")
             return EXIT_FAILED
@@ -268,7 +281,24 @@ class LocalRunner:
             self.close()
             restore()
 
+    def write_config(self) -> None:
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.config_file.write_bytes(self._config)
+
     # ------------------------------------------------------ process control
+    def hold(self) -> None:
+        """Take the run's lease once (LeaseHeld if another executor has it), then keep it; RunnerError
+        once it was taken over."""
+        if self.keeper is None:
+            holding = lease.acquire(self.store, self.paths, lease.local_holder(), lease.KIND_LOCAL, self.lease_seconds)
+            if holding.took_over:
+                self.say(f"[yellow]took over the run's lease[/] from {holding.took_over}")
+            self.keeper = lease.LeaseKeeper(holding, self.lease_seconds)
+            self.keeper.start()
+            self.write_config()
+        if self.keeper.lost:
+            raise RunnerError(self.keeper.lost)
+
     def _preload(self) -> tuple[str, ...]:
         if not self.warm:
             return ()
@@ -441,10 +471,13 @@ class LocalRunner:
             self.worker.stop_job()
 
     def close(self) -> None:
-        """Stop the job worker (run() does this itself before it returns)."""
+        """Stop the job worker and release the lease (run() does this itself before it returns)."""
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
 
     # --------------------------------------------------------------- ratings
     def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from therapy_rlhf import phases
 from therapy_rlhf.layout import RunPaths
+from therapy_rlhf.store import LocalStore
 from therapy_rlhf.observe import observe_store
 from therapy_rlhf.planner import (
     CloseGate,
@@ -198,6 +199,8 @@ def test_resume_from_store_markers(store, one_job):
     """observe_store + plan picks up exactly where the stored markers end."""
     s = spec(ppo={"rounds": 3, "oneJobPerRound": one_job})
     paths = RunPaths("default", "demo")
+    if isinstance(store, LocalStore):
+        store.root.mkdir(parents=True)  # an empty store (a missing directory is an error naming it)
 
     def step():
         observed, _ = observe_store(store, paths, s, now=1e12)
