@@ -338,9 +338,10 @@ def render(args, local: list[dict], cluster: list[dict], full: list[dict], loads
     return "\n".join(out) + "\n"
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace ``section`` of bench/RESULTS.md with ``text`` (or append it)."""
     current = RESULTS.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     new = pattern.sub(lambda _: text.rstrip() + "\n\n", current) if pattern.search(current) else current.rstrip() + "\n\n" + text
     RESULTS.write_text(new)
 

@@ -1,0 +1,227 @@
+"""Benchmark: where the time from the last rating to the next batch goes on the emulated cluster.
+
+    python bench/cluster_round_steps.py                       # this tree's operator defaults
+    python bench/cluster_round_steps.py --interval 3          # the timer interval before issue 22
+    python bench/cluster_round_steps.py --rounds 4 --write    # + a section in bench/RESULTS.md
+
+The set-up of ``bench/round_latency.py``'s emulated cluster (kmock's Kubernetes
+emulator, moto's S3 server in its own process, the operator in its own process,
+``tests/operator/conftest.py``'s harness as the Job controller: each Job's
+container command run as a new local process, one warm model cache for all
+Jobs), the tiny Mistral of ``examples/tiny-local.yaml``, one Job per round (the
+default). Each round this process plays the psychologist (the simulated
+rater's scores written from outside), and timestamps each step until round
+r+1's batch loads as the TUI loads it:
+
+1. last rating stored -> the operator's next tick has closed the gate (gate.json exists);
+2. gate.json -> the ppo-generate Job exists in the API;
+3. Job exists -> the harness (the "kubelet") has started its process;
+4. process start -> the job's own "start-up done" line (imports, model, data, inputs verified);
+5. -> its update is stored (the policy's metrics.json), 6. -> its batch is written;
+7. batch written -> readable by the TUI (``ratings.load_round``).
+
+Steps 4-6 come from the job's own UTC-timestamped log lines. The machine's
+load average is recorded: a cold interpreter importing torch is most of step
+4, and it grows with the load more than anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import calendar
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from round_latency import _harness, _up, readable, tiny_doc, wait, write_section  # noqa: E402
+
+from therapy_rlhf.layout import RunPaths  # noqa: E402
+from therapy_rlhf.simrater import rate_round  # noqa: E402
+from therapy_rlhf.spec import parse_run  # noqa: E402
+from therapy_rlhf.store import S3Store  # noqa: E402
+
+SECTION = "## Emulated-cluster round latency, step by step (issue 22)"
+LINE_RE = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(?P<ms>\d{3})Z \w+ (?P<msg>.*)$")
+STEPS = [
+    ("rating", "gate", "last rating -> gate.json written (operator tick)"),
+    ("gate", "job", "gate.json -> ppo-generate Job created"),
+    ("job", "spawn", "Job created -> its process started (harness as kubelet)"),
+    ("spawn", "startup", "process start -> job start-up done (imports, model, inputs)"),
+    ("startup", "update", "start-up -> round r's update stored"),
+    ("update", "batch", "update stored -> round r+1's batch written"),
+    ("batch", "readable", "batch written -> readable by the TUI"),
+    ("rating", "readable", "**last rating -> next batch readable**"),
+]
+
+
+def _log_times(log: Path) -> dict[str, float]:
+    """Wall-clock times of the job's own milestones, from its UTC log lines."""
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = LINE_RE.match(line)
+        if not m:
+            continue
+        when = calendar.timegm(time.strptime(m["ts"], "%Y-%m-%dT%H:%M:%S")) + int(m["ms"]) / 1000
+        msg = m["msg"]
+        if "start-up done" in msg:
+            found.setdefault("startup", when)
+        elif "policy/metrics.json" in msg and "wrote" in msg:
+            found.setdefault("update", when)
+        elif "batch.jsonl" in msg and "wrote" in msg:
+            found.setdefault("batch", when)
+    return found
+
+
+async def _measure(rounds: int, interval: float, tmp: Path) -> tuple[list[dict], str]:
+    import aiohttp
+    import boto3
+    import kmock
+    from kube_emulator import Emulator, register_resources, write_kubeconfig
+
+    harness = _harness()
+    spawned: dict[str, float] = {}
+
+    class TimedCluster(harness.Cluster):
+        async def _run_job(self, job):
+            spawned[job["metadata"]["name"]] = time.time()
+            return await super()._run_job(job)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    samples: list[dict] = []
+    try:
+        wait(lambda: _up(endpoint), 60, "moto's S3 server", poll=0.1)
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        bucket = f"steps-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        store = S3Store(bucket, "bench", endpoint_url=endpoint)
+        async with Emulator() as emulator, kmock.Server(emulator) as server, aiohttp.ClientSession() as http:
+            register_resources(emulator)
+            url = str(server.url).rstrip("/")
+            cluster = TimedCluster(emulator, url, tmp, standin=False)
+            cluster.session = http
+            await cluster.create_secret("s3-creds", {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
+            from therapy_rlhf.jobs.tiny import tiny_model_dir
+
+            (tmp / "shared-cache").mkdir(exist_ok=True)
+            tiny_model_dir("mistral", tmp / "shared-cache")
+            controllers = asyncio.create_task(cluster.controllers())
+            env = dict(os.environ, KUBECONFIG=str(write_kubeconfig(tmp / "kubeconfig", url)))
+            env.pop("KUBERNETES_SERVICE_HOST", None)
+            if interval:
+                env["THERAPY_RLHF_INTERVAL"] = str(interval)
+            log = open(tmp / "operator.log", "w")
+            operator = subprocess.Popen([sys.executable, "-m", "therapy_rlhf.operator", "--all-namespaces"],
+                                        env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                samples = await _rounds(cluster, store, bucket, endpoint, rounds, spawned, tmp)
+            finally:
+                operator.terminate()
+                try:
+                    await asyncio.to_thread(operator.wait, 30)
+                except subprocess.TimeoutExpired:
+                    operator.kill()
+                log.close()
+                controllers.cancel()
+                for task in cluster.started.values():
+                    task.cancel()
+                await asyncio.gather(controllers, *cluster.started.values(), return_exceptions=True)
+    finally:
+        moto.terminate()
+        moto.wait(10)
+    return samples, f"interval {interval or 'default'}"
+
+
+async def _rounds(cluster, store, bucket, endpoint, rounds, spawned, tmp) -> list[dict]:
+    name = f"steps-{uuid.uuid4().hex[:4]}"
+    storage = {"bucket": bucket, "prefix": "bench", "endpoint": endpoint, "region": "us-east-1",
+               "credentialsSecret": {"name": "s3-creds"}}
+    doc = tiny_doc(name, rounds, sft=False, evaluation=False, storage=storage)
+    doc["spec"]["resources"].update(cpu="1", memory="1Gi")
+    manifest, paths = parse_run(doc), RunPaths("default", name)
+    await cluster.create_run(name, doc["spec"])
+
+    async def until(predicate, what):
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            value = await predicate()
+            if value:
+                return time.time()
+            await asyncio.sleep(0.02)
+        raise SystemExit(f"timed out waiting for {what}")
+
+    async def job_exists(job: str):
+        return any(j["metadata"]["name"] == job for j in await cluster.jobs())
+
+    samples = []
+    for r in range(1, rounds):
+        await until(lambda: asyncio.to_thread(readable, store, paths, r), f"round {r}'s batch")
+        await asyncio.to_thread(rate_round, store, paths, manifest, r)
+        t = {"rating": time.time()}
+        job = f"{name}-ppo-generate-r{r}-a1"
+        gate = asyncio.create_task(until(lambda: asyncio.to_thread(store.exists, paths.gate(r)), "the gate"))
+        created = asyncio.create_task(until(lambda: job_exists(job), "the Job"))
+        t["readable"] = await until(lambda: asyncio.to_thread(readable, store, paths, r + 1), f"round {r + 1}'s batch")
+        t["gate"], t["job"] = await gate, await created
+        t["spawn"] = spawned[job]
+        while not (logs := sorted(tmp.glob(f"{job}-*/log.txt"))):  # written when the process exits
+            await asyncio.sleep(0.05)
+        t.update(_log_times(logs[0]))
+        samples.append(t)
+        print(" ".join(f"{a}->{b} {t[b] - t[a]:.2f}s" for a, b, _ in STEPS if a in t and b in t), file=sys.stderr, flush=True)
+    return samples
+
+
+def render(runs: list[tuple[str, list[dict]]], loads: tuple[float, float], command: str) -> str:
+    head = "| step | " + " | ".join(label for label, _ in runs) + " |"
+    lines = [
+        SECTION, "",
+        f"`{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, shared 2-CPU machine, no GPU; "
+        f"load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end). Median (max) seconds over the rounds.",
+        "", head, "|---|" + "---|" * len(runs),
+    ]
+    for a, b, label in STEPS:
+        cells = []
+        for _, samples in runs:
+            xs = [s[b] - s[a] for s in samples if a in s and b in s]
+            cells.append(f"{statistics.median(xs):.2f} ({max(xs):.2f})" if xs else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4, help="Rounds per run (rounds - 1 samples).")
+    parser.add_argument("--interval", type=float, action="append",
+                        help="THERAPY_RLHF_INTERVAL of the operator; repeat to compare (default: the operator's default).")
+    parser.add_argument("--write", action="store_true", help=f"Update '{SECTION}' in bench/RESULTS.md.")
+    args = parser.parse_args()
+    loads = [os.getloadavg()[0]]
+    runs = []
+    for interval in args.interval or [0.0]:
+        with tempfile.TemporaryDirectory(prefix="cluster-steps-") as tmp:
+            samples, label = asyncio.run(_measure(args.rounds, interval, Path(tmp)))
+            runs.append((label, samples))
+    loads.append(os.getloadavg()[0])
+    text = render(runs, (loads[0], loads[1]), "python bench/cluster_round_steps.py " + " ".join(sys.argv[1:]))
+    print(text)
+    if args.write:
+        write_section(text, SECTION)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
