@@ -10,8 +10,9 @@ emulator, moto's S3 server in its own process, the operator in its own process,
 container command run as a new local process, one warm model cache for all
 Jobs), the tiny Mistral of ``examples/tiny-local.yaml``, one Job per round (the
 default). Each round this process plays the psychologist (the simulated
-rater's scores written from outside), and timestamps each step until round
-r+1's batch loads as the TUI loads it:
+rater's scores written from outside, once the Job that wrote the batch has
+exited, as it has long before a person finishes a round), and timestamps each
+step until round r+1's batch loads as the TUI loads it:
 
 1. last rating stored -> the operator's next tick has closed the gate (gate.json exists);
 2. gate.json -> the ppo-generate Job exists in the API;
@@ -166,9 +167,16 @@ async def _rounds(cluster, store, bucket, endpoint, rounds, spawned, tmp) -> lis
     async def job_exists(job: str):
         return any(j["metadata"]["name"] == job for j in await cluster.jobs())
 
+    async def jobs_finished():
+        jobs = [j for j in await cluster.jobs() if j["metadata"]["name"].startswith(name + "-")]
+        return bool(jobs) and all((j.get("status") or {}).get("conditions") for j in jobs)
+
     samples = []
     for r in range(1, rounds):
         await until(lambda: asyncio.to_thread(readable, store, paths, r), f"round {r}'s batch")
+        # At a person's pace: the Job that wrote the batch has exited (and been reported) before the last
+        # rating lands. Rated the instant the batch appears, the gate would wait for that report.
+        await until(jobs_finished, "the Job that wrote the batch to finish")
         await asyncio.to_thread(rate_round, store, paths, manifest, r)
         t = {"rating": time.time()}
         job = f"{name}-ppo-generate-r{r}-a1"
