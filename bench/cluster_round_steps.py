@@ -33,9 +33,7 @@ import asyncio
 import calendar
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +41,11 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from round_latency import _harness, _up, readable, tiny_doc, wait, write_section  # noqa: E402
+from round_latency import _harness, emulated_cluster, readable, tiny_doc, write_section  # noqa: E402
 
 from therapy_rlhf.layout import RunPaths  # noqa: E402
 from therapy_rlhf.simrater import rate_round  # noqa: E402
 from therapy_rlhf.spec import parse_run  # noqa: E402
-from therapy_rlhf.store import S3Store  # noqa: E402
 
 SECTION = "## Emulated-cluster round latency, step by step (issue 22)"
 LINE_RE = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(?P<ms>\d{3})Z \w+ (?P<msg>.*)$")
@@ -83,73 +80,21 @@ def _log_times(log: Path) -> dict[str, float]:
 
 
 async def _measure(rounds: int, interval: float, tmp: Path) -> tuple[list[dict], str]:
-    import aiohttp
-    import boto3
-    import kmock
-    from kube_emulator import Emulator, register_resources, write_kubeconfig
-
-    harness = _harness()
     spawned: dict[str, float] = {}
 
-    class TimedCluster(harness.Cluster):
+    class TimedCluster(_harness().Cluster):
         async def _run_job(self, job):
             spawned[job["metadata"]["name"]] = time.time()
             return await super()._run_job(job)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    samples: list[dict] = []
-    try:
-        wait(lambda: _up(endpoint), 60, "moto's S3 server", poll=0.1)
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        bucket = f"steps-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-        store = S3Store(bucket, "bench", endpoint_url=endpoint)
-        async with Emulator() as emulator, kmock.Server(emulator) as server, aiohttp.ClientSession() as http:
-            register_resources(emulator)
-            url = str(server.url).rstrip("/")
-            cluster = TimedCluster(emulator, url, tmp, standin=False)
-            cluster.session = http
-            await cluster.create_secret("s3-creds", {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
-            from therapy_rlhf.jobs.tiny import tiny_model_dir
-
-            (tmp / "shared-cache").mkdir(exist_ok=True)
-            tiny_model_dir("mistral", tmp / "shared-cache")
-            controllers = asyncio.create_task(cluster.controllers())
-            env = dict(os.environ, KUBECONFIG=str(write_kubeconfig(tmp / "kubeconfig", url)))
-            env.pop("KUBERNETES_SERVICE_HOST", None)
-            if interval:
-                env["THERAPY_RLHF_INTERVAL"] = str(interval)
-            log = open(tmp / "operator.log", "w")
-            operator = subprocess.Popen([sys.executable, "-m", "therapy_rlhf.operator", "--all-namespaces"],
-                                        env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                samples = await _rounds(cluster, store, bucket, endpoint, rounds, spawned, tmp)
-            finally:
-                operator.terminate()
-                try:
-                    await asyncio.to_thread(operator.wait, 30)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
-                log.close()
-                controllers.cancel()
-                for task in cluster.started.values():
-                    task.cancel()
-                await asyncio.gather(controllers, *cluster.started.values(), return_exceptions=True)
-    finally:
-        moto.terminate()
-        moto.wait(10)
-    return samples, f"interval {interval or 'default'}"
+    env = {"THERAPY_RLHF_INTERVAL": str(interval)} if interval else {}
+    async with emulated_cluster(tmp, TimedCluster, env) as (cluster, store, storage):
+        samples = await _rounds(cluster, store, storage, rounds, spawned, tmp)
+    return samples, f"interval {interval:g} s" if interval else "default interval"
 
 
-async def _rounds(cluster, store, bucket, endpoint, rounds, spawned, tmp) -> list[dict]:
+async def _rounds(cluster, store, storage, rounds, spawned, tmp) -> list[dict]:
     name = f"steps-{uuid.uuid4().hex[:4]}"
-    storage = {"bucket": bucket, "prefix": "bench", "endpoint": endpoint, "region": "us-east-1",
-               "credentialsSecret": {"name": "s3-creds"}}
     doc = tiny_doc(name, rounds, sft=False, evaluation=False, storage=storage)
     doc["spec"]["resources"].update(cpu="1", memory="1Gi")
     manifest, paths = parse_run(doc), RunPaths("default", name)

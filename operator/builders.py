@@ -299,7 +299,7 @@ def build_event(run_meta: dict[str, Any], key: str, event_type: str, reason: str
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{run_meta['name']}.{uid[:8]}.{key}", "namespace": run_meta["namespace"]},
+        "metadata": {"name": ".".join(filter(None, (run_meta["name"], uid[:8], key))), "namespace": run_meta["namespace"]},
         "involvedObject": {
             "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": run_meta["name"],
             "namespace": run_meta["namespace"], "uid": uid,
