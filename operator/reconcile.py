@@ -23,13 +23,12 @@ from therapy_rlhf import integrity, phases
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
 from therapy_rlhf.planner import PPO_GENERATE, CloseGate, Decision, StartJob, WaitForJob, WaitForRatings, plan
-from therapy_rlhf.ratings import RatingError
 from therapy_rlhf.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run, summarize_round
-from therapy_rlhf.selection import DRIFT_PREFIX, describe_gate, read_selection
+from therapy_rlhf.selection import DRIFT_PREFIX, read_selection
 from therapy_rlhf.spec import API_GROUP, API_VERSION, KIND, RunManifest, SpecError, parse_spec
 from therapy_rlhf.store import Store, StoreError
 
-from therapy_rlhf.operator import builders, digests as run_digests, kube, metrics, runconfig, runlease
+from therapy_rlhf.operator import builders, digests as run_digests, gateclose, kube, metrics, runconfig, runlease
 from therapy_rlhf.operator.admission import NotAllowed, check_run
 from therapy_rlhf.operator.conditions import Outcome, build_status, is_transition, ready_reason
 from therapy_rlhf.operator.config import OperatorConfig
@@ -43,6 +42,12 @@ EmitFn = Callable[[str, str, str], None]
 WARNING_REASONS = (phases.R_JOB_RETRYING, phases.R_JOB_OUTPUT_MISSING)
 # Re-plans after a gate closes in one pass, so the PPO Job starts in the same tick.
 MAX_STEPS_PER_PASS = 3
+# Failed reasons that are re-checked every tick: a spec that may be fixed, and the refusals and
+# store/API errors an operator before issue 22 could leave on a Failed run (it kept the phase).
+RECHECKED_FAILURES = (
+    phases.R_INVALID_SPEC, phases.R_NOT_ALLOWED, phases.R_SECRET_MISSING, phases.R_FORBIDDEN,
+    phases.R_STORE_UNAVAILABLE, phases.R_KUBE_API_ERROR, phases.R_HELD_BY_LOCAL_RUNNER,
+)
 
 
 @dataclass
@@ -69,6 +74,8 @@ class RunMemory:
     # Round -> why its selection fell back to 'all' ('' if it did not); selection.json never changes.
     selection_fallback: dict[int, str] = field(default_factory=dict)
     lease: runlease.OperatorLease = field(default_factory=runlease.OperatorLease)
+    # Rounds whose gate a predecessor recorded but may not have announced (None: not read from status yet).
+    unannounced: set[int] | None = None
 
 
 class OperatorState:
@@ -132,9 +139,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     generation = meta.get("generation")
     if previous.get("phase") == phases.SUCCEEDED:
         return Result(None)
-    # A run that failed for a reason other than its spec stays failed; an invalid
-    # spec is re-checked so that fixing it starts the run.
-    if previous.get("phase") == phases.FAILED and ready_reason(previous) != phases.R_INVALID_SPEC:
+    # A run whose Job failed stays failed; an invalid spec is re-checked so that fixing it
+    # starts the run (as is a refusal that an older operator left on a Failed run).
+    if previous.get("phase") == phases.FAILED and ready_reason(previous) not in RECHECKED_FAILURES:
         return Result(None)
 
     def finish(outcome: Outcome, severity: str = "Normal", **fields: Any) -> Result:
@@ -148,8 +155,13 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         return Result(build_status(outcome, previous, generation, now, **fields))
 
     def blocked(reason: str, message: str) -> Result:
+        # A refusal or an unreachable store holds the run where it was, re-checked every tick;
+        # a run that was Failed for its spec has just been fixed, so it waits in Pending (a
+        # Failed phase here would be final: the check above skips Failed runs of other reasons).
         logger.warning(message)
         phase = previous.get("phase") or phases.PENDING
+        if phase == phases.FAILED:
+            phase = phases.PENDING
         return finish(Outcome(phase, previous.get("round") or 0, reason, message, blocked=True))
 
     # 1. The spec, validated by the same model the CLI uses.
@@ -192,6 +204,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
 
     # 3. Observe, plan, act -- repeated only after a gate closes.
     owner = {"metadata": {"name": meta.get("name"), "uid": meta.get("uid")}}
+    announcer = gateclose.Announcer(state.api, {"name": live.name, "namespace": live.namespace, "uid": meta.get("uid")}, logger)
+    if memory.unannounced is None:
+        memory.unannounced = gateclose.unannounced_gates(previous)
     override = (meta.get("annotations") or {}).get(builders.ANNOTATION_CLOSE_GATE) == "true"
     remove: list[str] = []
     record = {**(previous.get("digests") or {}), **memory.digest.recorded}
@@ -204,6 +219,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             selecting = spec.feedback.selection.mode != "all"
             if run_digests.refresh(state.api, live.namespace, live.name, paths, observed, record, memory.digest, selecting):
                 observed, awaiting = _observe(store, paths, spec, memory, override, record)
+            if memory.unannounced:
+                gateclose.announce_restored(store, paths, observed, memory.unannounced, announcer)
             decision = plan(spec, observed)
             # Job states matter only for a step whose marker is missing; a run awaiting
             # ratings costs no Kubernetes API call per tick, however many runs wait.
@@ -219,7 +236,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             if held is not decision:  # the selection's Job has not reported its digest yet
                 decision = held
                 break
-            gate = _close_gate(store, paths, spec, decision, awaiting, emit, logger, record, memory)
+            gate = gateclose.close_gate(store, paths, spec, decision, awaiting, announcer, record, memory.digest.recorded)
             memory.gate_closed_at[decision.action.round] = time.time()
             metrics.GATE_WAIT.observe(max(0.0, time.time() - (observed.round(decision.action.round).awaiting_since or now)))
             if decision.action.reason == "override":
@@ -227,7 +244,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 remove.append(builders.ANNOTATION_CLOSE_GATE)
             logger.info("gate of round %d closed (%s): mean reward %s", gate.round, gate.reason, gate.mean_reward)
         decision = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
-        active = _act(decision, state, manifest, owner, memory, emit, logger, previous, record)
+        active = _act(decision, state, manifest, owner, memory, emit, announcer, previous, record)
         runlease.release_when_ended(memory.lease, decision.phase)
         if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
             memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
@@ -241,7 +258,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     except kube.Forbidden as err:
         return blocked(phases.R_FORBIDDEN, f"no permission: {err}")
     except (kube.KubeError, StoreError) as err:
-        reason = phases.R_STORE_UNAVAILABLE if isinstance(err, StoreError) else "KubernetesApiError"
+        reason = phases.R_STORE_UNAVAILABLE if isinstance(err, StoreError) else phases.R_KUBE_API_ERROR
         return blocked(reason, str(err))
     reason, message = _drift_reason(store, paths, spec, decision, memory)
     result = finish(Outcome(decision.phase, decision.round, reason, message), **fields)
@@ -293,38 +310,6 @@ def _freeze(store: Store, live: RunManifest, memory: RunMemory, emit: EmitFn) ->
         return read_frozen_run(store, RunPaths(live.namespace, live.name))
 
 
-def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, logger, record, memory: RunMemory):
-    action: CloseGate = decision.action  # type: ignore[assignment]
-    closed_by = "operator" if action.reason == "complete" else f"operator ({builders.ANNOTATION_CLOSE_GATE} annotation)"
-    try:
-        gate, digest, replaced = integrity.close_gate_as_executor(
-            store, paths, action.round, spec.feedback, action.reason, closed_by, record, previous=awaiting
-        )
-    except (RatingError, integrity.IntegrityError) as err:
-        raise StoreError(str(err)) from None
-    name = integrity.gate_name(paths, action.round)
-    record[name] = memory.digest.recorded[name] = digest
-    if replaced:
-        emit("Warning", phases.R_GATE_REPLACED,
-             f"round {action.round}: {store.describe(paths.gate(action.round))} was not closed by the operator; "
-             "it was replaced by the gate the operator closed from the verified ratings")
-    reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
-    model = describe_gate(gate)
-    emit(
-        "Normal", reason,
-        f"round {gate.round} gate closed ({gate.reason}): {gate.responses_rewarded}/{gate.responses_total} "
-        f"responses rewarded by experts, mean reward {gate.mean_reward}" + (f"; {model}" if model else ""),
-    )
-    check = gate.reward_model
-    if check is not None and check.drifted:
-        emit(
-            "Warning", phases.R_REWARD_MODEL_DRIFT,
-            f"round {gate.round}: the reward model's error on the experts' fresh ratings was {check.mae:.3f} > "
-            f"driftBound {check.bound:g}; round {gate.round + 1} goes to the experts whole",
-        )
-    return gate
-
-
 def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> tuple[str, str]:
     """The outcome's reason and message; RewardModelDrift while a round that fell back for drift awaits ratings."""
     if decision.reason != phases.R_WAITING_FOR_RATINGS or spec.feedback.selection.mode == "all":
@@ -341,7 +326,7 @@ def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> 
     return phases.R_REWARD_MODEL_DRIFT, f"{decision.message} ({fallback})"
 
 
-def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous, record):
+def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, announcer, previous, record):
     """Carry out the planner's action; returns (Job name, action) of the active Job, or None."""
     action = decision.action
     if isinstance(action, (StartJob, WaitForJob)):
@@ -360,21 +345,24 @@ def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner,
     )
     job = builders.build_job(manifest, action.kind, action.round, action.attempt, owner, state.config, expect)
     name = job["metadata"]["name"]
+    logger = announcer.logger
+    created = gateclose.job_event_key(action.kind, action.round, action.attempt), "Normal", "JobCreated", f"created Job {name}: {decision.message}"
     if name in ((previous.get("activeJob") or {}).get("name"), memory.active_job):
         # Status says this Job was running, yet it is gone and its output is missing.
         emit("Warning", "JobMissing", f"Job {name} disappeared before finishing (deleted by hand?); re-creating it")
     try:
         state.api.create_job(job)
     except kube.Conflict:
-        # Created by an earlier incarnation of the operator: adopt it.
+        # Created by an earlier incarnation of the operator: adopt it (and announce it, if that one could not).
         logger.info("Job %s already exists; adopting it", name)
+        announcer.post(*created)
         memory.active_job = name
         return name, action
     memory.active_job = name
     metrics.JOBS_CREATED.labels(kind=action.kind).inc()
     if action.kind in ("ppo", PPO_GENERATE) and action.round in memory.gate_closed_at:
         metrics.GATE_TO_PPO.observe(time.time() - memory.gate_closed_at.pop(action.round))
-    emit("Normal", "JobCreated", f"created Job {name}: {decision.message}")
+    announcer.post(*created)
     logger.info("created Job %s", name)
     return name, action
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.spec import RunSpec
@@ -215,15 +215,19 @@ def close_gate_as_executor(
     reason: str,
     closed_by: str,
     record: Mapping[str, str],
+    record_intent: Callable[[str, str], None],
     previous=None,
 ):
     """Close a round's gate as the executor: (gate, its digest, whether a stray gate.json was replaced).
 
-    A gate.json whose digest the executor recorded is the closed gate and is
-    returned as it is. One it did not record -- planted by someone else, or
-    written just before the executor lost its record in a crash -- is not a
-    gate: the rating set is frozen afresh from the verified ratings and
-    written over it.
+    Exactly once across a crash at any point: ``record_intent(name, digest)``
+    stores the new gate's digest in the executor's record *before* the object
+    is written. A gate.json whose digest is in the record is therefore the
+    executor's own -- closed now or by an incarnation that died right after
+    writing it -- and is returned as it is. One whose digest is not (planted by
+    someone else) is not a gate: the rating set is frozen afresh from the
+    verified ratings and written over it. A crash between the record and the
+    write leaves no object: the round is closed again under a new record.
     """
     from therapy_rlhf.ratings import build_gate, load_round
     from therapy_rlhf.records import Gate, parse_record
@@ -241,6 +245,7 @@ def close_gate_as_executor(
     state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
     gate = build_gate(state, feedback, reason, closed_by, _recorded_selection(store, paths, round_no, record))
     data = dump_json(gate.model_dump(mode="json"))
+    record_intent(name, sha256(data))
     if existing is None:
         try:
             store.create_bytes(key, data)

@@ -44,6 +44,7 @@ R_INVALID_SPEC = "InvalidSpec"
 R_STORE_UNAVAILABLE = "StoreUnavailable"
 R_SECRET_MISSING = "SecretMissing"
 R_FORBIDDEN = "Forbidden"
+R_KUBE_API_ERROR = "KubernetesApiError"  # any other error of the Kubernetes API (retried every tick)
 # Integrity and admission (issue 10): Warning Events, and the Ready condition of a blocked run.
 R_GATE_REPLACED = "GateReplaced"  # a gate.json the executor had not closed was replaced
 R_RUN_CONFIG_RESTORED = "RunConfigRestored"  # an edited run ConfigMap was put back

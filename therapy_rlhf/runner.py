@@ -226,11 +226,10 @@ class LocalRunner:
                     try:
                         gate, digest, replaced = integrity.close_gate_as_executor(
                             self.store, self.paths, action.round, spec.feedback, action.reason, "local-runner",
-                            self.digests, previous=awaiting,
+                            self.digests, lambda name, digest: self.record({name: digest}), previous=awaiting,
                         )
                     except (RatingError, integrity.IntegrityError) as err:
                         raise RunnerError(str(err)) from None
-                    self.record({integrity.gate_name(self.paths, action.round): digest})
                     if replaced:
                         self.say(f"[yellow]round {action.round}: replaced a gate.json this runner had not closed[/]")
                     model = describe_gate(gate)

@@ -160,7 +160,7 @@ def test_the_executor_refuses_a_selection_that_is_not_the_one_its_job_reported(l
     doc["selected"] = doc["selected"][:1]
     local_store.write_json(key, doc)
     with pytest.raises(integrity.IntegrityError, match="does not match the digest its job reported"):
-        integrity.close_gate_as_executor(local_store, PATHS, 1, m.spec.feedback, "complete", "test", record)
+        integrity.close_gate_as_executor(local_store, PATHS, 1, m.spec.feedback, "complete", "test", record, record.__setitem__)
     assert read_gate(local_store, PATHS, 1) is None
 
 
