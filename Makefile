@@ -33,7 +33,7 @@ run: venv
 	$(BIN)/therapy-rlhf run examples/tiny-local.yaml --scoring auto
 
 test: venv
-	$(BIN)/python -m pytest tests -q -ra -p no:randomly
+	$(BIN)/python -m pytest tests -q -ra -p no:randomly --durations=15
 
 e2e-kind: venv
 	PATH="$(abspath $(BIN)):$$PATH" bash tests/e2e/run-kind.sh

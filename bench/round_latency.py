@@ -17,7 +17,7 @@ model and sizes; SFT and evaluation off where only rounds matter):
    batch loads with ``ratings.load_round`` (what the TUI reads). Variants:
    before; after with ``--cold-jobs``; after.
 2. emulated cluster, the same latency: kmock's Kubernetes API emulator, moto's
-   S3 server (own process), the operator in its own process (default 3 s timer)
+   S3 server (own process), the operator in its own process (its default timer: 3 s before issue 22, 1 s since)
    and a Job-runner stand-in (``tests/operator/conftest.py``'s harness: each
    Job's container command run as a new local process, one model cache for all
    Jobs, like a node's warm cache; no image pull, no S3 model download). With
@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -176,13 +179,16 @@ def _harness():
     return module
 
 
-async def cluster_latency(rounds: int, modes: list[tuple[str, bool]], tmp: Path) -> list[dict]:
+@contextlib.asynccontextmanager
+async def emulated_cluster(tmp: Path, cluster_class=None, operator_env: dict[str, str] | None = None):
+    """moto's S3 server and the operator in their own processes, kmock's emulator and the Job-runner
+    harness here (``cluster_class``: the harness's Cluster or a subclass); yields (cluster, store, storage)."""
     import aiohttp
     import boto3
     import kmock
     from tests.support.kube_emulator import Emulator, register_resources, write_kubeconfig
 
-    harness = _harness()
+    cluster_class = cluster_class or _harness().Cluster
     progress("emulated cluster: starting moto, the emulator and the operator")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -195,12 +201,13 @@ async def cluster_latency(rounds: int, modes: list[tuple[str, bool]], tmp: Path)
     bucket = f"latency-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     store = S3Store(bucket, "bench", endpoint_url=endpoint)
-    results = []
+    storage = {"bucket": bucket, "prefix": "bench", "endpoint": endpoint, "region": "us-east-1",
+               "credentialsSecret": {"name": "s3-creds"}}
     try:
         async with Emulator() as emulator, kmock.Server(emulator) as server, aiohttp.ClientSession() as http:
             register_resources(emulator)
             url = str(server.url).rstrip("/")
-            cluster = harness.Cluster(emulator, url, tmp, standin=False)
+            cluster = cluster_class(emulator, url, tmp, standin=False)
             cluster.session = http
             await cluster.create_secret("s3-creds", {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
             # The node's warm model cache: the tiny model is built before any Job is timed.
@@ -209,14 +216,13 @@ async def cluster_latency(rounds: int, modes: list[tuple[str, bool]], tmp: Path)
             (tmp / "shared-cache").mkdir(exist_ok=True)
             tiny_model_dir("mistral", tmp / "shared-cache")
             controllers = asyncio.create_task(cluster.controllers())
-            env = dict(os.environ, KUBECONFIG=str(write_kubeconfig(tmp / "kubeconfig", url)))
+            env = dict(os.environ, KUBECONFIG=str(write_kubeconfig(tmp / "kubeconfig", url)), **(operator_env or {}))
             env.pop("KUBERNETES_SERVICE_HOST", None)
             log = open(tmp / "operator.log", "w")
             operator = subprocess.Popen([sys.executable, "-m", "therapy_rlhf.operator", "--all-namespaces"],
                                         env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                for label, one_job in modes:
-                    results.append(await _cluster_mode(cluster, store, bucket, endpoint, rounds, label, one_job))
+                yield cluster, store, storage
             finally:
                 operator.terminate()
                 try:  # the emulator must keep serving while kopf shuts down
@@ -234,7 +240,11 @@ async def cluster_latency(rounds: int, modes: list[tuple[str, bool]], tmp: Path)
     finally:
         moto.terminate()
         moto.wait(10)
-    return results
+
+
+async def cluster_latency(rounds: int, modes: list[tuple[str, bool]], tmp: Path) -> list[dict]:
+    async with emulated_cluster(tmp) as (cluster, store, storage):
+        return [await _cluster_mode(cluster, store, storage, rounds, label, one_job) for label, one_job in modes]
 
 
 def _up(endpoint: str) -> bool:
@@ -245,10 +255,8 @@ def _up(endpoint: str) -> bool:
         return False
 
 
-async def _cluster_mode(cluster, store, bucket, endpoint, rounds, label, one_job) -> dict:
+async def _cluster_mode(cluster, store, storage, rounds, label, one_job) -> dict:
     name = f"lat-{'one' if one_job else 'two'}-{uuid.uuid4().hex[:4]}"
-    storage = {"bucket": bucket, "prefix": "bench", "endpoint": endpoint, "region": "us-east-1",
-               "credentialsSecret": {"name": "s3-creds"}}
     doc = tiny_doc(name, rounds, sft=False, evaluation=False, storage=storage)
     doc["spec"]["ppo"]["oneJobPerRound"] = one_job
     doc["spec"]["resources"].update(cpu="1", memory="1Gi")
@@ -316,7 +324,7 @@ def render(args, local: list[dict], cluster: list[dict], full: list[dict], loads
         "| where | variant | latency |",
         "|---|---|---|",
         *[f"| local runner (`--scoring none`) | {r['label']} | {summary(r['samples'])} |" for r in local],
-        *[f"| emulated cluster (operator, 3 s timer, Job-runner stand-in) | {r['label']} (Jobs: {', '.join(r['jobs'])}) "
+        *[f"| emulated cluster (operator, default timer, Job-runner stand-in) | {r['label']} (Jobs: {', '.join(r['jobs'])}) "
           f"| {summary(r['samples'])} |" for r in cluster],
         "",
         f"### {args.full_rounds}-round tiny run end to end (`--scoring auto`: SFT, {args.full_rounds} rounds, evaluation)",
@@ -335,9 +343,10 @@ def render(args, local: list[dict], cluster: list[dict], full: list[dict], loads
     return "\n".join(out) + "\n"
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace ``section`` of bench/RESULTS.md with ``text`` (or append it)."""
     current = RESULTS.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     new = pattern.sub(lambda _: text.rstrip() + "\n\n", current) if pattern.search(current) else current.rstrip() + "\n\n" + text
     RESULTS.write_text(new)
 

@@ -62,13 +62,7 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
     lines += definitions(results)
     curve = results.get("reward_curve") or []
     if curve:
-        title = curve_title(results.get("reward_source", "raters"))
-        lines += [f"## {title}", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [
-            f"| {p['round']} | {p['mean']:.3f} | {p['std']:.3f} | {p['min']:.3f} | {p['max']:.3f} | {p['n']} |"
-            for p in curve
-        ]
-        lines.append("")
+        lines.append(rounds_table(curve, curve_title(results.get("reward_source", "raters"))))
         if any(p.get("model_scored") or p.get("model_error") is not None for p in curve):
             lines += [
                 "## The reward model's part (feedback.selection)",
@@ -90,6 +84,18 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
     if curve_key:
         lines += [f"Reward curve: `{curve_key}`", ""]
     return "\n".join(lines)
+
+
+def rounds_table(curve: list[dict[str, Any]], title: str) -> str:
+    """The per-round reward table (Markdown) under a heading, ending with a blank line."""
+    lines = [f"## {title}", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| {p['round']} | {p['mean']:.3f} | {p['std']:.3f} | {p['min']:.3f} | {p['max']:.3f} | {p['n']} |"
+        for p in curve
+    ]
+    if not curve:
+        lines.append("| - | no closed round yet | | | | |")
+    return "\n".join(lines) + "\n"
 
 
 SOURCE_TITLES = {

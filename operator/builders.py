@@ -27,6 +27,8 @@ ANNOTATION_CLOSE_GATE = f"{API_GROUP}/close-gate"
 NON_ROOT_UID = 1000
 # Where a container's termination message is read from (the Kubernetes default, set explicitly).
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# Kubernetes caps an Event's message at 1 KiB.
+MAX_EVENT_MESSAGE = 1000
 
 
 def job_name(run: str, kind: str, round_no: int, attempt: int) -> str:
@@ -296,6 +298,33 @@ def run_config_sha256(manifest: RunManifest) -> str:
     return hashlib.sha256(manifest_json(manifest).encode("utf-8")).hexdigest()
 
 
+def build_event(run_meta: dict[str, Any], key: str, event_type: str, reason: str, message: str, when: str) -> dict[str, Any]:
+    """An Event about a run, named after what it announces (``key``: one gate, one Job).
+
+    The name makes it exactly-once: an operator restarted after a crash posts it
+    again when it cannot tell whether its predecessor did, and the API server
+    answers 409 if it did.
+    """
+    uid = str(run_meta.get("uid") or "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": ".".join(filter(None, (run_meta["name"], uid[:8], key))), "namespace": run_meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": run_meta["name"],
+            "namespace": run_meta["namespace"], "uid": uid,
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:MAX_EVENT_MESSAGE],
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "firstTimestamp": when,
+        "lastTimestamp": when,
+        "count": 1,
+    }
+
+
 def describe(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata", {})
     return f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')}"
@@ -310,6 +339,7 @@ __all__ = [
     "LABEL_RUN",
     "MANAGED_BY",
     "build_configmap",
+    "build_event",
     "build_job",
     "configmap_name",
     "job_command",

@@ -17,11 +17,10 @@ import kopf
 from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, PLURAL
 
 from therapy_rlhf.operator import kube, metrics
+from therapy_rlhf.operator.builders import MAX_EVENT_MESSAGE
 from therapy_rlhf.operator.config import OperatorConfig
 from therapy_rlhf.operator.reconcile import OperatorState, reconcile
 
-# Kubernetes caps an Event's message at 1 KiB.
-MAX_EVENT_MESSAGE = 1000
 STATE_KEY = "therapy_rlhf_state"
 
 

@@ -16,6 +16,8 @@ import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
+from therapy_rlhf.contracts.spec import API_GROUP, API_VERSION, PLURAL
+
 from therapy_rlhf.operator.builders import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 
 
@@ -69,6 +71,7 @@ class KubeApi:
         self.client = kubernetes.client.ApiClient(configuration)
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
 
     def close(self) -> None:
         self.client.close()
@@ -113,6 +116,21 @@ class KubeApi:
             label_selector=f"job-name={job}",
         )
         return [p for p in data.get("items") or [] if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == job]
+
+    # -- the run's status and Events ---------------------------------------
+    def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``status`` into the run's status now (the record of what the operator is about to write)."""
+        return self._call(
+            f"patching the status of {namespace}/{name}", self.custom.patch_namespaced_custom_object_status,
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status},
+        )
+
+    def create_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Post an Event under its own name: Conflict if one of that name was posted already."""
+        meta = event["metadata"]
+        return self._call(
+            f"posting Event {meta['namespace']}/{meta['name']}", self.core.create_namespaced_event, meta["namespace"], event
+        )
 
     # -- ConfigMaps --------------------------------------------------------
     def read_configmap(self, namespace: str, name: str) -> dict[str, Any]:

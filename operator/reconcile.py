@@ -31,7 +31,7 @@ from therapy_rlhf.store import integrity
 from therapy_rlhf.store.backends import Store, StoreError
 from therapy_rlhf.store.runs import FrozenSpecMismatch, freeze_spec, read_frozen_run
 
-from therapy_rlhf.operator import builders, digests as run_digests, kube, metrics, runconfig
+from therapy_rlhf.operator import builders, digests as run_digests, gateclose, kube, metrics, runconfig, runlease
 from therapy_rlhf.operator.admission import NotAllowed, check_run
 from therapy_rlhf.operator.conditions import Outcome, build_status, is_transition, ready_reason
 from therapy_rlhf.operator.config import OperatorConfig
@@ -45,6 +45,12 @@ EmitFn = Callable[[str, str, str], None]
 WARNING_REASONS = (phases.R_JOB_RETRYING, phases.R_JOB_OUTPUT_MISSING)
 # Re-plans after a gate closes in one pass, so the PPO Job starts in the same tick.
 MAX_STEPS_PER_PASS = 3
+# Failed reasons that are re-checked every tick: a spec that may be fixed, and the refusals and
+# store/API errors an operator before issue 22 could leave on a Failed run (it kept the phase).
+RECHECKED_FAILURES = (
+    phases.R_INVALID_SPEC, phases.R_NOT_ALLOWED, phases.R_SECRET_MISSING, phases.R_FORBIDDEN,
+    phases.R_STORE_UNAVAILABLE, phases.R_KUBE_API_ERROR, phases.R_HELD_BY_LOCAL_RUNNER,
+)
 
 
 @dataclass
@@ -70,6 +76,9 @@ class RunMemory:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Round -> what its selection says about drift (None: it did not fall back for drift); selection.json never changes.
     selection_drift: dict[int, str | None] = field(default_factory=dict)
+    lease: runlease.OperatorLease = field(default_factory=runlease.OperatorLease)
+    # Rounds whose gate a predecessor recorded but may not have announced (None: not read from status yet).
+    unannounced: set[int] | None = None
 
 
 class OperatorState:
@@ -133,9 +142,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     generation = meta.get("generation")
     if previous.get("phase") == phases.SUCCEEDED:
         return Result(None)
-    # A run that failed for a reason other than its spec stays failed; an invalid
-    # spec is re-checked so that fixing it starts the run.
-    if previous.get("phase") == phases.FAILED and ready_reason(previous) != phases.R_INVALID_SPEC:
+    # A run whose Job failed stays failed; an invalid spec is re-checked so that fixing it
+    # starts the run (as is a refusal that an older operator left on a Failed run).
+    if previous.get("phase") == phases.FAILED and ready_reason(previous) not in RECHECKED_FAILURES:
         return Result(None)
 
     def finish(outcome: Outcome, severity: str = "Normal", **fields: Any) -> Result:
@@ -149,8 +158,13 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         return Result(build_status(outcome, previous, generation, now, **fields))
 
     def blocked(reason: str, message: str) -> Result:
+        # A refusal or an unreachable store holds the run where it was, re-checked every tick;
+        # a run that was Failed for its spec has just been fixed, so it waits in Pending (a
+        # Failed phase here would be final: the check above skips Failed runs of other reasons).
         logger.warning(message)
         phase = previous.get("phase") or phases.PENDING
+        if phase == phases.FAILED:
+            phase = phases.PENDING
         return finish(Outcome(phase, previous.get("round") or 0, reason, message, blocked=True))
 
     # 1. The spec, validated by the same model the CLI uses.
@@ -175,6 +189,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         store = state.stores.store_for(live, state.api, state.config)
         manifest = _frozen(store, live, memory, emit)
         check_run(manifest, state.config)
+        runlease.hold(store, paths, memory.lease, now)  # one executor per run
+    except runlease.LeaseHeld as err:
+        return blocked(phases.R_HELD_BY_LOCAL_RUNNER, str(err))
     except NotAllowed as err:
         return blocked(phases.R_NOT_ALLOWED, f"not allowed: {err}")
     except kube.NotFound as err:
@@ -189,6 +206,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
 
     # 3. Observe, plan, act -- repeated only after a gate closes.
     owner = {"metadata": {"name": meta.get("name"), "uid": meta.get("uid")}}
+    announcer = gateclose.Announcer(state.api, {"name": live.name, "namespace": live.namespace, "uid": meta.get("uid")}, logger)
+    if memory.unannounced is None:
+        memory.unannounced = gateclose.unannounced_gates(previous)
     override = (meta.get("annotations") or {}).get(builders.ANNOTATION_CLOSE_GATE) == "true"
     remove: list[str] = []
     record = {**(previous.get("digests") or {}), **memory.digest.recorded}
@@ -201,6 +221,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             selecting = spec.feedback.selection.mode != "all"
             if run_digests.refresh(state.api, live.namespace, live.name, paths, observed, record, memory.digest, selecting):
                 observed, awaiting = _observe(store, paths, spec, memory, override, record)
+            if memory.unannounced:
+                gateclose.announce_restored(store, paths, observed, memory.unannounced, announcer)
             decision = plan(spec, observed)
             # Job states matter only for a step whose marker is missing; a run awaiting
             # ratings costs no Kubernetes API call per tick, however many runs wait.
@@ -216,7 +238,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
             if held is not decision:  # the selection's Job has not reported its digest yet
                 decision = held
                 break
-            gate = _close_gate(store, paths, spec, decision, awaiting, emit, logger, record, memory)
+            gate = gateclose.close_gate(store, paths, spec, decision, awaiting, announcer, record, memory.digest.recorded)
             memory.gate_closed_at[decision.action.round] = time.time()
             metrics.GATE_WAIT.observe(max(0.0, time.time() - (observed.round(decision.action.round).awaiting_since or now)))
             if decision.action.reason == "override":
@@ -224,7 +246,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 remove.append(builders.ANNOTATION_CLOSE_GATE)
             logger.info("gate of round %d closed (%s): mean reward %s", gate.round, gate.reason, gate.mean_reward)
         decision = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
-        active = _act(decision, state, manifest, owner, memory, emit, logger, previous, record)
+        active = _act(decision, state, manifest, owner, memory, emit, announcer, previous, record)
+        runlease.release_when_ended(memory.lease, decision.phase)
         if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
             memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
             emit(
@@ -237,7 +260,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     except kube.Forbidden as err:
         return blocked(phases.R_FORBIDDEN, f"no permission: {err}")
     except (kube.KubeError, StoreError) as err:
-        reason = phases.R_STORE_UNAVAILABLE if isinstance(err, StoreError) else "KubernetesApiError"
+        reason = phases.R_STORE_UNAVAILABLE if isinstance(err, StoreError) else phases.R_KUBE_API_ERROR
         return blocked(reason, str(err))
     reason, message = _drift_reason(store, paths, spec, decision, memory)
     result = finish(Outcome(decision.phase, decision.round, reason, message), **fields)
@@ -248,8 +271,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
 def _observe(store: Store, paths: RunPaths, spec, memory: RunMemory, override: bool, record: dict[str, str]):
     """observe_store, skipped while the run's keys are unchanged.
 
-    Every object in the layout is written whole and never rewritten (ratings and
-    corrections are new keys, gate.json is created once), so an unchanged key
+    Every object the observation reads is written whole and never rewritten (ratings
+    and corrections are new keys, gate.json is created once; lease.json is not read), so an unchanged key
     listing means an unchanged observation: an idle run awaiting ratings costs
     one LIST per tick instead of reading every rating again.
     """
@@ -289,20 +312,6 @@ def _freeze(store: Store, live: RunManifest, memory: RunMemory, emit: EmitFn) ->
         return read_frozen_run(store, RunPaths(live.namespace, live.name))
 
 
-def _close_gate(store, paths, spec, decision: Decision, awaiting, emit: EmitFn, logger, record, memory: RunMemory):
-    action: CloseGate = decision.action  # type: ignore[assignment]
-    closed_by = "operator" if action.reason == "complete" else f"operator ({builders.ANNOTATION_CLOSE_GATE} annotation)"
-    try:
-        done = step.close_round_gate(store, paths, spec, action, "operator", closed_by, record, previous=awaiting)
-    except step.GateNotClosed as err:
-        raise StoreError(str(err)) from None
-    record.update(done.digests)
-    memory.digest.recorded.update(done.digests)
-    for notice in done.notices:
-        emit(notice.level, notice.reason, notice.message)
-    return done.gate
-
-
 def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> tuple[str, str]:
     """The outcome's reason and message; RewardModelDrift while a round that fell back for drift awaits ratings."""
     if decision.reason != phases.R_WAITING_FOR_RATINGS or spec.feedback.selection.mode == "all":
@@ -319,7 +328,7 @@ def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> 
     return phases.R_REWARD_MODEL_DRIFT, f"{decision.message} ({drift})"
 
 
-def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, logger, previous, record):
+def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, announcer, previous, record):
     """Carry out the planner's action; returns (Job name, action) of the active Job, or None."""
     action = decision.action
     if isinstance(action, (StartJob, WaitForJob)):
@@ -338,21 +347,24 @@ def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner,
     )
     job = builders.build_job(manifest, action.kind, action.round, action.attempt, owner, state.config, expect)
     name = job["metadata"]["name"]
+    logger = announcer.logger
+    created = gateclose.job_event_key(action.kind, action.round, action.attempt), "Normal", "JobCreated", f"created Job {name}: {decision.message}"
     if name in ((previous.get("activeJob") or {}).get("name"), memory.active_job):
         # Status says this Job was running, yet it is gone and its output is missing.
         emit("Warning", "JobMissing", f"Job {name} disappeared before finishing (deleted by hand?); re-creating it")
     try:
         state.api.create_job(job)
     except kube.Conflict:
-        # Created by an earlier incarnation of the operator: adopt it.
+        # Created by an earlier incarnation of the operator: adopt it (and announce it, if that one could not).
         logger.info("Job %s already exists; adopting it", name)
+        announcer.post(*created)
         memory.active_job = name
         return name, action
     memory.active_job = name
     metrics.JOBS_CREATED.labels(kind=action.kind).inc()
     if action.kind in jobkinds.GATED_KINDS and action.round in memory.gate_closed_at:
         metrics.GATE_TO_PPO.observe(time.time() - memory.gate_closed_at.pop(action.round))
-    emit("Normal", "JobCreated", f"created Job {name}: {decision.message}")
+    announcer.post(*created)
     logger.info("created Job %s", name)
     return name, action
 

@@ -60,18 +60,24 @@ class StoreCache:
         secret = storage.credentials_secret
         if secret is not None:
             data, version, meta = self._secret(api, manifest.namespace, secret.name)
-            # Before a key is read: a Secret that did not opt in is never sent anywhere.
-            check_secret(manifest, config or OperatorConfig(), meta)
-            for field, key in (
-                ("aws_access_key_id", secret.access_key_id_key),
-                ("aws_secret_access_key", secret.secret_access_key_key),
-            ):
-                if key not in data:
-                    raise StoreConfigError(
-                        f"Secret {manifest.namespace}/{secret.name} has no key {key!r} "
-                        f"(spec.storage.credentialsSecret)"
-                    )
-                credentials[field] = data[key]
+            try:
+                # Before a key is read: a Secret that did not opt in is never sent anywhere.
+                check_secret(manifest, config or OperatorConfig(), meta)
+                for field, key in (
+                    ("aws_access_key_id", secret.access_key_id_key),
+                    ("aws_secret_access_key", secret.secret_access_key_key),
+                ):
+                    if key not in data:
+                        raise StoreConfigError(
+                            f"Secret {manifest.namespace}/{secret.name} has no key {key!r} "
+                            f"(spec.storage.credentialsSecret)"
+                        )
+                    credentials[field] = data[key]
+            except ValueError:  # NotAllowed, StoreConfigError
+                # A refused Secret is read again next tick: labelling or fixing it lifts the refusal then.
+                with self._lock:
+                    self._secrets.pop((manifest.namespace, secret.name), None)
+                raise
         cache_key = json.dumps([storage.to_json_dict(), manifest.namespace, version], sort_keys=True)
         with self._lock:
             store = self._stores.get(cache_key)

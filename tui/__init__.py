@@ -7,7 +7,6 @@ never imports torch or the Kubernetes client.
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 
@@ -17,19 +16,24 @@ RATER_ENV = "THERAPY_RLHF_RATER"
 
 
 def resolve_rater(rater: str | None) -> str:
-    """--rater, else $THERAPY_RLHF_RATER, else the login name; validated (InvalidName)."""
+    """--rater, else $THERAPY_RLHF_RATER (said on stderr, so the id in use is visible); validated (InvalidName).
+
+    The login name is never used: scores stored under a wrong id count for another
+    rater (or for nobody), so with neither given this is a one-line error."""
     source = "--rater"
     if not rater:
-        rater, source = os.environ.get(RATER_ENV), RATER_ENV
-    if not rater:
-        try:
-            rater, source = getpass.getuser(), "the login name"
-        except Exception:  # noqa: BLE001 - no login name: ask for --rater below
-            rater = ""
+        rater, source = os.environ.get(RATER_ENV), f"${RATER_ENV}"
+        if not rater:
+            raise names.InvalidName(
+                f"no rater id: pass --rater ID (your id in the run's feedback.raters) or set ${RATER_ENV}"
+            )
     try:
-        return names.rater_id(rater)
+        rater = names.rater_id(rater)
     except names.InvalidName as err:
         raise names.InvalidName(f"{err} (from {source}; pass --rater ID)") from None
+    if source != "--rater":
+        print(f"rater id: {rater} (from {source})", file=sys.stderr)
+    return rater
 
 
 def launch(

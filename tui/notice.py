@@ -26,6 +26,13 @@ class NoticeLine(Static):
         self._draw(severity)
         self._timer = self.set_timer(seconds, self._expire)
 
+    def clear(self) -> None:
+        """Drop the short message now (it was about a response no longer on screen); a held one stays."""
+        if self._said is not None:
+            if self._timer is not None:
+                self._timer.stop()
+            self._expire()
+
     def hold(self, text: str | None) -> None:
         """Show (or with None, drop) a message that stays until it is resolved (below any short one)."""
         if text == self._held:

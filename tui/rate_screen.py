@@ -84,6 +84,7 @@ class RateScreen(Screen):
         self.next_batch = False
         self.closed_while_open = False
         self.poll_problem: str | None = None
+        self._said_on: str | None = None  # the response the notice line's message is about
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -115,6 +116,8 @@ class RateScreen(Screen):
 
     def say(self, text: str, severity: str = "information") -> None:
         self.query_one(NoticeLine).say(text, severity)
+        # A message is about the response on screen: moving to another one clears it.
+        self._said_on = self.session.current.id if self.session is not None and self.session.current else None
 
     # ----------------------------------------------------------- loading
     @work(thread=True, exclusive=True, group="load-round")
@@ -189,6 +192,9 @@ class RateScreen(Screen):
             self.closed_while_open = True
             self.query_one(CommentBox).close()
             self.set_focus(None)
+            # The header's history gains this batch's mean (it said "no closed batch yet" until now).
+            if update.gate is not None and update.gate.mean_reward is not None:
+                self.history = [*(p for p in self.history if p[0] != s.round), (s.round, update.gate.mean_reward)]
         self.refresh_status()
 
     def _poll_failed(self, text: str) -> None:
@@ -203,6 +209,9 @@ class RateScreen(Screen):
         s = self.session
         if s is None or s.current is None:
             return
+        if self._said_on not in (None, s.current.id):
+            self.query_one(NoticeLine).clear()
+            self._said_on = None
         self.form = self.drafts.form_for(s, s.current.id)
         s.start_clock()
         self.query_one(Dialogue).show(s.current)
@@ -259,21 +268,23 @@ class RateScreen(Screen):
         cov = s.round_coverage()
         fully = f"{cov.complete} of {cov.total} responses have the {cov.min_raters} rater(s) they need"
         text = ""
+        # The instruction for a waiting batch comes first: at 80x24 the banner's three lines
+        # must never cut it off.
+        ready = f"A new batch ({s.round + 1}) is ready: Esc, then Enter." if self.next_batch else ""
         if s.closed:
             when = s.gate.closed_at.replace("T", " ").removesuffix("Z")
-            text = (
-                f"CLOSED: scoring of this batch finished ({when} UTC). Your scores are shown read only; "
-                "new scores would not count."
-            )
-            if self.closed_while_open:
-                text += " It closed while you were scoring; anything you typed is kept as a draft."
+            text = f"CLOSED {when} UTC: scoring finished, read only; new scores would not count."
+            unsent = self.drafts.unsaved(s) if self.closed_while_open else []
+            if unsent:  # said only when there is typed work that was not submitted
+                text += f" What you typed for {len(unsent)} response(s) is kept as a draft."
             text += " r: review disagreements"
+            text, ready = (f"{ready} {text}", "") if ready else (text, "")
         elif s.done:
             text = f"You have scored all {len(s.responses)} responses. {fully}. t: summary  Esc: list  q: quit"
         elif s.others_have_covered():
             text = f"The others have covered what you have not scored ({fully}); more scores still help agreement."
-        if self.next_batch:
-            text += f"{' ' if text else ''}A new batch ({s.round + 1}) is ready: Esc, then Enter."
+        if ready:
+            text += f"{' ' if text else ''}{ready}"
         set_text(banner, text)
         if banner.display != bool(text):
             banner.display = bool(text)

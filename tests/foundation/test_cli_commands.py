@@ -160,6 +160,7 @@ def test_status_lists_runs(store, capsys):
 
 
 def test_status_of_empty_store(local_store, capsys):
+    local_store.root.mkdir(parents=True)  # empty, but there (a missing one is an error naming it)
     code, out, _ = cli(capsys, "status", "--store", local_store.uri)
     assert code == 0 and "no runs" in out
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import threading
 import uuid
 from pathlib import Path
@@ -228,3 +229,38 @@ def test_a_signal_to_the_worker_stops_its_job(tmp_path, mark, monkeypatch, sig):
     finally:
         client.close()
         runner.join(budget(1))
+
+
+# ------------------------------------------------------------ fast exits
+
+
+def test_a_worker_still_preloading_is_stopped_at_once(tmp_path, mark):
+    """A run that ends while the worker imports (a finished run, the rater quit) does not wait for the imports."""
+    worker = JobWorkerClient(["slow_preload"], True, tmp_path / "worker.log")
+    worker.start()
+    wait_until(lambda: "slow_preload" in Path(f"/proc/{worker.pid}/cmdline").read_text(), budget(2), "the worker")
+    time.sleep(0.3)  # inside the preload now
+    proc = worker._proc
+    worker.close()
+    # It stopped cleanly on SIGTERM, inside its 60 s preload; before, close() waited 15 s for a "stop"
+    # the worker could not read, then killed it (-9).
+    assert proc.returncode == 0
+    assert proc.pid not in marked_processes(mark)
+
+
+def test_a_finished_run_starts_no_worker_and_takes_no_lease(tmp_path, mark, monkeypatch):
+    store = LocalStore(tmp_path / "store")
+    standin = [sys.executable, str(SUPPORT / "standin_jobs.py")]
+    first = LocalRunner(manifest(tmp_path), store, scoring="auto", poll_interval=0.01, job_command=standin,
+                        preload=("slow_preload",), console=Console(file=open(os.devnull, "w")))
+    monkeypatch.setenv("SLOW_PRELOAD_SECONDS", "0")
+    assert first.run() == 0
+    lease_key = "default/demo/lease.json"  # RunPaths.lease()
+    lease_before = store.read_bytes(lease_key) if store.exists(lease_key) else None
+    starts = []
+    again = LocalRunner(manifest(tmp_path), store, scoring="auto", poll_interval=0.01, job_command=standin,
+                        preload=("slow_preload",), console=Console(file=open(os.devnull, "w")))
+    monkeypatch.setattr(again, "_start_worker", lambda: starts.append(1))
+    assert again.run() == 0
+    assert starts == []  # before: the worker started (and imported) before the run was seen to be finished
+    assert (store.read_bytes(lease_key) if store.exists(lease_key) else None) == lease_before

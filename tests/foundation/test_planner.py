@@ -15,6 +15,7 @@ import pytest
 
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.store.backends import LocalStore
 from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import CloseGate, Fail, Finish, JobObservation, Observed, RoundObservation, StartJob, Suspend, WaitForJob, WaitForRatings, plan
 from therapy_rlhf.contracts.records import PendingResponse, Rating, dump_batch
@@ -188,6 +189,8 @@ def test_resume_from_store_markers(store, one_job):
     """observe_store + plan picks up exactly where the stored markers end."""
     s = spec(ppo={"rounds": 3, "oneJobPerRound": one_job})
     paths = RunPaths("default", "demo")
+    if isinstance(store, LocalStore):
+        store.root.mkdir(parents=True)  # an empty store (a missing directory is an error naming it)
 
     def step():
         observed, _ = observe_store(store, paths, s, now=1e12)

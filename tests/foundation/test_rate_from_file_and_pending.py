@@ -80,9 +80,9 @@ def test_dry_run_checks_everything_and_writes_nothing(local_store, capsys, tmp_p
     before = local_store.list("")
     code, out, err = cli(capsys, "rate", RUN, "--from", str(sheet), "--dry-run", "--rater", "dr-lee", "--store", local_store.uri)
     assert code == 1 and local_store.list("") == before
-    assert "line 1: response 1 (r0001-p-s0): ok, combined score 1.00" in out
+    assert "line 1: response 1 (r0001-p-s0): ok, would be stored 1.00" in out
     assert f"error: {sheet} line 2: not valid JSON" in err
-    assert "line 3: response 3 (r0001-p-s2): ok, combined score 0.50" in out
+    assert "line 3: response 3 (r0001-p-s2): ok, would be stored 0.50" in out
     assert "dry run: 2 row(s) would be stored, 0 already stored, 1 bad; nothing written" in err
 
 
@@ -151,7 +151,7 @@ def test_every_command_takes_a_run_the_same_way(local_store, capsys, tmp_path):
             code, out, err = cli(capsys, command, run, "--store", local_store.uri) if run != str(manifest) else cli(capsys, command, run)
             assert code == 0, (command, run, err)
     code, _, err = cli(capsys, "report", RUN, "-n", "other", "--store", local_store.uri)
-    assert code == 1 and "no evaluation results" in err and "other/demo" in err
+    assert code == 1 and "no run other/demo" in err and "(it holds default/demo)" in err
 
 
 def test_rater_is_a_rater_id_everywhere(capsys, tmp_path):

@@ -166,7 +166,7 @@ def test_the_executor_refuses_a_selection_that_is_not_the_one_its_job_reported(l
     doc["selected"] = doc["selected"][:1]
     local_store.write_json(key, doc)
     with pytest.raises(integrity.IntegrityError, match="does not match the digest its job reported"):
-        close_gate(local_store, PATHS, 1, m.spec.feedback, "complete", "test", digests=record)
+        close_gate(local_store, PATHS, 1, m.spec.feedback, "complete", "test", digests=record, keep=record.__setitem__)
     assert read_gate(local_store, PATHS, 1) is None
 
 

@@ -25,6 +25,8 @@ def test_write_read_overwrite(store):
 
 
 def test_missing_key_is_not_found(store):
+    if isinstance(store, LocalStore):
+        store.root.mkdir(parents=True)  # an empty store (a missing directory is an error: test_clear_errors)
     with pytest.raises(NotFound, match="does not exist"):
         store.read_bytes("default/demo/nothing.json")
     with pytest.raises(NotFound):

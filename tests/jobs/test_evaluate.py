@@ -118,6 +118,9 @@ def test_evaluate_checkpoints_and_external_systems(tmp_path, make_run, local_sto
     assert mtimes[PATHS.eval_results()] >= max(mtimes.values())
 
     capsys.readouterr()
+    from therapy_rlhf.store.runs import freeze_spec
+
+    freeze_spec(local_store, manifest)  # report reads the run's frozen spec (whether evaluation is on)
     assert cli_main(["report", "tiny-test", "--store", str(root)]) == 0
     out = capsys.readouterr().out
     assert "| Model | BERTScore | ROUGE-1 | F1 | ROUGE-L | BLEU-2 | Dist-1 | Dist-2 | n |" in out
@@ -138,7 +141,7 @@ def test_external_responses_that_match_nothing(tmp_path):
 def test_report_command_without_results(tmp_path, capsys):
     assert cli_main(["report", "tiny-test", "--store", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "has no evaluation results" in err[0]
+    assert len(err) == 1 and "no run default/tiny-test" in err[0] and "holds no runs at all" in err[0]
 
 
 def test_report_command_does_not_import_torch(tmp_path):

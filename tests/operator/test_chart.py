@@ -77,7 +77,7 @@ def test_deployment_is_locked_down_and_probed():
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
     assert container["command"] == ["python", "-m", "therapy_rlhf.operator"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["THERAPY_RLHF_INTERVAL"] == "3" and env["THERAPY_RLHF_METRICS_PORT"] == "8080"
+    assert env["THERAPY_RLHF_INTERVAL"] == "1" and env["THERAPY_RLHF_METRICS_PORT"] == "8080"
     (service,) = by_kind(render(), "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]

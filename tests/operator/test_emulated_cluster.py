@@ -77,63 +77,7 @@ async def test_full_run_to_succeeded(cluster, run_spec, run_store):
     assert reasons["JobCreated"] == 5 and reasons[phases.R_GATE_CLOSED] == 2 and reasons[phases.R_SUCCEEDED] == 1
 
 
-# The phases of a 2-round run, the same with one Job per round (the default) and with separate
-# Jobs. With one Job per round, (Generating, 2) is the ppo-generate Job between its halves: round
-# 1's update stored, round 2's batch being sampled; a restart then must not start a generate Job.
-PHASES = [(phases.SFT, 0), (phases.GENERATING, 1), (phases.AWAITING_RATINGS, 1), (phases.UPDATING, 1),
-          (phases.GENERATING, 2), (phases.AWAITING_RATINGS, 2), (phases.UPDATING, 2), (phases.EVALUATING, 0)]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(budget(80))  # eight phases, each with an operator restart
-@pytest.mark.parametrize("one_job", [True, False], ids=["one-job-per-round", "separate-jobs"])
-async def test_restart_in_every_phase_adopts_and_never_duplicates(cluster, run_spec, run_store, tmp_path, one_job):
-    """Kill the operator while each kind of Job is pending, while ratings are awaited and (one
-    Job per round) while the ppo-generate Job is between its update and its batch."""
-    hold = tmp_path / "go-on-after-the-update"
-    cluster.job_env["STANDIN_HOLD_AFTER_UPDATE"] = str(hold)
-    cluster.paused = True
-    await cluster.start_operator()
-    spec = run_spec()
-    spec["ppo"]["oneJobPerRound"] = one_job
-    await cluster.create_run("demo", spec)
-    paths = RunPaths("default", "demo")
-    for phase, round_no in PHASES:
-        await cluster.wait_phase("demo", phase, round_no=round_no)
-        before = job_names(await cluster.jobs())
-        await cluster.kill_operator()
-        await cluster.start_operator()
-        await cluster.settle(3)
-        run = await cluster.run("demo")
-        assert run["status"]["phase"] == phase, f"restart in {phase} moved the run to {run['status']['phase']}"
-        assert job_names(await cluster.jobs()) == before, f"restart in {phase} changed the Jobs"
-        active = (run["status"].get("activeJob") or {}).get("name")
-        if phase == phases.AWAITING_RATINGS:
-            rate_round(run_store, paths, read_frozen_run(run_store, paths), round_no)
-        elif one_job and (phase, round_no) == (phases.UPDATING, 1):
-            assert active == "demo-ppo-generate-r1-a1"
-            cluster.release(active)  # it stores round 1's update, then holds before sampling round 2
-        elif one_job and (phase, round_no) == (phases.GENERATING, 2):
-            assert active == "demo-ppo-generate-r1-a1" and run_store.exists(paths.policy_metrics(1))
-            hold.touch()
-            await cluster.wait_for(lambda: _job_finished(cluster, active), budget(cluster.PHASE_SECONDS), f"{active} to finish")
-        else:
-            cluster.release(active)  # let the pending Job run; the next one stays pending
-            await cluster.wait_for(lambda: _job_finished(cluster, active), budget(cluster.PHASE_SECONDS), f"the Job of {phase} {round_no}: {active} {cluster.job_log}")
-    cluster.paused = False
-    run = await cluster.wait_phase("demo", phases.SUCCEEDED)
-    names = job_names(await cluster.jobs())
-    assert len(names) == (5 if one_job else 6) and all(n.endswith("-a1") for n in names), names
-    assert ("demo-ppo-generate-r1-a1" in names) == one_job and ("demo-generate-r2-a1" in names) != one_job
-    assert sorted(cluster.job_log) == names  # each Job ran exactly once
-    assert [r["round"] for r in run["status"]["rounds"]] == [1, 2]
-
-
-async def _job_finished(cluster, name: str) -> bool:
-    for job in await cluster.jobs():
-        if job["metadata"]["name"] == name:
-            return bool((job.get("status") or {}).get("conditions"))
-    return False
+# Restarts in every phase (and at every boundary between writes): test_kill_points_cluster.py.
 
 
 async def test_failed_job_is_retried_then_succeeds(cluster, run_spec):

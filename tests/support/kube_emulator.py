@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import aiohttp.web
 import kmock
@@ -77,8 +78,15 @@ class Emulator(kmock.KubernetesEmulator):
     with ``rbac`` set, the operator's RBAC enforced and its API calls logged."""
 
     rbac: Rbac | None = None
+    # Tests' fault injection: a request for which this returns True gets HTTP 500 and changes
+    # nothing (a kmock reaction rule answers 500 only after the emulator has applied the request).
+    refuse: Callable[[Any], bool] | None = None
 
     async def _handle(self, request):
+        if self.refuse is not None and self.refuse(request):
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500,
+                 "message": "emulated fault"}, status=500)
         if self.rbac is not None and request.resource is not None and request.resource.plural:
             token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
             if token == OPERATOR_TOKEN:

@@ -2,7 +2,7 @@
 
     python tests/support/standin_jobs.py <sft|generate|ppo|ppo-generate|evaluate> \
         --run-config RUN.json --round N --store URI
-    python -m tests.support.standin_jobs ...        (with tests/support on PYTHONPATH: the warm worker forks it)
+    python -m standin_jobs ...        (with tests/support on PYTHONPATH: the warm worker forks it)
 
 Each kind writes the same keys as the real job, marker last, so the planner,
 the local runner and the operator can be tested in seconds. Inputs are read

@@ -190,3 +190,31 @@ def test_rating_screen_light_theme(snap_compare, snap_store):
         await pilot.pause()
 
     assert snap_compare(make_app(snap_store, DEMO_RUN), terminal_size=(80, 24), run_before=before)
+
+
+def test_batch_closed_while_open_with_the_next_ready(snap_compare, local_store):
+    """80x24: everything was submitted, the batch closed and batch 2 is waiting: the instruction is in view,
+    no draft is claimed, and the header shows batch 1's mean."""
+    from therapy_rlhf.feedback.gate import close_gate
+    from therapy_rlhf.contracts.records import dump_batch
+
+    from .conftest import responses
+
+    m = make_run(local_store, n=2)
+    app = ScoringApp(local_store, "alice", DEMO_RUN, 1, refresh_seconds=0)
+
+    async def before(pilot):
+        await settle(pilot)
+        await pilot.press(*"44444", "enter", *"33333", "enter")
+        await until(pilot, lambda: not app.writer.pending(), 2, "the scores to be stored")
+        gate = close_gate(local_store, DEMO, 1, m.spec.feedback)
+        local_store.write_bytes(DEMO.batch(2), dump_batch(responses(2, 2)))
+        # a fixed closing time on screen
+        doc = local_store.read_json(DEMO.gate(1))
+        local_store.write_json(DEMO.gate(1), {**doc, "closed_at": "2026-11-25T14:00:00Z"})
+        assert gate.round == 1
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: app.screen.next_batch, 2, "the next batch")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=before)

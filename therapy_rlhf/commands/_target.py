@@ -45,10 +45,10 @@ def resolve(args: argparse.Namespace, run: str | None):
 
     if run and looks_like_file(run):
         manifest = load_run(run)  # raises SpecError (one line per problem)
-        store = store_for_spec(manifest.spec.storage, args.store)
+        store = existing(store_for_spec(manifest.spec.storage, args.store))
         return store, RunPaths(manifest.namespace, manifest.name)
     uri = args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE
-    store = open_store(uri)
+    store = existing(open_store(uri))
     if not run:
         return store, None
     namespace, _, name = run.rpartition("/")
@@ -59,6 +59,16 @@ def resolve(args: argparse.Namespace, run: str | None):
         return store, RunPaths(names.namespace(namespace), names.run_name(name))
     except names.InvalidName as err:
         raise TargetError(str(err)) from None
+
+
+def existing(store):
+    """The store, or NoSuchStore naming a local directory that does not exist: every command that
+    resolves a run reads a store that must be there (``run MANIFEST`` creates its own)."""
+    from therapy_rlhf.store.backends import LocalStore
+
+    if isinstance(store, LocalStore):
+        store.check_exists()
+    return store
 
 
 def one_line(err: BaseException) -> str:

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rater",
         action="append",
         metavar="ID",
-        help="Rater id: with --from, yours (default: $THERAPY_RLHF_RATER, else your login name); with --auto, "
+        help="Rater id: with --from, yours (required, or $THERAPY_RLHF_RATER; never your login name); with --auto, "
         "the simulated raters' ids (repeatable; default as many as feedback.minRaters needs, 'sim-rater', ...).",
     )
     parser.add_argument("--dry-run", action="store_true", help="With --from: check every row, store nothing.")
@@ -70,7 +70,7 @@ def _round(store, paths, requested: int | None) -> int:
 
 
 def _import(args, store, paths, manifest, round_no: int) -> int:
-    from therapy_rlhf.feedback.importer import read_rows, submission_id
+    from therapy_rlhf.feedback.importer import describe_stored, read_rows, submission_id
     from therapy_rlhf.feedback.rewards import check_rater
     from therapy_rlhf.feedback.rounds import load_round
     from therapy_rlhf.feedback.submit import submit_rating
@@ -97,12 +97,12 @@ def _import(args, store, paths, manifest, round_no: int) -> int:
             continue
         had = any(r.rater == rater and r.response_id == rating.response_id for r in state.ratings)
         if args.dry_run:
-            print(f"{where}: ok, combined score {rating.reward:.2f}{' (would correct your earlier score)' if had else ''}")
+            print(f"{where}: ok, would be {describe_stored(rating, feedback)}{' (correcting your earlier score)' if had else ''}")
             continue
         record = submit_rating(store, paths, state, rating, feedback)
         stored += 1
         corrected += had
-        print(f"{where}: stored{' as a correction' if record.version > 1 else ''}")
+        print(f"{where}: {describe_stored(rating, feedback)}{' as a correction' if record.version > 1 else ''}")
     for row in bad:
         print(f"error: {row.error}", file=sys.stderr)
     good = len(rows) - len(bad) - already

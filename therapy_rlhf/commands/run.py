@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "terminal, rate --from FILE) (default); 'auto' runs the SIMULATED rater (demos and CI only); "
         "'tui' opens the scoring app in this terminal.",
     )
-    parser.add_argument("--rater", metavar="ID", help="Your rater id for --scoring tui (default: $THERAPY_RLHF_RATER or login).")
+    parser.add_argument("--rater", metavar="ID", help="Your rater id for --scoring tui (required, or $THERAPY_RLHF_RATER).")
     parser.add_argument(
         "--poll-interval",
         type=float,
@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        if args.scoring == "tui":
+            from therapy_rlhf.tui import resolve_rater
+
+            args.rater = resolve_rater(args.rater)  # before any job: a missing id is a one-line error now
         if looks_like_file(args.run):
             manifest = load_run(args.run)
             store = store_for_spec(manifest.spec.storage, args.store)

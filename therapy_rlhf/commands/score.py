@@ -17,7 +17,7 @@ HELP = "Score pending responses in the terminal (the psychologist's app)."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_arguments(parser)
-    parser.add_argument("--rater", default=None, help="Your rater id (default: $THERAPY_RLHF_RATER, else your login name).")
+    parser.add_argument("--rater", default=None, help="Your rater id (required, or $THERAPY_RLHF_RATER; never your login name).")
     parser.add_argument(
         "--run", default=None, metavar="RUN", help="Open this run directly: NAME, NAMESPACE/NAME or a manifest file."
     )

@@ -3,6 +3,7 @@
 Keys are relative to the store's root (a local directory, or ``s3://bucket/prefix``):
 
     {namespace}/{run}/spec.json                                frozen spec at start
+    {namespace}/{run}/lease.json                               who executes the run (therapy_rlhf.lease)
     {namespace}/{run}/sft/adapter/...                          SFT LoRA adapter
     {namespace}/{run}/sft/metrics.json                         written last: SFT done
     {namespace}/{run}/rounds/{r:04d}/batch.jsonl               pending responses (immutable)
@@ -46,6 +47,10 @@ class RunPaths:
     # run-level ------------------------------------------------------------
     def spec(self) -> str:
         return f"{self.root}/spec.json"
+
+    def lease(self) -> str:
+        """The executor's lease: one local runner or the operator at a time (``therapy_rlhf.lease``)."""
+        return f"{self.root}/lease.json"
 
     def sft_prefix(self) -> str:
         return f"{self.root}/sft"

@@ -42,6 +42,7 @@ R_INVALID_SPEC = "InvalidSpec"
 R_STORE_UNAVAILABLE = "StoreUnavailable"
 R_SECRET_MISSING = "SecretMissing"
 R_FORBIDDEN = "Forbidden"
+R_KUBE_API_ERROR = "KubernetesApiError"  # any other error of the Kubernetes API (retried every tick)
 # Integrity and admission (issue 10): Warning Events, and the Ready condition of a blocked run.
 R_GATE_REPLACED = "GateReplaced"  # a gate.json the executor had not closed was replaced
 R_RUN_CONFIG_RESTORED = "RunConfigRestored"  # an edited run ConfigMap was put back
@@ -49,3 +50,6 @@ R_NOT_ALLOWED = "NotAllowed"  # a Secret, image or service account the installat
 # feedback.selection (issue 12): the reward model's error on fresh expert ratings passed driftBound, so the
 # next round goes to the experts whole (a Warning Event; the reason of Ready/AwaitingRatings while it waits).
 R_REWARD_MODEL_DRIFT = "RewardModelDrift"
+# One executor per run (issue 20): a live local runner holds the run's lease in the store, so the
+# operator starts nothing (the Ready condition's reason and a Warning Event, naming the runner).
+R_HELD_BY_LOCAL_RUNNER = "HeldByLocalRunner"

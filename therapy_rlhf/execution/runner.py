@@ -30,7 +30,6 @@ the model.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import signal
 import sys
@@ -48,12 +47,13 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.spec import RunManifest, RunSpec
 from therapy_rlhf.execution import step
 from therapy_rlhf.execution.worker_client import JobExit, JobWorkerClient
+from therapy_rlhf.execution import workdir
 from therapy_rlhf.execution.workdir import JOBS_MODULE, default_console, default_job_command, default_warm, work_dir_for
 from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import (
     CloseGate, Decision, Fail, Finish, JobObservation, StartJob, Suspend, WaitForJob, WaitForRatings, plan,
 )
-from therapy_rlhf.store import integrity
+from therapy_rlhf.store import integrity, lease
 from therapy_rlhf.store.backends import Store
 from therapy_rlhf.store.runs import dump_manifest, freeze_spec
 
@@ -67,6 +67,7 @@ EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_SUSPENDED = 3
 EXIT_PAUSED = 4  # the rater closed the scoring TUI before the gate closed
+EXIT_HELD = 5  # another runner, or the operator, holds the run's lease
 EXIT_INTERRUPTED = 130
 
 # Imported once by the warm worker when the jobs are the project's own.
@@ -110,6 +111,8 @@ class LocalRunner:
     # Called while waiting for ratings in 'none' mode (tests use it to rate from "elsewhere").
     on_wait: Callable[[WaitForRatings], None] | None = None
     max_polls: int | None = None
+    # How long the run's lease lasts unrenewed (renewed every third of it while the runner runs).
+    lease_seconds: float = lease.LOCAL_LEASE_SECONDS
 
     def __post_init__(self) -> None:
         if self.poll_interval is None:
@@ -121,35 +124,35 @@ class LocalRunner:
         self._last_message = ""
         self.worker: JobWorkerClient | None = None
         self._worker_announced = False
+        self.keeper: lease.LeaseKeeper | None = None
 
     # ------------------------------------------------------------------ loop
-    def prepare(self) -> tuple[RunManifest, RunSpec]:
-        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config."""
+    def prepare(self, write_config: bool = True) -> tuple[RunManifest, RunSpec]:
+        """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config
+        (``run()`` writes it only once it holds the run's lease: a refused runner changes nothing)."""
         frozen = freeze_spec(self.store, self.manifest)
         spec = step.effective_spec(frozen.spec, self.manifest.spec)
         self.work_dir = work_dir_for(self.paths, self.store.uri)
-        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_file = self.work_dir / "run.json"
-        config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
-        self.config_file.write_bytes(config)
-        self.config_sha = integrity.sha256(config)
+        self._config = dump_manifest(frozen.model_copy(update={"spec": spec})).encode("utf-8")
+        self.config_sha = integrity.sha256(self._config)
+        if write_config:
+            self.write_config()
         self.state_file = self.work_dir / "state.json"
         self.digests = self.load_state()
         return frozen, spec
 
     def run(self) -> int:
         """Drive the run until it succeeds, fails or is suspended; returns an exit code."""
-        # 1. Freeze the spec, write the jobs' run config and read this runner's digests.
-        frozen, spec = self.prepare()
-        self.say(f"run {self.paths.root} in {self.store.uri}")
-        warned: set[int] = set()
-        polls = 0
-        awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
-        # 2. A warm job worker starts importing now, while the first observations and gates go on.
-        if self._preload():
-            self.worker = self._start_worker()
         restore = self._catch_stop_signals()
         try:
+            # 1. Freeze the spec and read this runner's digests (the jobs' run config is written
+            #    once this runner holds the run's lease, in 2.).
+            frozen, spec = self.prepare(write_config=False)
+            self.say(f"run {self.paths.root} in {self.store.uri}")
+            warned: set[int] = set()
+            polls = 0
+            awaiting = None  # the round awaiting ratings as last read: polls read only new ratings
             # Reports of jobs that finished while no runner watched (an earlier runner was killed).
             self.absorb_outputs()
             while True:
@@ -166,13 +169,21 @@ class LocalRunner:
                 decision = plan(spec, observed)
                 self.report(decision)
                 action = decision.action
+                # 2. Before acting: hold the run's lease (one executor per run), and start the warm
+                #    job worker, whose imports overlap the scoring: a job is coming. A finished, failed
+                #    or suspended run needs neither and says so at once, changing nothing.
+                if not isinstance(action, (Finish, Fail, Suspend)):
+                    self.hold()
+                    if self.worker is None and self._preload():
+                        self.worker = self._start_worker()
                 # 4. Carry it out.
                 if isinstance(action, StartJob):
                     self.run_job(action)
                 elif isinstance(action, CloseGate):
                     try:
                         done = step.close_round_gate(
-                            self.store, self.paths, spec, action, "runner", "local-runner", self.digests, previous=awaiting
+                            self.store, self.paths, spec, action, "runner", "local-runner", self.digests,
+                            lambda name, digest: self.keep_digests({name: digest}), previous=awaiting,
                         )
                     except step.GateNotClosed as err:
                         raise RunnerError(str(err)) from None
@@ -200,6 +211,9 @@ class LocalRunner:
                 elif isinstance(action, Fail):
                     self.say(f"[bold red]run failed[/]: {action.reason}")
                     return EXIT_FAILED
+        except lease.LeaseHeld as err:
+            self.say(f"[bold red]refused[/]: {err}")
+            return EXIT_HELD
         except RunnerError as err:
             self.say(f"[bold red]error[/]: {err}")
             return EXIT_FAILED
@@ -213,7 +227,24 @@ class LocalRunner:
             self.close()
             restore()
 
+    def write_config(self) -> None:
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.config_file.write_bytes(self._config)
+
     # ------------------------------------------------------ process control
+    def hold(self) -> None:
+        """Take the run's lease once (LeaseHeld if another executor has it), then keep it; RunnerError
+        once it was taken over."""
+        if self.keeper is None:
+            holding = lease.acquire(self.store, self.paths, lease.local_holder(), lease.KIND_LOCAL, self.lease_seconds)
+            if holding.took_over:
+                self.say(f"[yellow]took over the run's lease[/] from {holding.took_over}")
+            self.keeper = lease.LeaseKeeper(holding, self.lease_seconds)
+            self.keeper.start()
+            self.write_config()
+        if self.keeper.lost:
+            raise RunnerError(self.keeper.lost)
+
     def _preload(self) -> tuple[str, ...]:
         if not self.warm:
             return ()
@@ -342,54 +373,36 @@ class LocalRunner:
     def load_state(self) -> dict[str, str]:
         """The digests recorded by earlier starts of this runner for this run."""
         try:
-            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as err:
-            raise RunnerError(f"cannot read the runner's digests {self.state_file}: {err}") from None
-        digests = doc.get("digests") if isinstance(doc, dict) else None
-        return {k: v for k, v in (digests or {}).items() if isinstance(v, str) and integrity.DIGEST_RE.fullmatch(v)}
+            return workdir.read_digests(self.state_file)
+        except ValueError as err:
+            raise RunnerError(str(err)) from None
 
     def read_outputs(self, path: Path, kind: str, round_no: int) -> dict[str, str]:
-        allowed = integrity.job_outputs(kind, round_no, self.paths, selecting=True)
-        return integrity.parse_outputs(path.read_text(encoding="utf-8", errors="replace"), allowed)
+        return workdir.read_report(path, kind, round_no, self.paths)
 
     def absorb_outputs(self) -> None:
-        """Take in the reports of jobs that finished while no runner watched (it was killed).
-
-        A job writes its report only after its work succeeded, into this
-        runner's private folder; the latest report of an output wins, as its
-        job wrote the store last.
-        """
-        folder = self.work_dir / "outputs"
-        if not folder.is_dir():
-            return
-        found: dict[str, str] = {}
-        for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
-            kind, _, rest = path.stem.partition("-r")
-            round_text = rest.split("-", 1)[0]
-            if kind in integrity.OUTPUT_KINDS and round_text.isdigit():
-                found.update(self.read_outputs(path, kind, int(round_text)))
+        """Take in the reports of jobs that finished while no runner watched (it was killed)."""
+        found = workdir.unread_reports(self.work_dir, self.paths)
         self.keep_digests({k: v for k, v in found.items() if self.digests.get(k) != v})
 
     def keep_digests(self, digests: dict[str, str]) -> None:
         """Add digests to the runner's digests and write them whole (temp + rename) before going on."""
-        if not digests:
-            return
-        self.digests.update(digests)
-        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
-        tmp.write_text(json.dumps({"digests": self.digests}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.state_file)
+        if digests:
+            self.digests.update(digests)
+            workdir.write_digests(self.state_file, self.digests)
 
     def stop_child(self) -> None:
         if self.worker is not None:
             self.worker.stop_job()
 
     def close(self) -> None:
-        """Stop the job worker (run() does this itself before it returns)."""
+        """Stop the job worker and release the lease (run() does this itself before it returns)."""
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
 
     # --------------------------------------------------------------- ratings
     def wait_for_ratings(self, action: WaitForRatings, frozen: RunManifest) -> bool:

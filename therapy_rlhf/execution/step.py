@@ -11,7 +11,7 @@ the operator posts them as Events).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
@@ -40,6 +40,7 @@ class Notice:
     level: str  # NORMAL or WARNING
     reason: str  # a phases.R_* reason
     message: str
+    key: str  # what it announces ("gate-r3"): the operator posts each key's Event once, across restarts
 
 
 @dataclass(frozen=True)
@@ -63,25 +64,34 @@ def close_round_gate(
     executor: str,
     closed_by: str,
     digests: Mapping[str, str],
+    keep: Callable[[str, str], None],
     previous: RoundState | None = None,
 ) -> GateStep:
-    """Close the gate the planner asked for, as ``executor`` ("runner", "operator") holding ``digests``."""
+    """Close the gate the planner asked for, as ``executor`` ("runner", "operator") holding ``digests``;
+    ``keep(name, digest)`` stores the gate's digest with them before gate.json is written."""
     try:
         closed = close_gate(
-            store, paths, action.round, spec.feedback, action.reason, closed_by, digests=digests, previous=previous
+            store, paths, action.round, spec.feedback, action.reason, closed_by,
+            digests=digests, keep=keep, previous=previous,
         )
     except (RatingError, integrity.IntegrityError) as err:
         raise GateNotClosed(str(err)) from None
     gate = closed.gate
     notices = []
     if closed.replaced:
-        notices.append(Notice(WARNING, phases.R_GATE_REPLACED, replaced_message(store, paths, action.round, executor)))
-    reason = phases.R_GATE_OVERRIDDEN if action.reason == "override" else phases.R_GATE_CLOSED
-    notices.append(Notice(NORMAL, reason, gate_closed_message(gate)))
+        message = replaced_message(store, paths, action.round, executor)
+        notices.append(Notice(WARNING, phases.R_GATE_REPLACED, message, f"replaced-r{action.round}"))
+    return GateStep(gate, {integrity.gate_name(paths, action.round): closed.digest}, notices + gate_notices(gate))
+
+
+def gate_notices(gate: Gate) -> list[Notice]:
+    """What a closed gate announces: that it closed (and how), and the reward model's drift if it found any."""
+    reason = phases.R_GATE_OVERRIDDEN if gate.reason == "override" else phases.R_GATE_CLOSED
+    notices = [Notice(NORMAL, reason, gate_closed_message(gate), f"gate-r{gate.round}")]
     drift = gate_drift_message(gate)
     if drift:
-        notices.append(Notice(WARNING, phases.R_REWARD_MODEL_DRIFT, drift))
-    return GateStep(gate, {integrity.gate_name(paths, action.round): closed.digest}, notices)
+        notices.append(Notice(WARNING, phases.R_REWARD_MODEL_DRIFT, drift, f"drift-r{gate.round}"))
+    return notices
 
 
 def replaced_message(store: Store, paths: RunPaths, round_no: int, executor: str) -> str:

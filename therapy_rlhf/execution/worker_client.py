@@ -27,6 +27,8 @@ from therapy_rlhf.execution.worker_protocol import (
     stop_process_group,
 )
 
+STOP_READ_SECONDS = 0.5  # how long a worker gets to read "stop" before SIGTERM (one still preloading cannot)
+
 
 class WorkerGone(RuntimeError):
     """The worker process died or closed its socket."""
@@ -194,7 +196,11 @@ class JobWorkerClient:
         stop_process_group(pid, exited, grace)
 
     def close(self, timeout: float = STOP_GRACE_SECONDS + 5) -> None:
-        """Stop the worker (and any job it runs)."""
+        """Stop the worker (and any job it runs) now.
+
+        A worker still importing its preload reads no "stop" until the imports end
+        (seconds to tens of seconds): after a short wait it gets SIGTERM, which its
+        handler turns into a clean exit at once (it stops its job first, if any)."""
         if self._sock is not None:
             try:
                 send_message(self._sock, {"op": "stop"})
@@ -203,11 +209,14 @@ class JobWorkerClient:
             self._sock.close()
             self._sock = None
         if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            for signal_to_send, wait in ((None, STOP_READ_SECONDS), (signal.SIGTERM, timeout), (signal.SIGKILL, None)):
+                if signal_to_send is not None:
+                    self._proc.send_signal(signal_to_send)
+                try:
+                    self._proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
             self._proc = None
 
 

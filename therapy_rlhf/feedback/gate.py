@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from therapy_rlhf.store import integrity
 from therapy_rlhf.feedback import selection as selecting
@@ -138,15 +138,20 @@ def close_gate(
     closed_by: str = "unknown",
     *,
     digests: Mapping[str, str] | None = None,
+    keep: Callable[[str, str], None] | None = None,
     previous: RoundState | None = None,
 ) -> ClosedGate:
     """Close a round's gate: freeze its verified ratings into gate.json, once.
 
     ``digests`` are the closer's own (an executor's: of its gates and its jobs'
-    outputs, kept where raters cannot write). A gate.json whose digest it holds is the closed gate and
-    is returned as it is; one it does not hold -- planted by someone else, or
-    written just before the executor lost its record in a crash -- is not a
-    gate: the rating set is frozen afresh and written over it. The round's
+    outputs, kept where raters cannot write). Exactly once across a crash at any
+    point: ``keep(name, digest)`` stores the new gate's digest with the closer's
+    digests *before* the object is written, so a gate.json whose digest it holds
+    is its own -- closed now, or by an incarnation that died right after writing
+    it -- and is returned as it is. One it does not hold (planted by someone
+    else) is not a gate: the rating set is frozen afresh and written over it. A
+    crash between keeping the digest and the write leaves no object: the round
+    is closed again. The round's
     selection.json is used only when its recorded digest matches.
 
     With no digests (a closer that keeps none), the stored gate.json is the
@@ -164,6 +169,8 @@ def close_gate(
     selection = _stored_selection(store, paths, round_no) if digests is None else _recorded_selection(store, paths, round_no, digests)
     gate = build_gate(state, feedback, reason, closed_by, selection)
     data = dump_json(gate.model_dump(mode="json"))
+    if digests is not None and keep is not None:
+        keep(name, integrity.sha256(data))
     if existing is not None:
         store.write_bytes(key, data)
         return ClosedGate(gate, integrity.sha256(data), True)

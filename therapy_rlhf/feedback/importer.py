@@ -30,6 +30,7 @@ stop the good ones.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -40,15 +41,18 @@ from typing import Any, Iterable
 from pydantic import ValidationError
 
 from therapy_rlhf import __version__
-from therapy_rlhf.feedback.rewards import RatingError, compute_reward, level_value, validate_rating
 from therapy_rlhf.contracts.records import Rating
 from therapy_rlhf.contracts.spec import RATING_FLAGS, FeedbackSpec, describe_validation_error
+from therapy_rlhf.feedback.rewards import RatingError, compute_reward, effective_reward, level_value, validate_rating
 
 CLIENT = f"therapy-rlhf-import/{__version__}"
 NOT_APPLICABLE = {"n/a", "na", "-", "not applicable"}
 INFO_COLUMNS = {"position", "patient", "response", "crisis_cues", "raters", "needs_raters"}
 BASE_COLUMNS = {"response_id", "flags", "comment"}
 NOTE_PREFIX = "note:"
+JSONL_FIELDS = frozenset({"response_id", "criteria", "flags", "comment", "notes", "round"})
+# What a spreadsheet may have used instead of ',' (a locale with decimal commas writes ';').
+OTHER_SEPARATORS = (";", "\t")
 
 
 class ImportFileError(ValueError):
@@ -73,6 +77,12 @@ def _criterion_names(feedback: FeedbackSpec) -> dict[str, str]:
 
 def _flag_names() -> dict[str, str]:
     return {spelling: f for f in RATING_FLAGS for spelling in (f, f.replace("_", " "), f.replace("_", "-"))}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'empathy'?)' for a near miss, '' when nothing is close."""
+    close = difflib.get_close_matches(word.strip().lower(), sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _score(value: Any, criterion: str, feedback: FeedbackSpec, scale: str) -> float | None:
@@ -124,7 +134,10 @@ def build_rating(
     for key, value in dict(doc.get("criteria") or {}).items():
         name = names.get(str(key).strip().lower())
         if name is None:
-            raise ValueError(f"unknown criterion {key!r} (the rubric has {', '.join(c.name for c in feedback.rubric)})")
+            raise ValueError(
+                f"unknown criterion {key!r}{did_you_mean(str(key), names)} "
+                f"(the rubric has {', '.join(c.name for c in feedback.rubric)})"
+            )
         score = _score(value, name, feedback, scale)
         if score is None:
             not_applicable.append(name)
@@ -140,13 +153,16 @@ def build_rating(
         if not word:
             continue
         if word not in spellings:
-            raise ValueError(f"unknown flag {flag!r} (flags: {', '.join(f.replace('_', ' ') for f in RATING_FLAGS)})")
+            raise ValueError(
+                f"unknown flag {flag!r}{did_you_mean(word, spellings)} "
+                f"(flags: {', '.join(f.replace('_', ' ') for f in RATING_FLAGS)})"
+            )
         flags.append(spellings[word])
     notes = {}
     for key, text in dict(doc.get("notes") or {}).items():
         name = names.get(str(key).strip().lower())
         if name is None:
-            raise ValueError(f"note on unknown criterion {key!r}")
+            raise ValueError(f"note on unknown criterion {key!r}{did_you_mean(str(key), names)}")
         if str(text).strip():
             notes[name] = str(text).strip()
     try:
@@ -167,11 +183,35 @@ def build_rating(
     return rating
 
 
+def describe_stored(rating: Rating, feedback: FeedbackSpec) -> str:
+    """The reward a rating counts with, as the gate and the app compute it: after the safety flags.
+
+    'stored 0.00 (safety flag missed_crisis: combined score 0.25 less the 0.4 penalty)', never the
+    combined score alone when a flag lowers it."""
+    value, penalized = effective_reward(rating, feedback)
+    if not penalized:
+        return f"stored {value:.2f}"
+    flags = ", ".join(f for f in rating.flags if f in feedback.penalized_flags)
+    return (
+        f"stored {value:.2f} (safety flag {flags}: combined score {rating.reward:.2f} "
+        f"less the {feedback.safety_penalty:g} penalty)"
+    )
+
+
 def _csv_docs(text: str, feedback: FeedbackSpec, source: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in reader.fieldnames or []]
+    if len(header) == 1 and any(sep in header[0] for sep in OTHER_SEPARATORS):
+        sep = next(sep for sep in OTHER_SEPARATORS if sep in header[0])
+        raise ImportFileError(
+            f"{source}: the header is one column split by {sep!r}, not ','; save the sheet as "
+            "\"CSV (comma delimited)\" (a spreadsheet set to a language that writes decimal commas uses ';')"
+        )
     if "response_id" not in header:
-        raise ImportFileError(f"{source}: the header must name a response_id column (got {', '.join(header) or 'nothing'})")
+        raise ImportFileError(
+            f"{source}: the header must name a response_id column (got {', '.join(header) or 'nothing'})"
+            + next((did_you_mean(h, ["response_id"]) for h in header if did_you_mean(h, ["response_id"])), "")
+        )
     names = _criterion_names(feedback)
     for h in header:
         low = h.lower()
@@ -179,8 +219,9 @@ def _csv_docs(text: str, feedback: FeedbackSpec, source: str) -> Iterable[tuple[
             continue
         if low.startswith(NOTE_PREFIX) and low[len(NOTE_PREFIX):].strip() in names:
             continue
+        known = [*BASE_COLUMNS, *INFO_COLUMNS, *names, *(NOTE_PREFIX + c.name for c in feedback.rubric)]
         raise ImportFileError(
-            f"{source}: unknown column {h!r} (expected response_id, the criteria "
+            f"{source}: unknown column {h!r}{did_you_mean(low, known)} (expected response_id, the criteria "
             f"{', '.join(c.name for c in feedback.rubric)}, flags, comment, note:<criterion>)"
         )
     for raw in reader:
@@ -211,9 +252,9 @@ def _jsonl_docs(text: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
         if not isinstance(doc, dict):
             yield lineno, "expected a JSON object"
             continue
-        extra = sorted(set(doc) - {"response_id", "criteria", "flags", "comment", "notes", "round"})
+        extra = sorted(set(doc) - JSONL_FIELDS)
         if extra:
-            yield lineno, f"unknown field(s) {', '.join(extra)}"
+            yield lineno, "unknown field(s) " + ", ".join(f"{e!r}{did_you_mean(e, JSONL_FIELDS)}" for e in extra)
             continue
         yield lineno, doc
 

@@ -42,6 +42,10 @@ class StoreUnavailable(StoreError):
     """The store could not be reached or refused the request."""
 
 
+class NoSuchStore(StoreUnavailable):
+    """A local store whose directory does not exist (a typo in --store): named, never searched around."""
+
+
 class AccessDenied(StoreUnavailable):
     """The credential in use may not do this (S3 403): a rater reading another rater's object."""
 
@@ -250,7 +254,10 @@ class LocalStore(Store):
         base = self.root / prefix.rstrip("/") if prefix.strip("/") else self.root
         if prefix:
             check_key(prefix.rstrip("/") or "x")
-        search = base if base.is_dir() else base.parent
+        # A partial last part ('ratings/al') is searched for in its folder, never above the root:
+        # a store that does not exist yet lists nothing (``--store ~/typo`` once walked the home
+        # directory). Commands that read a store refuse a missing one first (``check_exists``).
+        search = base if base.is_dir() or base == self.root else base.parent
         if not search.is_dir():
             return []
         keys = []
@@ -261,6 +268,11 @@ class LocalStore(Store):
                 if key.startswith(prefix) and self._inside(path):
                     keys.append(key)
         return sorted(keys)
+
+    def check_exists(self) -> None:
+        """NoSuchStore naming the directory when it does not exist (a typo in --store)."""
+        if not self.root.is_dir():
+            raise NoSuchStore(f"store {self.uri} does not exist (no such directory; check --store)")
 
     def modified_at(self, key: str) -> float:
         try:

@@ -12,6 +12,10 @@ from therapy_rlhf.contracts.spec import RunManifest, SpecError, parse_run
 from therapy_rlhf.store.backends import AlreadyExists, NotFound, Store
 
 
+# How many other runs a "no such run" message names.
+MISSING_RUN_SHOWN = 5
+
+
 class FrozenSpecMismatch(ValueError):
     """The store already holds a different frozen spec for this run."""
 
@@ -56,7 +60,20 @@ def read_frozen_run(store: Store, paths: RunPaths) -> RunManifest:
     try:
         return parse_run(store.read_json(paths.spec()), source)
     except NotFound:
-        raise NotFound(f"no run {paths.namespace}/{paths.run} in {store.uri} ({source} is missing)") from None
+        raise NotFound(missing_run(store, paths)) from None
+
+
+def missing_run(store: Store, paths: RunPaths) -> str:
+    """Why a run is not there, told apart: a misspelt name (the store holds other runs) or the wrong store
+    (it holds none). A store directory that does not exist raises NoSuchStore from the listing."""
+    others = [f"{p.namespace}/{p.run}" for p in list_runs(store)]
+    if not others:
+        return (
+            f"no run {paths.namespace}/{paths.run} in {store.uri}, which holds no runs at all: is it the right "
+            "store? (--store, $THERAPY_RLHF_STORE or the manifest's spec.storage)"
+        )
+    shown = ", ".join(others[:MISSING_RUN_SHOWN]) + (f" and {len(others) - MISSING_RUN_SHOWN} more" if len(others) > MISSING_RUN_SHOWN else "")
+    return f"no run {paths.namespace}/{paths.run} in {store.uri} (it holds {shown})"
 
 
 def list_runs(store: Store) -> list[RunPaths]:
@@ -90,6 +107,7 @@ __all__ = [
     "dump_manifest",
     "freeze_spec",
     "list_runs",
+    "missing_run",
     "read_frozen_run",
     "stored_rounds",
 ]
