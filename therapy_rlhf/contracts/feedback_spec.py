@@ -56,6 +56,10 @@ def _paper_rubric() -> list[Criterion]:
     ]
 
 
+# feedback.selection's modes (the selection record says which one a round used).
+SelectionMode = Literal["all", "uniform", "active"]
+
+
 class SelectionSpec(SpecModel):
     """Which responses of a round go to the experts (issue 12: spend the expert's time where it teaches most).
 
@@ -65,7 +69,7 @@ class SelectionSpec(SpecModel):
     Every response with a crisis cue or a safety-screen hit goes to the experts whatever the mode.
     """
 
-    mode: Literal["all", "uniform", "active"] = Field(
+    mode: SelectionMode = Field(
         "all", description="all: every response to the experts; uniform / active: 'budget' per round."
     )
     budget: int = Field(
@@ -154,6 +158,7 @@ class FeedbackSpec(SpecModel):
 
 
 __all__ = [
+    "SelectionMode",
     "Criterion",
     "SelectionSpec",
     "FeedbackSpec",

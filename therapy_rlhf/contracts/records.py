@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from therapy_rlhf.contracts import names
+from therapy_rlhf.contracts.feedback_spec import SelectionMode
 from therapy_rlhf.contracts.spec import MAX_ROUND, RATING_FLAGS, describe_validation_error
 
 
@@ -285,8 +286,8 @@ class Selection(Record):
     """
 
     round: int = Field(..., ge=1, le=MAX_ROUND)
-    mode: Literal["all", "uniform", "active"] = Field(..., description="The mode this round used (after any fallback).")
-    requested_mode: Literal["all", "uniform", "active"]
+    mode: SelectionMode = Field(..., description="The mode this round used (after any fallback).")
+    requested_mode: SelectionMode
     fallback: str | None = Field(None, description="Why the round fell back to another mode, if it did (in words).")
     drift: Drift | None = Field(None, description="Set when the round went to the experts whole because of drift.")
     budget: int
