@@ -14,65 +14,32 @@ from __future__ import annotations
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, LoadingIndicator, Static
 
 from therapy_rlhf.feedback.rewards import RatingError, effective_reward
+from therapy_rlhf.tui import rate_words
 from therapy_rlhf.tui.badges import SafetyBadges
 from therapy_rlhf.tui.catalog import RoundUpdate, WorkError, open_round, poll_round, score_history
 from therapy_rlhf.tui.comment_box import COMMENT, CommentBox
 from therapy_rlhf.tui.dialogue import Dialogue
 from therapy_rlhf.tui.drafts import Drafts
-from therapy_rlhf.tui.flags import FLAG_KEYS, FlagBar
+from therapy_rlhf.tui.flags import FlagBar
 from therapy_rlhf.tui.form import REWARD_ROW, RatingForm
 from therapy_rlhf.tui.notice import NoticeLine, set_text
+from therapy_rlhf.tui.rate_keys import RATE_KEYS
 from therapy_rlhf.tui.rubric import RubricPanel
 from therapy_rlhf.tui.session import RoundSession
 from therapy_rlhf.tui.status_bar import RoundStatus
 from therapy_rlhf.tui.writer import plain_error
 
-MAX_LEVELS = 10
 DRAFT_DELAY = 1.0  # at most this many seconds between a change and its draft in the journal
-
-
-def _digit_bindings() -> list[Binding]:
-    return [Binding(str(d), f"score({d})", "Score", key_display="0-9", show=d == 0) for d in range(MAX_LEVELS)]
-
-
-def _flag_bindings() -> list[Binding]:
-    return [
-        Binding(key, f"flag('{flag}')", f"Flag {flag.replace('_', ' ')}", show=False) for flag, key in FLAG_KEYS.items()
-    ]
 
 
 class RateScreen(Screen):
     AUTO_FOCUS = ""  # keys go to the rubric; the comment box takes focus only on "c"
-    BINDINGS = [
-        *_digit_bindings(),
-        Binding("enter", "submit", "Submit"),
-        Binding("x", "not_applicable", "N/A"),
-        Binding("up,k", "row(-1)", "Previous / next criterion", show=False),
-        Binding("down,j", "row(1)", "Previous / next criterion", show=False),
-        Binding("left", "adjust(-1)", "Lower / raise the score", show=False),
-        Binding("right", "adjust(1)", "Lower / raise the score", show=False),
-        *_flag_bindings(),
-        Binding("c", "comment", "Comment"),
-        Binding("C", "note", "Note on this criterion", show=False),
-        Binding("z", "undo", "Undo"),
-        Binding("s", "skip", "Skip"),
-        Binding("n", "move(1)", "Next / previous response", show=False),
-        Binding("p", "move(-1)", "Next / previous response", show=False),
-        Binding("u", "unrated", "Next response that needs your score", show=False),
-        Binding("pagedown", "scroll_response(1)", "Scroll the response", show=False),
-        Binding("pageup", "scroll_response(-1)", "Scroll the response", show=False),
-        Binding("question_mark", "guidelines", "Guide", key_display="?"),
-        Binding("t", "summary", "Summary", show=False),
-        Binding("r", "review", "Review disagreements (closed batches)", show=False),
-        Binding("ctrl+r", "reload", "Refresh from the store now", show=False),
-        Binding("escape", "back", "Close the comment box / back to the list", show=False),
-    ]
+    BINDINGS = RATE_KEYS
 
     def __init__(self, namespace: str, run: str, round_no: int | None = None) -> None:
         super().__init__()
@@ -227,20 +194,6 @@ class RateScreen(Screen):
         self.query_one(CommentBox).show(self.form.comment, self.form.notes, titles)
         self.refresh_status()
 
-    def _state_words(self) -> str:
-        s = self.session
-        rid = s.current.id
-        own = s.own(rid)
-        if own is not None:
-            words = "waiting to save" if rid in s.queued else ("corrected by you" if own.version > 1 else "scored by you")
-        elif rid in s.undone:
-            words = "taken back: score it again"
-        elif self.drafts.is_unsaved(s, rid):
-            words = "draft kept, not submitted"
-        else:
-            words = "skipped, not scored yet" if rid in s.skipped else "not scored yet"
-        return words + (" (read only)" if s.closed else "")
-
     def refresh_status(self) -> None:
         s = self.session
         if s is None or s.current is None:
@@ -254,7 +207,7 @@ class RateScreen(Screen):
         self.query_one(RoundStatus).show(
             where=f"{s.title} · batch {s.round} · {s.rater}",
             progress=f"you scored {s.rated_count()} of {len(s.responses)}",
-            position=f"Response {s.index + 1} of {len(s.responses)}: {self._state_words()}",
+            position=f"Response {s.index + 1} of {len(s.responses)}: {rate_words.state_words(s, self.drafts)}",
             history=history,
             queue=queue,
             queue_problem=problem,
@@ -265,26 +218,7 @@ class RateScreen(Screen):
     def _draw_banner(self) -> None:
         s = self.session
         banner = self.query_one("#banner", Static)
-        cov = s.round_coverage()
-        fully = f"{cov.complete} of {cov.total} responses have the {cov.min_raters} rater(s) they need"
-        text = ""
-        # The instruction for a waiting batch comes first: at 80x24 the banner's three lines
-        # must never cut it off.
-        ready = f"A new batch ({s.round + 1}) is ready: Esc, then Enter." if self.next_batch else ""
-        if s.closed:
-            when = s.gate.closed_at.replace("T", " ").removesuffix("Z")
-            text = f"CLOSED {when} UTC: scoring finished, read only; new scores would not count."
-            unsent = self.drafts.unsaved(s) if self.closed_while_open else []
-            if unsent:  # said only when there is typed work that was not submitted
-                text += f" What you typed for {len(unsent)} response(s) is kept as a draft."
-            text += " r: review disagreements"
-            text, ready = (f"{ready} {text}", "") if ready else (text, "")
-        elif s.done:
-            text = f"You have scored all {len(s.responses)} responses. {fully}. t: summary  Esc: list  q: quit"
-        elif s.others_have_covered():
-            text = f"The others have covered what you have not scored ({fully}); more scores still help agreement."
-        if ready:
-            text += f"{' ' if text else ''}{ready}"
+        text = rate_words.banner_text(s, self.drafts, self.next_batch, self.closed_while_open)
         set_text(banner, text)
         if banner.display != bool(text):
             banner.display = bool(text)

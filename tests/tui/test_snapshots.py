@@ -207,7 +207,7 @@ def test_batch_closed_while_open_with_the_next_ready(snap_compare, local_store):
         await settle(pilot)
         await pilot.press(*"44444", "enter", *"33333", "enter")
         await until(pilot, lambda: not app.writer.pending(), 2, "the scores to be stored")
-        gate = close_gate(local_store, DEMO, 1, m.spec.feedback)
+        gate = close_gate(local_store, DEMO, 1, m.spec.feedback).gate
         local_store.write_bytes(DEMO.batch(2), dump_batch(responses(2, 2)))
         # a fixed closing time on screen
         doc = local_store.read_json(DEMO.gate(1))
