@@ -51,3 +51,6 @@ R_NOT_ALLOWED = "NotAllowed"  # a Secret, image or service account the installat
 # feedback.selection (issue 12): the reward model's error on fresh expert ratings passed driftBound, so the
 # next round goes to the experts whole (a Warning Event; the reason of Ready/AwaitingRatings while it waits).
 R_REWARD_MODEL_DRIFT = "RewardModelDrift"
+# spec.fluency (issue 17): a batch below a fluency threshold pauses the run before anyone rates it
+# (phase Suspended, the Suspended condition's reason).
+R_FLUENCY_COLLAPSE = "FluencyCollapse"

@@ -47,7 +47,7 @@ from typing import Callable, Literal
 from rich.console import Console
 from rich.text import Text
 
-from therapy_rlhf import integrity
+from therapy_rlhf import integrity, phases
 from therapy_rlhf.jobworker import JobExit, JobWorkerClient
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
@@ -247,7 +247,10 @@ class LocalRunner:
                 elif isinstance(action, WaitForJob):  # jobs run synchronously here
                     raise RunnerError(f"unexpected running job {action}")
                 elif isinstance(action, Suspend):
-                    self.say("suspended (spec.suspend is true): no new jobs; set it to false and run again")
+                    if decision.reason == phases.R_FLUENCY_COLLAPSE:
+                        self.say(f"[bold yellow]paused ({decision.reason})[/]: {decision.message}")
+                    else:
+                        self.say("suspended (spec.suspend is true): no new jobs; set it to false and run again")
                     return EXIT_SUSPENDED
                 elif isinstance(action, Finish):
                     self.say(f"[bold green]run succeeded[/]: see `therapy-rlhf status {self.paths.run} --store {self.store.uri}`")
