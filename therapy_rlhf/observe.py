@@ -14,19 +14,9 @@ from therapy_rlhf.integrity import gate_name
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.planner import JobObservation, Observed, RoundObservation
 from therapy_rlhf.ratings import RoundState, coverage, load_round
+from therapy_rlhf.runs import read_fluency
 from therapy_rlhf.spec import RunSpec
 from therapy_rlhf.store import Store
-
-
-def _read_fluency(store: Store, paths: RunPaths, r: int, keys: set[str]) -> dict | None:
-    """rounds/r/fluency.json, or None when it is absent or unreadable (never fatal: the guard then cannot act)."""
-    if paths.fluency(r) not in keys:
-        return None
-    try:
-        value = store.read_json(paths.fluency(r))
-    except Exception:  # noqa: BLE001  (a damaged file must not stop the run's observation)
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def observe_store(
@@ -70,7 +60,7 @@ def observe_store(
                 total=cov.total,
                 complete=cov.is_complete,
                 awaiting_since=store.modified_at(paths.batch(r)),
-                fluency=_read_fluency(store, paths, r, keys),
+                fluency=read_fluency(store, paths, r) if paths.fluency(r) in keys else None,
             )
         rounds[r] = ro
         if not ro.batch:
