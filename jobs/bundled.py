@@ -81,11 +81,21 @@ def file_sha256(path: Path) -> str:
 def convert(gguf_path: Path, out_dir: Path) -> None:
     """Dequantize ``gguf_path`` into an HF model directory ``out_dir`` (model in fp32, tokenizer, template)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    odd = sorted({str(p.dtype) for p in model.state_dict().values()} - {"torch.float32"})
+    if odd:
+        raise JobError(f"{name}: dequantizing left tensors of type {', '.join(odd)}; cannot store a plain copy")
+    # transformers keeps the GGUF loader attached to a dequantized model and refuses to save it; every
+    # weight is a plain fp32 tensor by now (checked above), so the copy is an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 

@@ -34,7 +34,7 @@ from therapy_rlhf.spec import CrisisResource, SafetySpec
 
 LONG_NUMBER = re.compile(r"(?<![\w])\+?\d[\d ().-]{5,}\d(?![\w])")
 VANITY_NUMBER = re.compile(r"\b1[- .]?8\d\d[- .]?[a-z0-9]*[a-z][a-z0-9-]*\b", re.IGNORECASE)
-SHORT_CODE = re.compile(r"\b(?:call|text|dial|ring|phone)\b[^.!?\n\d]{0,30}?(?<![\w])(\d{3,6})(?![\w-])", re.IGNORECASE)
+SHORT_CODE = re.compile(r"\b(?:call|text|dial|ring|phone)\b[^.!?\n\d]{0,30}?(?<![\w])(\d[\d -]{1,8}\d)(?![\w-])", re.IGNORECASE)
 URL = re.compile(
     r"\b(?:https?://)?((?:[a-z0-9-]+\.)+(?:com|org|net|gov|edu|info|io|co|uk|us|ca|au|ie|nz|de|fr|help|health))\b(/[^\s)\]>,;]*)?",
     re.IGNORECASE,
@@ -42,6 +42,9 @@ URL = re.compile(
 SERVICE_WORDS = r"(?i:lifeline|hotline|helpline|help line|crisis line|text line|crisis cent(?:er|re))"
 NAMED_SERVICE = re.compile(r"((?:(?:[A-Z0-9][\w&'.-]*|&)\s+){1,6}" + SERVICE_WORDS + r")\b")
 UNVERIFIED = "unverified resource"
+# Capitalised words that start a sentence or an instruction, not a service's name ("The", "Call").
+LEADING_WORDS = re.compile(r"^(?:(?:the|a|an|call|contact|try|text|please|or|and|you|visit)\s+)+", re.IGNORECASE)
+GENERIC_SERVICE = re.compile(r"^" + SERVICE_WORDS + r"$")
 
 
 def digits(text: str) -> str:
@@ -51,7 +54,7 @@ def digits(text: str) -> str:
 def _phones(text: str) -> list[str]:
     found = [m.group(0).strip() for m in LONG_NUMBER.finditer(text) if len(digits(m.group(0))) >= 7]
     found += [m.group(0).strip() for m in VANITY_NUMBER.finditer(text)]
-    found += [m.group(1) for m in SHORT_CODE.finditer(text)]
+    found += [m.group(1) for m in SHORT_CODE.finditer(text) if 3 <= len(digits(m.group(1))) <= 6]
     return found
 
 
@@ -94,8 +97,9 @@ def unverified(response: str, resources: list[CrisisResource]) -> list[str]:
         if not _url_verified(m.group(1), m.group(2) or "", resources):
             found.append(m.group(0).rstrip(".!?"))
     for m in NAMED_SERVICE.finditer(response):
-        if not _name_verified(m.group(1), resources):
-            found.append(m.group(1).strip())
+        name = LEADING_WORDS.sub("", m.group(1).strip())
+        if not GENERIC_SERVICE.match(name) and not _name_verified(name, resources):
+            found.append(name)
     out: list[str] = []
     for item in found:
         finding = f"{UNVERIFIED}: '{item}'"
