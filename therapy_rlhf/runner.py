@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
-from therapy_rlhf import integrity, phases
+from therapy_rlhf import integrity, phases, preview
 from therapy_rlhf.jobworker import JobExit, JobWorkerClient
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.observe import observe_store
@@ -457,6 +458,8 @@ class LocalRunner:
 
             written = rate_round(self.store, self.paths, frozen, action.round)
             self.say(f"round {action.round}: SIMULATED rater wrote {written} rating(s) (demo/CI only)")
+            for line in preview.round_lines(self.store, self.paths, frozen.spec, action.round):
+                self.say(escape(line))  # model text is not markup
             if written == 0:
                 time.sleep(self.poll_interval)  # nothing to add: ratings must come from elsewhere
             return True
