@@ -57,17 +57,8 @@ _MISTRAL_7B = dict(
     vocab_size=32000,
     tie_word_embeddings=False,
 )
-_LLAMA_3_8B = dict(
-    model_type="llama",
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
+# Llama-3/3.1-8B has Mistral-7B's widths, with a 128,256-token vocabulary
+_LLAMA_3_8B = dict(_MISTRAL_7B, model_type="llama", vocab_size=128256)
 # Public config.json values; the first pattern found in the lower-cased source wins.
 KNOWN_SHAPES: list[tuple[str, dict[str, Any]]] = [
     ("tiny:mistral", dict(TINY_COMMON, model_type="mistral", vocab_size=TINY_VOCAB_SIZE)),

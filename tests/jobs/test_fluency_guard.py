@@ -4,12 +4,9 @@ anyone rates it; the measure itself separates English from noise."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from budget import budget
+from local_run import run_auto
 
 from therapy_rlhf.jobs import fluency
 from therapy_rlhf.layout import RunPaths
@@ -36,11 +33,7 @@ def test_a_gibberish_batch_pauses_the_run_before_rating(tmp_path, tiny_cache, ma
         name="guarded",
     )
     store = tmp_path / "store"
-    proc = subprocess.run(
-        [sys.executable, "-m", "therapy_rlhf.cli", "run", str(manifest), "--scoring", "auto", "--store", str(store)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=budget(60),
-        env=dict(os.environ, THERAPY_RLHF_CACHE=str(tiny_cache)),
-    )
+    proc = run_auto(manifest, store, tmp_path, tiny_cache, 60)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 3, out[-3000:]  # EXIT_SUSPENDED
     assert "FluencyCollapse" in out and "fluency.minLogLikelihood -4" in out
@@ -49,3 +42,32 @@ def test_a_gibberish_batch_pauses_the_run_before_rating(tmp_path, tiny_cache, ma
     assert measured["mean_log_likelihood"] < -4.0 and measured["responses"] == 2
     assert (store / paths.batch(1)).is_file()
     assert not (store / paths.ratings_prefix(1)).exists() and not (store / paths.gate(1)).exists()
+
+
+def test_log_likelihood_is_under_the_base_with_the_adapter_off(tiny_cache):
+    """Batched with right padding, each response scored from its own prompt, the LoRA switched off."""
+    import torch
+
+    from therapy_rlhf.jobs import models
+    from therapy_rlhf.spec import ModelSpec
+
+    spec = ModelSpec(source="tiny:llama")
+    base, tok = models.load_base_model(spec, "cpu")
+    pairs = [([5, 6, 7, 8, 9], [10, 11, 12]), ([20, 21], [22, 23, 24, 25, 26, 27])]
+
+    def direct(prompt, response):
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logp = torch.log_softmax(base(ids).logits[0, :-1].float(), -1)
+        return float(logp[len(prompt) - 1 :].gather(-1, ids[0, len(prompt) :, None]).mean())
+
+    expected = [direct(p, r) for p, r in pairs]
+    policy = models.attach_adapter(base, spec, None, trainable=True)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.5)  # the policy now differs from the base
+    got = fluency.response_log_likelihoods(policy, pairs, "cpu", tok.pad_token_id)
+    assert got == pytest.approx(expected, abs=1e-4)
+    # with the adapter on (peft injected it into the same modules), the same text scores differently
+    assert direct(*pairs[0]) != pytest.approx(expected[0], abs=1e-3)

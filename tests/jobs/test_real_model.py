@@ -12,15 +12,12 @@ and .ci/run install it).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from importlib import util
 from pathlib import Path
 
 import pytest
 import yaml
-from budget import budget
+from local_run import run_auto
 
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.records import parse_batch
@@ -47,11 +44,7 @@ def test_the_real_model_loop_writes_english_and_keeps_its_system_message(tmp_pat
     manifest = tmp_path / "smol.yaml"
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
     store = tmp_path / "store"
-    proc = subprocess.run(
-        [sys.executable, "-m", "therapy_rlhf.cli", "run", str(manifest), "--scoring", "auto", "--store", str(store)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=budget(420),
-        env=dict(os.environ, THERAPY_RLHF_CACHE=str(tiny_cache)),
-    )
+    proc = run_auto(manifest, store, tmp_path, tiny_cache, 420)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
 
