@@ -34,7 +34,21 @@ pytestmark = [
 ]
 
 
+def _reuse_converted_copy(cache: Path) -> None:
+    """Use the copy `make run` already converted into the user's cache (read only), if there is one.
+
+    Converting takes minutes on a loaded 2-core machine; without a copy the test converts into its own cache.
+    """
+    from therapy_rlhf.jobs.common import DEFAULT_CACHE
+
+    done = sorted(Path(DEFAULT_CACHE).expanduser().glob("bundled/smollm2-135m-instruct-*/.complete"))
+    if done and not (cache / "bundled" / done[0].parent.name).exists():
+        (cache / "bundled").mkdir(parents=True, exist_ok=True)
+        (cache / "bundled" / done[0].parent.name).symlink_to(done[0].parent)
+
+
 def test_the_real_model_loop_writes_english_and_keeps_its_system_message(tmp_path, tiny_cache):
+    _reuse_converted_copy(tiny_cache)
     doc = yaml.safe_load((REPO / "examples" / "smol-local.yaml").read_text())
     spec = doc["spec"]
     spec["sft"].update(maxSteps=2, batchSize=2, evalSteps=2)
