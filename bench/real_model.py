@@ -47,7 +47,7 @@ def arm_manifest(arm: str, store: Path, args: argparse.Namespace):
     from therapy_rlhf.spec import parse_run
 
     doc = yaml.safe_load((REPO / "examples" / "smol-local.yaml").read_text())
-    doc["metadata"]["name"] = f"real-{arm}"
+    doc["metadata"]["name"] = f"real-{arm}{args.tag}"
     spec = doc["spec"]
     spec["storage"] = {"localPath": str(store)}
     # maxExamples caps train and dev alike: 8 steps of 4 need 32, and every validation pass reads the dev cap
@@ -55,6 +55,8 @@ def arm_manifest(arm: str, store: Path, args: argparse.Namespace):
     spec["sft"]["maxSteps"] = args.sft_steps
     spec["ppo"]["rounds"] = args.rounds
     spec["ppo"]["generation"]["maxNewTokens"] = args.max_new_tokens
+    if args.lr is not None:
+        spec["ppo"]["learningRate"] = args.lr
     if arm == "suite":
         spec["ppo"].update(prompts=[], builtinSuite=True, samplesPerPrompt=1)
     else:
@@ -97,11 +99,12 @@ def run_arm(arm: str, args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store_dir = out / f"store-{arm}"
+    name = arm + args.tag
+    store_dir = out / f"store-{name}"
     store = LocalStore(store_dir)
     manifest = arm_manifest(arm, store_dir, args)
     paths = RunPaths(manifest.namespace, manifest.name)
-    log = out / f"{arm}.jsonl"
+    log = out / f"{name}.jsonl"
     log.write_text("")
     seconds = run_job(sft, "sft", manifest, store)
     with log.open("a") as fh:
@@ -116,27 +119,25 @@ def run_arm(arm: str, args: argparse.Namespace) -> None:
         }
         with log.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
-        print(f"{arm} {line}", file=sys.stderr, flush=True)
+        print(f"{name} {line}", file=sys.stderr, flush=True)
 
     shuffle = CONTROL_SHUFFLE_SEED if arm == "control" else None
     results = learning.run_loop(manifest, store, args.rounds, shuffle_seed=shuffle, report=report)
     last = results[-1].round
-    (out / f"{arm}-answers.json").write_text(
+    (out / f"{name}-answers.json").write_text(
         json.dumps({"round_1": answers(store, manifest, 1), f"round_{last}": answers(store, manifest, last)}, indent=2)
     )
-    if arm == "paper":
+    if arm == "paper" and not args.no_eval:
         seconds = run_job(evaluate, "evaluate", manifest, store)
         results_doc = store.read_json(paths.eval_results())
         results_doc["evaluate_seconds"] = round(seconds, 1)
-        (out / "paper-table1.json").write_text(json.dumps(results_doc, indent=2))
+        (out / f"{name}-table1.json").write_text(json.dumps(results_doc, indent=2))
 
 
 def summarize(folder: Path) -> str:
     lines = []
-    for arm in ("paper", "control", "suite"):
-        log = folder / f"{arm}.jsonl"
-        if not log.is_file():
-            continue
+    for log in sorted(folder.glob("*.jsonl")):
+        arm = log.stem
         rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         rounds = [r for r in rows if "round" in r]
         lines += [f"### arm `{arm}`", "", "| round | reward (mean, sd) | KL | log-lik. under base | dictionary words | s |",
@@ -147,10 +148,9 @@ def summarize(folder: Path) -> str:
             for r in rounds
         ]
         lines.append("")
-    table = folder / "paper-table1.json"
-    if table.is_file():
+    for table in sorted(folder.glob("*-table1.json")):
         doc = json.loads(table.read_text())
-        lines += ["### Table 1", "", "| system | BERTScore | ROUGE-1 | F1 |", "|---|---:|---:|---:|"]
+        lines += [f"### Table 1 ({table.stem})", "", "| system | BERTScore | ROUGE-1 | F1 |", "|---|---:|---:|---:|"]
         for s in doc["systems"]:
             sc = s["scores"]
             lines.append(f"| {s['name']} | {sc.get('bertscore', 0):.3f} | {sc.get('rouge1', 0):.3f} | {sc.get('f1', 0):.3f} |")
@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-data", default=str(ESCONV / "testWithStrategy_short.tsv"))
     parser.add_argument("--eval-examples", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--lr", type=float, help="ppo.learningRate instead of the example's")
+    parser.add_argument("--tag", default="", help="suffix of the arm's output files (another setting of one arm)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the paper arm's evaluation")
     parser.add_argument("--summarize", metavar="FOLDER")
     args = parser.parse_args(argv)
     if args.summarize:
