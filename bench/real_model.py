@@ -91,8 +91,33 @@ def answers(store, manifest, round_no: int, n: int = 3) -> list[dict]:
     return [{"prompt": r.prompt, "response": r.response} for r in state.responses[:n]]
 
 
+def write_answers(path: Path, store, manifest, last: int) -> None:
+    path.write_text(json.dumps({"round_1": answers(store, manifest, 1), f"round_{last}": answers(store, manifest, last)}, indent=2))
+
+
+def evaluate_arm(arm: str, args: argparse.Namespace, store, rounds: int) -> None:
+    """Table 1 for an arm: base, SFT and its policy after ``rounds`` rounds, by the evaluate job."""
+    from therapy_rlhf.jobs import evaluate
+    from therapy_rlhf.layout import RunPaths
+
+    args.rounds = rounds  # 'final' is the last completed round
+    manifest = arm_manifest(arm, Path(args.out) / f"store-{arm}{args.tag}", args)
+    seconds = run_job(evaluate, "evaluate", manifest, store)
+    doc = store.read_json(RunPaths(manifest.namespace, manifest.name).eval_results())
+    doc["evaluate_seconds"], doc["ppo_rounds"] = round(seconds, 1), rounds
+    (Path(args.out) / f"{arm}{args.tag}-table1.json").write_text(json.dumps(doc, indent=2))
+
+
+def completed_rounds(store, manifest) -> int:
+    """Rounds whose update is stored (an arm stopped early is evaluated at its last one)."""
+    from therapy_rlhf.layout import RunPaths
+
+    paths = RunPaths(manifest.namespace, manifest.name)
+    return max((r for r in range(1, manifest.spec.ppo.rounds + 1) if store.exists(paths.policy_metrics(r))), default=0)
+
+
 def run_arm(arm: str, args: argparse.Namespace) -> None:
-    from therapy_rlhf.jobs import evaluate, learning, sft
+    from therapy_rlhf.jobs import learning, sft
     from therapy_rlhf.layout import RunPaths
     from therapy_rlhf.runs import read_fluency
     from therapy_rlhf.store import LocalStore
@@ -104,6 +129,12 @@ def run_arm(arm: str, args: argparse.Namespace) -> None:
     store = LocalStore(store_dir)
     manifest = arm_manifest(arm, store_dir, args)
     paths = RunPaths(manifest.namespace, manifest.name)
+    if args.evaluate_only:  # an arm stopped early: its answers, and Table 1 at its last completed round
+        last = completed_rounds(store, manifest)
+        write_answers(out / f"{name}-answers.json", store, manifest, last)
+        if arm == "paper":
+            evaluate_arm(arm, args, store, last)
+        return
     log = out / f"{name}.jsonl"
     log.write_text("")
     seconds = run_job(sft, "sft", manifest, store)
@@ -124,14 +155,9 @@ def run_arm(arm: str, args: argparse.Namespace) -> None:
     shuffle = CONTROL_SHUFFLE_SEED if arm == "control" else None
     results = learning.run_loop(manifest, store, args.rounds, shuffle_seed=shuffle, report=report)
     last = results[-1].round
-    (out / f"{name}-answers.json").write_text(
-        json.dumps({"round_1": answers(store, manifest, 1), f"round_{last}": answers(store, manifest, last)}, indent=2)
-    )
+    write_answers(out / f"{name}-answers.json", store, manifest, last)
     if arm == "paper" and not args.no_eval:
-        seconds = run_job(evaluate, "evaluate", manifest, store)
-        results_doc = store.read_json(paths.eval_results())
-        results_doc["evaluate_seconds"] = round(seconds, 1)
-        (out / f"{name}-table1.json").write_text(json.dumps(results_doc, indent=2))
+        evaluate_arm(arm, args, store, last)
 
 
 def summarize(folder: Path) -> str:
@@ -172,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="ppo.learningRate instead of the example's")
     parser.add_argument("--tag", default="", help="suffix of the arm's output files (another setting of one arm)")
     parser.add_argument("--no-eval", action="store_true", help="skip the paper arm's evaluation")
+    parser.add_argument("--evaluate-only", action="store_true", help="evaluate an arm stopped early at its last round")
     parser.add_argument("--summarize", metavar="FOLDER")
     args = parser.parse_args(argv)
     if args.summarize:
