@@ -208,6 +208,9 @@ def plot_reward_curve(points: list[dict[str, float]], out: Path, title: str = SO
             right = ax.twinx()
             right.plot(*zip(*ll), color="C3", linestyle=":", marker="^", label="log-likelihood under base")
             right.set_ylabel("mean token log-likelihood under the base (nats)", color="C3", fontsize=8)
+            # a fixed floor well below fluent text (-1..-2) and near noise (-log vocabulary), so a small
+            # wobble does not look like a collapse
+            right.set_ylim(min(-8.0, min(v for _, v in ll) - 0.5), 0.0)
             right.legend(loc="lower left", fontsize=8)
         ax.set_xticks(xs)
         ax.legend(loc="lower right", fontsize=8)
