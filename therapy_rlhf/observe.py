@@ -14,6 +14,7 @@ from therapy_rlhf.integrity import gate_name
 from therapy_rlhf.layout import RunPaths
 from therapy_rlhf.planner import JobObservation, Observed, RoundObservation
 from therapy_rlhf.ratings import RoundState, coverage, load_round
+from therapy_rlhf.runs import read_fluency
 from therapy_rlhf.spec import RunSpec
 from therapy_rlhf.store import Store
 
@@ -59,6 +60,7 @@ def observe_store(
                 total=cov.total,
                 complete=cov.is_complete,
                 awaiting_since=store.modified_at(paths.batch(r)),
+                fluency=read_fluency(store, paths, r) if paths.fluency(r) in keys else None,
             )
         rounds[r] = ro
         if not ro.batch:

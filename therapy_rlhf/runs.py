@@ -114,6 +114,9 @@ class RoundSummary:
     model_scored: int = 0  # of those, rewarded by the reward model (gate.model_scored)
     reward_model_error: float | None = None  # MAE on this round's fresh expert rewards
     reward_model_drifted: bool = False
+    # the batch's fluency (jobs/fluency.py, rounds/r/fluency.json), measured without any rater
+    fluency_log_likelihood: float | None = None
+    dictionary_share: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -134,6 +137,8 @@ class RoundSummary:
             "modelScored": self.model_scored,
             "rewardModelError": self.reward_model_error,
             "rewardModelDrifted": self.reward_model_drifted,
+            "fluencyLogLikelihood": self.fluency_log_likelihood,
+            "dictionaryShare": self.dictionary_share,
         }
 
 
@@ -155,6 +160,7 @@ def summarize_round(
     mean = round(sum(r.reward for r in rewards.values()) / len(rewards), 4) if rewards else None
     alpha = agreement(state, fb)
     since = datetime.fromtimestamp(store.modified_at(paths.batch(round_no)), timezone.utc)
+    fluency = read_fluency(store, paths, round_no) or {}
     return RoundSummary(
         round=round_no,
         responses=cov.total,
@@ -176,7 +182,18 @@ def summarize_round(
         model_scored=len(gate.model_scored) if gate is not None else 0,
         reward_model_error=gate.reward_model.mae if gate is not None and gate.reward_model is not None else None,
         reward_model_drifted=bool(gate is not None and gate.reward_model is not None and gate.reward_model.drifted),
+        fluency_log_likelihood=fluency.get("mean_log_likelihood"),
+        dictionary_share=fluency.get("dictionary_share"),
     )
+
+
+def read_fluency(store: Store, paths: RunPaths, round_no: int) -> dict | None:
+    """rounds/r/fluency.json, or None when absent or unreadable (never fatal: the guard then cannot act)."""
+    try:
+        doc = store.read_json(paths.fluency(round_no))
+    except Exception:  # noqa: BLE001  (missing or damaged: the run goes on, unmeasured)
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def stored_rounds(store: Store, paths: RunPaths) -> list[int]:
@@ -207,6 +224,7 @@ __all__ = [
     "freeze_spec",
     "list_runs",
     "missing_run",
+    "read_fluency",
     "read_frozen_run",
     "stored_rounds",
     "summarize_round",
