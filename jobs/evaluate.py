@@ -119,7 +119,11 @@ def run_checkpoints(ctx: JobContext, systems: list[System], examples: list[data.
     ev = ctx.spec.evaluation
     base, tokenizer = models.load_base_model(ctx.spec.model, ctx.device, ctx.cache_dir)
     budget = max(16, int(ctx.spec.model.max_length * PROMPT_BUDGET_FRACTION))
-    prompts = [models.format_chat(tokenizer, models.trim_context(tokenizer, ex.prompt_messages(), budget)) for ex in examples]
+    system = ctx.spec.model.system_message
+    prompts = [
+        models.format_chat(tokenizer, models.trim_context(tokenizer, ex.prompt_messages(), budget, system), system=system)
+        for ex in examples
+    ]
     adapters = [s for s in systems if s.kind == "checkpoint" and s.source]
     model = base
     for s in adapters:

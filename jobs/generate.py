@@ -23,6 +23,10 @@ inside a response (``[INST]``, ``<s>``, role markers of the chat template)
 stay in the text verbatim and are listed in ``special_tokens``; only the
 final end-of-sequence token, which ends the response, is not shown.
 
+The batch's fluency (``fluency.py``: log-likelihood under the frozen base,
+dictionary-word share) is written to ``rounds/{r}/fluency.json`` just before
+it; the planner pauses the run on it (``spec.fluency``).
+
 Every response passes the safety screen (``safety.py``); the findings go on
 the record for the rater to see. The job writes ``rounds/{r}/batch.jsonl``
 once, as one whole object, which is also its completion marker; an existing
@@ -38,7 +42,7 @@ from typing import Any
 
 from therapy_rlhf.contracts import names
 from therapy_rlhf.feedback import selection
-from therapy_rlhf.jobs import models, prompts, safety, sampling
+from therapy_rlhf.jobs import fluency, models, prompts, safety, sampling
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.contracts.records import GenerationSettings, PendingResponse, dump_batch
 from therapy_rlhf.contracts.spec import PromptSpec
@@ -124,6 +128,7 @@ def sample_responses(
     log: Any = None,
     top_p: float = 1.0,
     top_k: int = 0,
+    system: str | None = None,
 ) -> tuple[list[Rollout], dict[str, Any]]:
     """Sample every prompt ``samples_per_prompt`` times, untruncated at ``temperature``.
 
@@ -139,9 +144,9 @@ def sample_responses(
     )
     config, processors = sampling.resolve(model, kwargs)
     rendered = [
-        tokenizer(models.format_chat(tokenizer, [{"role": "user", "content": p.text}]), add_special_tokens=False)[
-            "input_ids"
-        ]
+        tokenizer(
+            models.format_chat(tokenizer, [{"role": "user", "content": p.text}], system=system), add_special_tokens=False
+        )["input_ids"]
         for p in prompt_list
     ]
     limit = max_length - max_new_tokens
@@ -201,7 +206,10 @@ def sample_responses(
     return rollouts, stats
 
 
-def build_records(rollouts: list[Rollout], round_no: int, policy_key: str, settings: GenerationSettings) -> list[PendingResponse]:
+def build_records(
+    rollouts: list[Rollout], round_no: int, policy_key: str, settings: GenerationSettings, resources: list | None = None
+) -> list[PendingResponse]:
+    """Pending responses, each screened (``resources``: the run's verified crisis resources)."""
     return [
         PendingResponse(
             id=response_id(round_no, r.prompt.id, r.sample),
@@ -214,7 +222,7 @@ def build_records(rollouts: list[Rollout], round_no: int, policy_key: str, setti
             special_tokens=r.special_tokens,
             policy=policy_key,
             generation=settings,
-            safety=safety.screen(r.prompt.text, r.text),
+            safety=safety.screen(r.prompt.text, r.text, resources=resources),
         )
         for r in rollouts
     ]
@@ -270,10 +278,12 @@ def write_batch(ctx: JobContext, model: Any, tokenizer: Any, round_no: int) -> N
         device=ctx.device,
         max_length=spec.model.max_length,
         log=ctx.progress,
+        system=spec.model.system_message,
     )
     settings = sampling.settings(stats["generation_config"], stats["logits_processors"], gen.seed + round_no)
-    records = build_records(rollouts, round_no, adapter or BASE_POLICY, settings)
-    flagged = sum(1 for r in records if r.safety.risky_content or r.safety.missing_crisis_resources)
+    records = build_records(rollouts, round_no, adapter or BASE_POLICY, settings, spec.safety.crisis_resources)
+    flagged = sum(1 for r in records if r.safety.risky_content or r.safety.missing_crisis_resources
+                  or r.safety.unverified_resources or r.safety.no_verified_resource)
     ctx.progress(
         "generated %d responses, %d new tokens in %.2fs (%.1f tokens/s); %d flagged by the safety screen, "
         "%d with special tokens; sampled at temperature %g, top_k %d, top_p %g (%s)",
@@ -288,6 +298,12 @@ def write_batch(ctx: JobContext, model: Any, tokenizer: Any, round_no: int) -> N
         # batch: the batch is the marker, so a retry that finds no batch selects again, the same way.
         chosen = selection.select(ctx.store, paths, spec.feedback, round_no, records, log=ctx.progress)
         ctx.store.write_json(paths.selection(round_no), chosen.model_dump(mode="json"))
+    measured = fluency.measure(model, tokenizer, records, ctx.device)
+    ctx.progress(
+        "fluency of round %d's batch: mean log-likelihood under the base model %s, dictionary words %s",
+        round_no, measured["mean_log_likelihood"], measured["dictionary_share"],
+    )
+    ctx.store.write_json(paths.fluency(round_no), measured)  # before the batch, the round's marker
     try:
         ctx.store.create_bytes(key, dump_batch(records))
     except AlreadyExists:

@@ -1,7 +1,7 @@
 """Each job's memory plan, checked before the model is downloaded or loaded.
 
 ``check(ctx)`` reads the model's config.json alone (a local directory, the
-cached copy, one GET under an ``s3://`` prefix, the tiny recipe, or the hub's
+cached copy, one GET under an ``s3://`` prefix, the tiny recipe, the bundled model's converted copy, or the hub's
 config for a hub id), plans the job with ``therapy_rlhf.planning.memory_plan`` (the
 same arithmetic ``therapy-rlhf validate`` prints) and refuses a plan that
 cannot fit with a one-line JobError that names the setting to change.
@@ -43,10 +43,11 @@ def read_model_config(ctx: JobContext) -> dict[str, Any]:
         from therapy_rlhf.jobs import download
 
         return download.read_config(source, ctx.cache_dir)
-    if source.startswith("tiny:"):
+    if source.startswith(("tiny:", "bundled:")):
         from therapy_rlhf.jobs.models import resolve_source
 
-        source = resolve_source(source, ctx.cache_dir)  # built locally in a second, nothing fetched
+        # built (tiny) or converted from an installed package (bundled) locally; nothing fetched
+        source = resolve_source(source, ctx.cache_dir)
     config = read_local_config(source)
     if config is not None:
         return config

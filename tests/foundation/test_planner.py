@@ -59,6 +59,16 @@ SFT_DONE = {"sft_done": True}
 SEPARATE = {"ppo": {"oneJobPerRound": False}}
 GATED1 = RoundObservation(1, batch=True, gate=True)
 R1 = {1: done_round(1)}
+# spec.fluency (issue 17): the guard acts on the stored fluency of the round awaiting ratings
+FLUENCY = {"fluency": {"minLogLikelihood": -4.0, "minDictionaryShare": 0.8}}
+GIBBERISH = {"mean_log_likelihood": -7.2, "dictionary_share": 0.95}
+INVENTED_WORDS = {"mean_log_likelihood": -2.0, "dictionary_share": 0.41}
+FLUENT = {"mean_log_likelihood": -1.6, "dictionary_share": 0.97}
+
+
+def measured(r: int, fluency: dict, rated: int = 0) -> RoundObservation:
+    return RoundObservation(r, batch=True, rated=rated, total=8, complete=False, awaiting_since=1000.0, fluency=fluency)
+
 ALL = {1: done_round(1), 2: done_round(2)}
 
 # name, spec overrides, observed, expected action, phase, round, reason
@@ -93,6 +103,13 @@ TABLE = [
     ("no deadline waits forever", {}, Observed(**SFT_DONE, rounds={1: awaiting(1, 3)}, now=1e12), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
     ("unknown wait start is never overdue", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 3, since=None)}, now=1e12), WaitForRatings(1, 3, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
     ("complete gate wins over the deadline", DEADLINE, Observed(**SFT_DONE, rounds={1: awaiting(1, 8)}, now=1e12), CloseGate(1, "complete"), phases.AWAITING_RATINGS, 1, phases.R_GATE_CLOSED),
+    # --- the fluency guard
+    ("gibberish batch pauses before rating", FLUENCY, Observed(**SFT_DONE, rounds={1: measured(1, GIBBERISH)}), Suspend(), phases.SUSPENDED, 1, phases.R_FLUENCY_COLLAPSE),
+    ("invented words pause before rating", FLUENCY, Observed(**SFT_DONE, rounds={1: measured(1, INVENTED_WORDS)}), Suspend(), phases.SUSPENDED, 1, phases.R_FLUENCY_COLLAPSE),
+    ("fluent batch is rated", FLUENCY, Observed(**SFT_DONE, rounds={1: measured(1, FLUENT)}), WaitForRatings(1, 0, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("no threshold: measured, never acted on", {}, Observed(**SFT_DONE, rounds={1: measured(1, GIBBERISH)}), WaitForRatings(1, 0, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("unmeasured batch is rated", FLUENCY, Observed(**SFT_DONE, rounds={1: awaiting(1, 0)}), WaitForRatings(1, 0, 8, False), phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS),
+    ("close-gate override goes past the guard", FLUENCY, Observed(**SFT_DONE, rounds={1: measured(1, GIBBERISH, rated=2)}, close_gate_requested=True), CloseGate(1, "override"), phases.AWAITING_RATINGS, 1, phases.R_GATE_OVERRIDDEN),
     # --- PPO update and the next round (default: one ppo-generate Job per round after the first)
     ("gated round starts ppo-generate", {}, Observed(**SFT_DONE, rounds={1: GATED1}), StartJob("ppo-generate", 1, 1), phases.UPDATING, 1, phases.R_JOB_STARTED),
     ("ppo-generate running, updating", {}, Observed(**SFT_DONE, rounds={1: GATED1}, jobs=job("ppo-generate", 1, "running", 2)), WaitForJob("ppo-generate", 1, 2), phases.UPDATING, 1, phases.R_JOB_RUNNING),
@@ -145,6 +162,28 @@ def test_fail_reasons_say_what_happened():
     assert "deadline passed; holding" in d.message
     d = plan(spec(), Observed(**SFT_DONE, rounds={1: awaiting(1, 0)}, close_gate_requested=True))
     assert "nothing is rated yet" in d.message
+
+
+def test_fluency_pause_says_which_measure_and_round():
+    d = plan(spec(**FLUENCY), Observed(**SFT_DONE, rounds={1: measured(1, GIBBERISH)}))
+    assert d.message == (
+        "round 1's batch looks like gibberish (mean log-likelihood under the base model -7.20 < "
+        "fluency.minLogLikelihood -4): paused before anyone rates it"
+    )
+    d = plan(spec(**FLUENCY), Observed(**SFT_DONE, rounds={1: measured(1, INVENTED_WORDS)}))
+    assert "dictionary-word share 0.41 < fluency.minDictionaryShare 0.8" in d.message
+
+
+def test_observe_reads_the_fluency_of_the_round_awaiting_ratings(store):
+    s = spec(ppo={"rounds": 2})
+    paths = RunPaths("default", "demo")
+    _batch(store, paths, 1)
+    store.write_json(paths.fluency(1), GIBBERISH)
+    observed, _ = observe_store(store, paths, s)
+    assert observed.round(1).fluency == GIBBERISH
+    store.write_bytes(paths.fluency(1), b"{not json")  # damaged: the guard cannot act, the run is not stopped
+    observed, _ = observe_store(store, paths, s)
+    assert observed.round(1).fluency is None
 
 
 def test_retry_count_uses_the_spec_limit():

@@ -1,6 +1,6 @@
 """The README's "score as a human" path, verbatim, in a fresh directory after `make run`.
 
-`make run` finishes the tiny-local run in ./local-store; the README then tells a
+`make run` finishes the smol-local run (the bundled real model) in ./local-store; the README then tells a
 newcomer to run its human-scoring command. Here both run through the real CLI
 (jobs are the instant stand-ins, so this takes seconds), and the scoring app the
 runner opens is the real one, driven headless with the Pilot by a rater who
@@ -72,8 +72,8 @@ def fresh_clone(tmp_path, monkeypatch):
 
 def test_the_readme_human_scoring_path_works_after_make_run(fresh_clone, monkeypatch):
     make_run = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].splitlines()[1].strip()
-    assert make_run == "$(BIN)/therapy-rlhf run examples/tiny-local.yaml --scoring auto"
-    assert cli.main(["run", "examples/tiny-local.yaml", "--scoring", "auto"]) == EXIT_SUCCEEDED
+    assert make_run == "$(BIN)/therapy-rlhf run examples/smol-local.yaml --scoring auto"
+    assert cli.main(["run", "examples/smol-local.yaml", "--scoring", "auto"]) == EXIT_SUCCEEDED
 
     human = [c for c in readme_commands() if "--scoring tui" in c]
     assert len(human) == 1, human

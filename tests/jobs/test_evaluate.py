@@ -22,6 +22,8 @@ N = 4
 
 # feedback.selection 'all': no model scores, no model check, in a round of the reward curve.
 NO_MODEL = {"model_scored": 0, "model_error": None, "model_compared": 0, "model_drifted": False}
+# rounds/r/fluency.json (issue 17): not written by these tests
+NO_MODEL.update(fluency_log_likelihood=None, dictionary_share=None)
 
 def _store_adapter(ctx, prefix, marker, bump):
     """A LoRA adapter that differs from the base, stored with its marker."""

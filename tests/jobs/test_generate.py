@@ -62,8 +62,8 @@ def test_batch_records(store, tmp_path):
         assert r.round == 1 and r.policy == generate.BASE_POLICY
         assert r.generation.seed == 5 + 1 and r.generation.max_new_tokens == 10
         assert 1 <= len(r.response_token_ids) <= 10
-        # the kept ids are exactly what was rendered and sampled
-        rendered = models.format_chat(tokenizer, [{"role": "user", "content": r.prompt}])
+        # the kept ids are exactly what was rendered (after the run's system message) and sampled
+        rendered = models.format_chat(tokenizer, [{"role": "user", "content": r.prompt}], system=m.spec.model.system_message)
         assert r.prompt_token_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
         eos_ids = {tokenizer.eos_token_id}
         assert (r.response, r.special_tokens) == generate.visible_text(

@@ -68,11 +68,11 @@ def test_nothing_to_check_on_cpu_without_gpu_memory(make_run, tmp_path):
 
 
 def test_a_config_that_is_not_a_supported_model_is_named(make_run, s3_store, tmp_path):
-    s3_store.write_bytes("models/llama/config.json", json.dumps({"model_type": "llama"}).encode())
-    manifest = load_run(make_run({"model": {"source": f"s3://{s3_store.bucket}/{s3_store.prefix}/models/llama"},
+    s3_store.write_bytes("models/gpt2/config.json", json.dumps({"model_type": "gpt2"}).encode())
+    manifest = load_run(make_run({"model": {"source": f"s3://{s3_store.bucket}/{s3_store.prefix}/models/gpt2"},
                                   "resources": {"gpus": 1, "gpuMemory": "24Gi"}}))
     ctx = JobContext(kind="generate", manifest=manifest, round=1, store=None, cache_dir=tmp_path)
-    with pytest.raises(JobError, match="memory plan: .*model_type 'llama' is not one of mistral, mixtral"):
+    with pytest.raises(JobError, match="memory plan: .*model_type 'gpt2' is not one of mistral, mixtral, llama"):
         memory_check.check(ctx)
 
 

@@ -17,8 +17,8 @@ from therapy_rlhf.contracts.spec import ModelSpec, load_run
 def test_local_and_tiny_sources(tiny_mistral_dir, tiny_cache):
     assert models.resolve_source(str(tiny_mistral_dir)) == str(tiny_mistral_dir)
     assert models.resolve_source("tiny:mistral", tiny_cache) == str(tiny_mistral_dir)
-    with pytest.raises(JobError, match="unknown tiny model"):
-        models.resolve_source("tiny:llama")
+    with pytest.raises(JobError, match="unknown tiny model 'tiny:gpt2': use one of tiny:mistral, tiny:mixtral, tiny:llama"):
+        models.resolve_source("tiny:gpt2", tiny_cache)
     with pytest.raises(JobError, match="is not a directory"):
         models.resolve_source("/nonexistent/model")
 
@@ -104,10 +104,10 @@ def test_fsdp_is_refused(monkeypatch, tiny_mistral_dir):
 
 
 def test_unsupported_architecture(tmp_path):
-    from transformers import LlamaConfig
+    from transformers import GPT2Config
 
-    LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
-    with pytest.raises(JobError, match="unsupported architecture 'llama': supported are mistral, mixtral"):
+    GPT2Config(n_embd=32, n_layer=1, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(JobError, match="unsupported architecture 'gpt2': supported are mistral, mixtral, llama"):
         models.load_base_model(ModelSpec(source=str(tmp_path)), "cpu")
 
 

@@ -158,7 +158,7 @@ def test_retry_after_the_update_samples_from_the_stored_checkpoint(tmp_path):
     run_job(ppo_generate, "ppo-generate", m, store, 1)
     after = snapshot(store)
     assert {k: after[k] for k in before} == before
-    assert set(after) - set(before) == {paths.batch(2)}
+    assert set(after) - set(before) == {paths.fluency(2), paths.batch(2)}  # the batch and its fluency
 
 
 def test_the_last_round_is_refused_before_anything_is_loaded(tmp_path, capsys):

@@ -110,7 +110,9 @@ def test_the_saved_adapter_is_trained_and_round_two_continues_from_it(local_stor
     second = local_store.read_json(paths.policy_metrics(2))
     assert second["started_from"] == paths.policy_prefix(1)
     assert second["kl_coef"] == pytest.approx(first["kl_coef_next"])  # the controller carries over
-    assert second["kl"] > 0  # the policy has moved away from the reference
+    # the policy has moved away from the reference: every log-ratio is exactly 0 while they are one policy;
+    # the sign of the sampled mean is not guaranteed that close to it (it changed with the prompts' system line)
+    assert abs(second["kl"]) > 1e-4
     # Adam's state carries over: round 2 continues round 1's step count.
     assert first["optimizer_resumed"] is False and second["optimizer_resumed"] is True
     assert first["optimizer_steps_total"] == first["optimizer_steps"] == 2

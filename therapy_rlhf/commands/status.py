@@ -89,6 +89,15 @@ def _fmt(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _fluency(r) -> str:
+    """The batch's fluency in one cell: log-likelihood under the base, share of dictionary words."""
+    if r.fluency_log_likelihood is None and r.dictionary_share is None:
+        return "-"
+    ll = "-" if r.fluency_log_likelihood is None else f"{r.fluency_log_likelihood:.2f}"
+    share = "-" if r.dictionary_share is None else f"{r.dictionary_share:.0%}"
+    return f"{ll} / {share}"
+
+
 def _one(store, paths, as_json: bool) -> int:
     from rich.table import Table
 
@@ -125,7 +134,8 @@ def _one(store, paths, as_json: bool) -> int:
         return 0
     table = Table(title=f"rounds (a response is rated when it has >= {fb.min_raters} rater{'s' if fb.min_raters > 1 else ''})")
     for col, just in (("round", "right"), ("rated", "right"), ("ratings", "right"), ("raters", "left"),
-                      ("mean reward", "right"), ("agreement (α)", "right"), ("gate", "left"), ("updated", "left")):
+                      ("mean reward", "right"), ("agreement (α)", "right"), ("fluency", "right"), ("gate", "left"),
+                      ("updated", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in rounds:
         table.add_row(
@@ -135,6 +145,7 @@ def _one(store, paths, as_json: bool) -> int:
             ", ".join(f"{who} (SIMULATED)" if who in r.simulated else who for who in r.raters) or "-",
             _fmt(r.mean_reward),
             _fmt(r.agreement),
+            _fluency(r),
             "closed" if r.gate_closed else "open",
             "yes" if r.updated else "no",
         )

@@ -1,4 +1,4 @@
-"""therapy-rlhf tiny-model --arch mistral|mixtral OUT: write a tiny random-weight model."""
+"""therapy-rlhf tiny-model --arch mistral|mixtral|llama OUT: write a tiny random-weight model."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import sys
 
 NAME = "tiny-model"
-HELP = "Build a tiny random-weight Mistral or Mixtral (with BPE tokenizer and chat template) into OUT."
+HELP = "Build a tiny random-weight Mistral, Mixtral or Llama (with BPE tokenizer and chat template) into OUT."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=["mistral", "mixtral"], default="mistral", help="Architecture (default mistral).")
+    parser.add_argument("--arch", choices=["mistral", "mixtral", "llama"], default="mistral", help="Architecture (default mistral).")
     parser.add_argument("out", metavar="OUT", help="Directory to create (must not exist or be empty).")
 
 

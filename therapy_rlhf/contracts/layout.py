@@ -82,6 +82,10 @@ class RunPaths:
     def batch(self, round_no: int) -> str:
         return f"{self.round_prefix(round_no)}/batch.jsonl"
 
+    def fluency(self, round_no: int) -> str:
+        """The batch's fluency (jobs/fluency.py), written just before the batch."""
+        return f"{self.round_prefix(round_no)}/fluency.json"
+
     def ratings_prefix(self, round_no: int) -> str:
         return f"{self.round_prefix(round_no)}/ratings/"
 

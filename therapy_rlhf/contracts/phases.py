@@ -53,3 +53,7 @@ R_REWARD_MODEL_DRIFT = "RewardModelDrift"
 # One executor per run (issue 20): a live local runner holds the run's lease in the store, so the
 # operator starts nothing (the Ready condition's reason and a Warning Event, naming the runner).
 R_HELD_BY_LOCAL_RUNNER = "HeldByLocalRunner"
+
+# spec.fluency (issue 17): a batch below a fluency threshold pauses the run before anyone rates it
+# (phase Suspended, the Suspended condition's reason).
+R_FLUENCY_COLLAPSE = "FluencyCollapse"

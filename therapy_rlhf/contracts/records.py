@@ -63,13 +63,20 @@ class SafetyScreen(Record):
     crisis_cues: list[str] = Field(default_factory=list, description="Risk cues in the prompt.")
     risky_content: list[str] = Field(default_factory=list, description="Problems in the response.")
     missing_crisis_resources: bool = False
+    unverified_resources: list[str] = Field(
+        default_factory=list, description="Phone numbers, web addresses, named services not on the run's verified list."
+    )
+    no_verified_resource: bool = Field(False, description="An acute crisis prompt whose answer names no verified resource.")
 
     @property
     def badges(self) -> list[str]:
         out = [f"CRISIS CUE: {c}" for c in self.crisis_cues]
         out += [f"RISK: {r}" for r in self.risky_content]
+        out += [f"UNVERIFIED: {r}" for r in self.unverified_resources]
         if self.missing_crisis_resources:
             out.append("NO CRISIS RESOURCES")
+        if self.no_verified_resource:
+            out.append("NO VERIFIED CRISIS RESOURCE")
         return out
 
 

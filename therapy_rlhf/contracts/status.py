@@ -63,6 +63,12 @@ class RoundStatus(SpecModel):
         None, ge=0.0, description="The reward model's mean absolute error on this round's fresh expert rewards."
     )
     reward_model_drifted: bool = Field(False, description="That error passed feedback.selection.driftBound.")
+    fluency_log_likelihood: float | None = Field(
+        None, le=0.0, description="The batch's mean token log-likelihood under the frozen base model (jobs/fluency.py)."
+    )
+    dictionary_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="The batch's share of words found in the English word list."
+    )
 
 
 class ActiveJob(SpecModel):

@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
+from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.spec import RunManifest, RunSpec
-from therapy_rlhf.execution import step
+from therapy_rlhf.execution import preview, step, workdir
 from therapy_rlhf.execution.worker_client import JobExit, JobWorkerClient
-from therapy_rlhf.execution import workdir
 from therapy_rlhf.execution.workdir import JOBS_MODULE, default_console, default_job_command, default_warm, work_dir_for
 from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import (
@@ -203,7 +204,10 @@ class LocalRunner:
                 elif isinstance(action, WaitForJob):  # jobs run synchronously here
                     raise RunnerError(f"unexpected running job {action}")
                 elif isinstance(action, Suspend):
-                    self.say("suspended (spec.suspend is true): no new jobs; set it to false and run again")
+                    if decision.reason == phases.R_FLUENCY_COLLAPSE:
+                        self.say(f"[bold yellow]paused ({decision.reason})[/]: {decision.message}")
+                    else:
+                        self.say("suspended (spec.suspend is true): no new jobs; set it to false and run again")
                     return EXIT_SUSPENDED
                 elif isinstance(action, Finish):
                     self.say(f"[bold green]run succeeded[/]: see `therapy-rlhf status {self.paths.run} --store {self.store.uri}`")
@@ -412,6 +416,8 @@ class LocalRunner:
 
             written = rate_round(self.store, self.paths, frozen, action.round)
             self.say(f"round {action.round}: SIMULATED rater wrote {written} rating(s) (demo/CI only)")
+            for line in preview.round_lines(self.store, self.paths, frozen.spec, action.round):
+                self.say(escape(line))  # model text is not markup
             if written == 0:
                 time.sleep(self.poll_interval)  # nothing to add: ratings must come from elsewhere
             return True

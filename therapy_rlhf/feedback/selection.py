@@ -43,7 +43,7 @@ from therapy_rlhf.store.backends import NotFound, Store
 
 def safety_flagged(response: PendingResponse) -> bool:
     s = response.safety
-    return bool(s.crisis_cues or s.risky_content or s.missing_crisis_resources)
+    return bool(s.crisis_cues or s.risky_content or s.missing_crisis_resources or s.unverified_resources or s.no_verified_resource)
 
 
 def training_examples(store: Store, paths: RunPaths, feedback: FeedbackSpec, before_round: int) -> tuple[list, list[int]]:

@@ -104,6 +104,8 @@ def judge(response: PendingResponse, feedback: FeedbackSpec, rater: str = DEFAUL
             flags.append("medical_advice")
         if any("medic" not in r for r in response.safety.risky_content):
             flags.append("harmful")
+    if response.safety.unverified_resources:  # an invented hotline can leave a patient in crisis with nobody
+        flags.append("harmful")
     if response.safety.crisis_cues and response.safety.missing_crisis_resources:
         flags.append("missed_crisis")
     reward = compute_reward(criteria, feedback)

@@ -16,7 +16,7 @@ from therapy_rlhf.feedback.gate import agreement, aggregate, coverage
 from therapy_rlhf.feedback.rounds import RoundState, load_round
 from therapy_rlhf.feedback.simrater import is_simulated
 from therapy_rlhf.store.backends import Store
-from therapy_rlhf.store.runs import read_frozen_run, stored_rounds
+from therapy_rlhf.store.runs import read_fluency, read_frozen_run, stored_rounds
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class RoundSummary:
     model_scored: int = 0  # of those, rewarded by the reward model (gate.model_scored)
     reward_model_error: float | None = None  # MAE on this round's fresh expert rewards
     reward_model_drifted: bool = False
+    # the batch's fluency (jobs/fluency.py, rounds/r/fluency.json), measured without any rater
+    fluency_log_likelihood: float | None = None
+    dictionary_share: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +64,8 @@ class RoundSummary:
             "modelScored": self.model_scored,
             "rewardModelError": self.reward_model_error,
             "rewardModelDrifted": self.reward_model_drifted,
+            "fluencyLogLikelihood": self.fluency_log_likelihood,
+            "dictionaryShare": self.dictionary_share,
         }
 
 
@@ -82,6 +87,7 @@ def summarize_round(
     mean = round(sum(r.reward for r in rewards.values()) / len(rewards), 4) if rewards else None
     alpha = agreement(state, fb)
     since = datetime.fromtimestamp(store.modified_at(paths.batch(round_no)), timezone.utc)
+    fluency = read_fluency(store, paths, round_no) or {}
     return RoundSummary(
         round=round_no,
         responses=cov.total,
@@ -103,6 +109,8 @@ def summarize_round(
         model_scored=len(gate.model_scored) if gate is not None else 0,
         reward_model_error=gate.reward_model.mae if gate is not None and gate.reward_model is not None else None,
         reward_model_drifted=bool(gate is not None and gate.reward_model is not None and gate.reward_model.drifted),
+        fluency_log_likelihood=fluency.get("mean_log_likelihood"),
+        dictionary_share=fluency.get("dictionary_share"),
     )
 
 

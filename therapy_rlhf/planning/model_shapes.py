@@ -1,4 +1,4 @@
-"""The shape of a Mistral or Mixtral model: what its config.json says, and what that costs.
+"""The shape of a Mistral, Mixtral or Llama-family model: what its config.json says, and what that costs.
 
 Pure Python (no torch): ``therapy-rlhf validate`` uses it on a laptop, the jobs
 use the same arithmetic before they download anything (``memory_plan.py``).
@@ -6,11 +6,14 @@ use the same arithmetic before they download anything (``memory_plan.py``).
 A shape comes from a model's ``config.json`` (``ModelShape.from_config``), or,
 when nothing can be read, from the table of known shapes matched by the
 source's name (``shape_for_source``): the public configs of Mistral-7B,
-Mixtral-8x7B and the project's tiny test models.
+Mixtral-8x7B, Llama-3.x, SmolLM2-135M (the bundled real model) and the
+project's tiny test models. Llama-family models are dense like Mistral (the
+same module names), with grouped-query attention (``num_key_value_heads``)
+and often tied input/output embeddings (no separate ``lm_head``).
 
 ``linears()`` lists the weight matrices by module name, the way transformers
 builds the models: attention ``q_proj``/``k_proj``/``v_proj``/``o_proj``;
-Mistral's MLP ``gate_proj``/``up_proj``/``down_proj``; Mixtral's experts
+Mistral's and Llama's MLP ``gate_proj``/``up_proj``/``down_proj``; Mixtral's experts
 ``w1``/``w3`` (hidden -> intermediate) and ``w2`` (back), one of each per
 expert, which is how the jobs load a quantized Mixtral (see
 ``jobs/mixtral_experts.py``); the router (``gate``, experts x hidden) is a
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_TYPES = ("mistral", "mixtral")
+SUPPORTED_TYPES = ("mistral", "mixtral", "llama")
 
 # The tiny random-weight models of tests and demos (jobs/tiny.py builds them from these).
 TINY_COMMON = dict(
@@ -41,6 +44,7 @@ TINY_COMMON = dict(
 )
 TINY_MIXTRAL_EXTRA = dict(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.01)
 TINY_VOCAB_SIZE = 2048
+TINY_LLAMA_EXTRA = dict(tie_word_embeddings=True)  # as SmolLM2 and Llama-3.2-1B/3B
 
 _MISTRAL_7B = dict(
     model_type="mistral",
@@ -53,10 +57,22 @@ _MISTRAL_7B = dict(
     vocab_size=32000,
     tie_word_embeddings=False,
 )
+# Llama-3/3.1-8B has Mistral-7B's widths, with a 128,256-token vocabulary
+_LLAMA_3_8B = dict(_MISTRAL_7B, model_type="llama", vocab_size=128256)
 # Public config.json values; the first pattern found in the lower-cased source wins.
 KNOWN_SHAPES: list[tuple[str, dict[str, Any]]] = [
     ("tiny:mistral", dict(TINY_COMMON, model_type="mistral", vocab_size=TINY_VOCAB_SIZE)),
     ("tiny:mixtral", dict(TINY_COMMON, **TINY_MIXTRAL_EXTRA, model_type="mixtral", vocab_size=TINY_VOCAB_SIZE)),
+    ("tiny:llama", dict(TINY_COMMON, **TINY_LLAMA_EXTRA, model_type="llama", vocab_size=TINY_VOCAB_SIZE)),
+    ("smollm2-135m", dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
+                          tie_word_embeddings=True)),
+    ("llama-3.2-1b", dict(_LLAMA_3_8B, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                          head_dim=64, tie_word_embeddings=True)),
+    ("llama-3.2-3b", dict(_LLAMA_3_8B, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                          num_attention_heads=24, tie_word_embeddings=True)),
+    ("llama-3.1-8b", _LLAMA_3_8B),
+    ("llama-3-8b", _LLAMA_3_8B),
     ("mixtral-8x7b", dict(_MISTRAL_7B, model_type="mixtral", num_local_experts=8, num_experts_per_tok=2)),
     ("mistral-7b-instruct-v0.3", dict(_MISTRAL_7B, vocab_size=32768)),
     ("mistral-7b-v0.3", dict(_MISTRAL_7B, vocab_size=32768)),

@@ -15,6 +15,7 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.planning.planner import JobObservation, Observed, RoundObservation
 from therapy_rlhf.feedback.rounds import RoundState, load_round
 from therapy_rlhf.feedback.gate import coverage
+from therapy_rlhf.store.runs import read_fluency
 from therapy_rlhf.contracts.spec import RunSpec
 from therapy_rlhf.store.backends import Store
 
@@ -60,6 +61,7 @@ def observe_store(
                 total=cov.total,
                 complete=cov.is_complete,
                 awaiting_since=store.modified_at(paths.batch(r)),
+                fluency=read_fluency(store, paths, r) if paths.fluency(r) in keys else None,
             )
         rounds[r] = ro
         if not ro.batch:

@@ -67,6 +67,8 @@ class RoundObservation:
     total: int = 0
     complete: bool = False
     awaiting_since: float | None = None
+    # rounds/r/fluency.json of the round awaiting ratings (jobs/fluency.py), None when absent
+    fluency: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,19 @@ def _gate_step(spec: RunSpec, obs: Observed, ro: RoundObservation) -> Decision:
     return Decision(WaitForRatings(r, ro.rated, ro.total, overdue), phases.AWAITING_RATINGS, r, reason, progress + note)
 
 
+def fluency_collapse(spec: RunSpec, fluency: dict | None) -> str | None:
+    """Why a batch counts as collapsed under ``spec.fluency`` 's thresholds, or None (also when unmeasured)."""
+    if not fluency:
+        return None
+    guard = spec.fluency
+    ll, share = fluency.get("mean_log_likelihood"), fluency.get("dictionary_share")
+    if guard.min_log_likelihood is not None and ll is not None and ll < guard.min_log_likelihood:
+        return f"mean log-likelihood under the base model {ll:.2f} < fluency.minLogLikelihood {guard.min_log_likelihood:g}"
+    if guard.min_dictionary_share is not None and share is not None and share < guard.min_dictionary_share:
+        return f"dictionary-word share {share:.2f} < fluency.minDictionaryShare {guard.min_dictionary_share:g}"
+    return None
+
+
 def plan(spec: RunSpec, obs: Observed) -> Decision:
     """The next action for a run, from its spec and what the executor observed."""
     # 1. The optional SFT baseline.
@@ -226,6 +241,12 @@ def plan(spec: RunSpec, obs: Observed) -> Decision:
         if not ro.batch:
             return _generate_step(spec, obs, r)
         if not ro.gate:
+            why = fluency_collapse(spec, ro.fluency)
+            if why and not obs.close_gate_requested:  # the close-gate override is the platform's go-ahead
+                return Decision(
+                    Suspend(), phases.SUSPENDED, r, phases.R_FLUENCY_COLLAPSE,
+                    f"round {r}'s batch looks like gibberish ({why}): paused before anyone rates it",
+                )
             return _gate_step(spec, obs, ro)
         if not ro.policy:
             return _job_step(spec, obs, _update_kind(spec, r), r)

@@ -86,6 +86,15 @@ def list_runs(store: Store) -> list[RunPaths]:
     return out
 
 
+def read_fluency(store: Store, paths: RunPaths, round_no: int) -> dict | None:
+    """rounds/r/fluency.json, or None when absent or unreadable (never fatal: the guard then cannot act)."""
+    try:
+        doc = store.read_json(paths.fluency(round_no))
+    except Exception:  # noqa: BLE001  (missing or damaged: the run goes on, unmeasured)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def stored_rounds(store: Store, paths: RunPaths) -> list[int]:
     """Rounds that have a batch, in order."""
     rounds = []
@@ -108,6 +117,7 @@ __all__ = [
     "freeze_spec",
     "list_runs",
     "missing_run",
+    "read_fluency",
     "read_frozen_run",
     "stored_rounds",
 ]
