@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from local_run import run_auto
+from tests.support.local_run import run_auto
 
 from therapy_rlhf.jobs import fluency
 from therapy_rlhf.contracts.layout import RunPaths

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_run import run_auto
+from tests.support.local_run import run_auto
 
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import parse_batch

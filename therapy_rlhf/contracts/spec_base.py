@@ -2,7 +2,8 @@
 base model (camelCase aliases, unknown fields refused) and the constrained types.
 
 ``spec`` is the spec's public module; its sections live in ``training_spec``
-(SFT and PPO), ``feedback_spec`` (the rubric, raters, selection) and ``spec``
+(SFT and PPO), ``feedback_spec`` (the rubric, raters, selection), ``guards_spec``
+(fluency, crisis resources) and ``spec``
 itself (model, storage, evaluation, resources, the run).
 """
 
