@@ -8,17 +8,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "images" / "ml-stack.txt"
+CONSTRAINTS = ROOT / "images" / "constraints.txt"
 PINNED = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes")
 
 
-def pins() -> dict[str, str]:
+def pins(path: Path = STACK) -> dict[str, str]:
+    """Package name (canonical: lower case, runs of -_. as one -) -> the version a pin file gives it."""
     out = {}
-    for line in STACK.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
-            assert version, f"{STACK}: {line!r} is not pinned with =="
-            out[name.lower()] = version
+            assert version, f"{path}: {line!r} is not pinned with =="
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
     return out
 
 
@@ -64,24 +66,16 @@ def test_every_image_installs_the_built_wheel_at_the_tested_versions():
 
 
 def test_the_two_pin_files_never_name_the_same_package():
-    constraints = ROOT / "images" / "constraints.txt"
-    pinned = {}
-    for line in constraints.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"{constraints}: {line!r} is not pinned with =="
-            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    pinned = pins(CONSTRAINTS)
     assert "moto" in pinned and "kmock" in pinned and "textual" in pinned
-    assert not set(pinned) & {re.sub(r"[-_.]+", "-", n) for n in pins()}
+    assert not set(pinned) & set(pins())
 
 
 def test_these_tests_run_with_the_pinned_tools():
     wrong = {}
+    pinned = pins(CONSTRAINTS)
     for name in ("moto", "kmock", "textual", "pytest", "boto3", "kopf"):
-        line = next(l for l in (ROOT / "images" / "constraints.txt").read_text().splitlines()
-                    if l.lower().startswith(name + "=="))
-        version = line.partition("==")[2]
+        version = pinned[name]
         if metadata.version(name) != version:
             wrong[name] = (metadata.version(name), version)
     assert not wrong, f"installed vs images/constraints.txt: {wrong} (install with -c images/constraints.txt)"
