@@ -163,6 +163,15 @@ class Cluster:
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
+    async def wait_reason(self, name: str, reason: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until one of the run's conditions carries ``reason`` (a refusal, say); returns the run."""
+        async def check():
+            run = await self.run(name)
+            conds = (run.get("status") or {}).get("conditions") or []
+            return run if any(c["reason"] == reason for c in conds) else None
+
+        return await self.wait_for(check, timeout, f"run {name} to show reason {reason}")
+
     async def wait_phase(self, name: str, phase: str, timeout: float | None = None, round_no: int | None = None) -> dict[str, Any]:
         """Wait for a phase (default: budget(PHASE_SECONDS), a few stand-in Jobs and operator ticks)."""
         timeout = budget(self.PHASE_SECONDS) if timeout is None else timeout

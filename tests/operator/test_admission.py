@@ -62,12 +62,7 @@ def test_a_secret_may_pin_where_its_keys_go():
 
 
 async def blocked_with_nothing_created(cluster, run_store, needle: str):
-    async def blocked():
-        run = await cluster.run("demo")
-        conds = (run.get("status") or {}).get("conditions") or []
-        return run if any(c["reason"] == phases.R_NOT_ALLOWED for c in conds) else None
-
-    run = await cluster.wait_for(blocked, what="NotAllowed")
+    run = await cluster.wait_reason("demo", phases.R_NOT_ALLOWED)
     ready = next(c for c in run["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and needle in ready["message"]
     await cluster.settle()

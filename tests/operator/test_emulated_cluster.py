@@ -269,12 +269,7 @@ async def test_unreachable_store_is_a_condition_not_a_crash(cluster, run_spec):
     spec["storage"]["endpoint"] = "http://127.0.0.1:9"  # nothing listens on the discard port
     await cluster.create_run("demo", spec)
 
-    async def blocked():
-        run = await cluster.run("demo")
-        conds = (run.get("status") or {}).get("conditions") or []
-        return run if any(c["reason"] == phases.R_STORE_UNAVAILABLE for c in conds) else None
-
-    run = await cluster.wait_for(blocked, budget(3), "StoreUnavailable")
+    run = await cluster.wait_reason("demo", phases.R_STORE_UNAVAILABLE, budget(3))
     assert "127.0.0.1:9" in condition(run, "Ready")["message"]
     assert await cluster.jobs() == []
 
@@ -355,12 +350,7 @@ async def test_no_permission_is_a_condition_not_a_crash(cluster, run_spec):
     await cluster.start_operator()
     await cluster.create_run("demo", run_spec())
 
-    async def blocked():
-        run = await cluster.run("demo")
-        conds = (run.get("status") or {}).get("conditions") or []
-        return run if any(c["reason"] == phases.R_FORBIDDEN for c in conds) else None
-
-    run = await cluster.wait_for(blocked, budget(2), "Forbidden")
+    run = await cluster.wait_reason("demo", phases.R_FORBIDDEN, budget(2))
     assert "listing Jobs of default/demo: HTTP 403" in condition(run, "Ready")["message"]
     assert condition(run, "Failed")["status"] == "False"
     events = [e for e in await cluster.events() if e["reason"] == phases.R_FORBIDDEN]

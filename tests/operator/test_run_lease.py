@@ -24,12 +24,7 @@ async def test_the_operator_refuses_a_run_a_local_runner_holds_then_takes_it(clu
     await cluster.start_operator()
     await cluster.create_run("demo", run_spec())
 
-    async def refused():
-        run = await cluster.run("demo")
-        conds = (run.get("status") or {}).get("conditions") or []
-        return run if any(c["reason"] == phases.R_HELD_BY_LOCAL_RUNNER for c in conds) else None
-
-    run = await cluster.wait_for(refused, budget(3), phases.R_HELD_BY_LOCAL_RUNNER)
+    run = await cluster.wait_reason("demo", phases.R_HELD_BY_LOCAL_RUNNER, budget(3))
     message = condition(run, "Ready")["message"]
     assert f"local-runner pid {os.getpid()} on {socket.gethostname()}, since " in message
     await cluster.settle()
