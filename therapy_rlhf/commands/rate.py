@@ -70,6 +70,7 @@ def _round(store, paths, requested: int | None) -> int:
 
 
 def _import(args, store, paths, manifest, round_no: int) -> int:
+    from therapy_rlhf.feedback.import_checks import capped
     from therapy_rlhf.feedback.importer import describe_stored, read_rows, submission_id
     from therapy_rlhf.feedback.rewards import check_rater
     from therapy_rlhf.feedback.rounds import load_round
@@ -81,7 +82,7 @@ def _import(args, store, paths, manifest, round_no: int) -> int:
     rater = check_rater(resolve_rater(args.rater[0] if args.rater else None), manifest.spec.feedback)
     feedback = manifest.spec.feedback
     state = load_round(store, paths, round_no, feedback=feedback)
-    rows = read_rows(args.from_file, feedback, rater, state.response_ids, args.scale)
+    rows = read_rows(args.from_file, feedback, rater, state.response_ids, args.scale, round_no=round_no)
     run = f"{paths.namespace}/{paths.run}"
     positions = {r.id: i + 1 for i, r in enumerate(state.responses)}
     stored = already = corrected = 0
@@ -103,8 +104,8 @@ def _import(args, store, paths, manifest, round_no: int) -> int:
         stored += 1
         corrected += had
         print(f"{where}: {describe_stored(rating, feedback)}{' as a correction' if record.version > 1 else ''}")
-    for row in bad:
-        print(f"error: {row.error}", file=sys.stderr)
+    for line in capped([row.error for row in bad]):
+        print(line if line.startswith("...") else f"error: {line}", file=sys.stderr)
     good = len(rows) - len(bad) - already
     if args.dry_run:
         summary = f"dry run: {good} row(s) would be stored, {already} already stored, {len(bad)} bad; nothing written"

@@ -24,7 +24,10 @@ Each row becomes a ``Rating`` checked with ``ratings.validate_rating`` (the
 same rules as the TUI), with a submission id derived from the rater, the
 round and the row's content: importing the same file again stores nothing
 twice. Bad rows are reported one line each (``FILE line N: ...``) and do not
-stop the good ones.
+stop the good ones; every row is checked before any is stored. What a hostile
+file is refused for as a whole (size caps, nesting, non-finite numbers,
+duplicate columns, rows for another batch) is in
+``therapy_rlhf.feedback.import_checks``.
 """
 
 from __future__ import annotations
@@ -43,20 +46,21 @@ from pydantic import ValidationError
 from therapy_rlhf import __version__
 from therapy_rlhf.contracts.records import Rating
 from therapy_rlhf.contracts.spec import RATING_FLAGS, FeedbackSpec, describe_validation_error
+from therapy_rlhf.feedback.csv_cells import duplicate_header, read_records
+from therapy_rlhf.feedback.import_checks import ImportFileError, check_file_size, check_round, check_row_count
+from therapy_rlhf.feedback.import_checks import finite_score, parse_json_line, row_round, shape_problem
 from therapy_rlhf.feedback.rewards import RatingError, compute_reward, effective_reward, level_value, validate_rating
+
+__all__ = ["ImportFileError", "Row", "build_rating", "describe_stored", "read_rows", "submission_id"]
 
 CLIENT = f"therapy-rlhf-import/{__version__}"
 NOT_APPLICABLE = {"n/a", "na", "-", "not applicable"}
-INFO_COLUMNS = {"position", "patient", "response", "crisis_cues", "raters", "needs_raters"}
+INFO_COLUMNS = {"position", "patient", "response", "crisis_cues", "raters", "needs_raters", "round"}
 BASE_COLUMNS = {"response_id", "flags", "comment"}
 NOTE_PREFIX = "note:"
 JSONL_FIELDS = frozenset({"response_id", "criteria", "flags", "comment", "notes", "round"})
 # What a spreadsheet may have used instead of ',' (a locale with decimal commas writes ';').
 OTHER_SEPARATORS = (";", "\t")
-
-
-class ImportFileError(ValueError):
-    """The file as a whole cannot be read (one line)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ def _score(value: Any, criterion: str, feedback: FeedbackSpec, scale: str) -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{criterion}: {value!r} is not a score")
+    value = finite_score(value, criterion)
     top = feedback.scale_levels - 1
     if scale == "fraction":
         if not 0.0 <= value <= 1.0:
@@ -198,9 +203,22 @@ def describe_stored(rating: Rating, feedback: FeedbackSpec) -> str:
     )
 
 
+def _csv_refusal(source: str):
+    def refuse(line: int, err: csv.Error) -> None:
+        raise ImportFileError(f"{source} line {line}: not readable as CSV ({err}); nothing stored")
+
+    return refuse
+
+
 def _csv_docs(text: str, feedback: FeedbackSpec, source: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in reader.fieldnames or []]
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+    except csv.Error as err:
+        _csv_refusal(source)(1, err)
+    twice = duplicate_header(header)
+    if twice is not None:
+        raise ImportFileError(f"{source}: column {twice!r} appears twice in the header (case ignored); nothing stored")
     if len(header) == 1 and any(sep in header[0] for sep in OTHER_SEPARATORS):
         sep = next(sep for sep in OTHER_SEPARATORS if sep in header[0])
         raise ImportFileError(
@@ -224,7 +242,7 @@ def _csv_docs(text: str, feedback: FeedbackSpec, source: str) -> Iterable[tuple[
             f"{source}: unknown column {h!r}{did_you_mean(low, known)} (expected response_id, the criteria "
             f"{', '.join(c.name for c in feedback.rubric)}, flags, comment, note:<criterion>)"
         )
-    for raw in reader:
+    for raw in read_records(reader, _csv_refusal(source)):
         row = {(k or "").strip().lower(): v for k, v in raw.items()}
         if None in raw:
             yield reader.line_num, "more cells than the header has columns"
@@ -237,6 +255,7 @@ def _csv_docs(text: str, feedback: FeedbackSpec, source: str) -> Iterable[tuple[
             "flags": row.get("flags") or "",
             "comment": row.get("comment") or "",
             "notes": {k[len(NOTE_PREFIX):].strip(): v for k, v in row.items() if k.startswith(NOTE_PREFIX) and v},
+            "round": row.get("round"),
         }
 
 
@@ -244,27 +263,35 @@ def _jsonl_docs(text: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            yield lineno, "not valid JSON"
-            continue
-        if not isinstance(doc, dict):
-            yield lineno, "expected a JSON object"
+        doc = parse_json_line(line)
+        if isinstance(doc, str):
+            yield lineno, doc
             continue
         extra = sorted(set(doc) - JSONL_FIELDS)
         if extra:
             yield lineno, "unknown field(s) " + ", ".join(f"{e!r}{did_you_mean(e, JSONL_FIELDS)}" for e in extra)
             continue
+        problem = shape_problem(doc)
+        if problem:
+            yield lineno, problem
+            continue
         yield lineno, doc
 
 
 def read_rows(
-    path: str | Path, feedback: FeedbackSpec, rater: str, response_ids: list[str], scale: str = "levels"
+    path: str | Path,
+    feedback: FeedbackSpec,
+    rater: str,
+    response_ids: list[str],
+    scale: str = "levels",
+    round_no: int | None = None,
 ) -> list[Row]:
-    """Every row of the file as a checked Rating or a one-line error."""
+    """Every row of the file as a checked Rating or a one-line error; ImportFileError for a file refused whole.
+
+    ``round_no``: the batch being scored; a row whose ``round`` names another refuses the file."""
     path = Path(path)
     source = str(path)
+    check_file_size(path, source)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as err:
@@ -275,12 +302,18 @@ def read_rows(
     docs = _jsonl_docs(text) if kind == "jsonl" else _csv_docs(text, feedback, source)
     rows: list[Row] = []
     seen: dict[str, int] = {}
-    for lineno, doc in docs:
+    for count, (lineno, doc) in enumerate(docs, start=1):
+        check_row_count(count, source)
         if isinstance(doc, str):
             rows.append(Row(lineno, None, f"{source} line {lineno}: {doc}"))
             continue
         try:
+            found = row_round(doc.get("round"))
+            if found is not None and round_no is not None:
+                check_round(found, round_no, source, lineno)
             rating = build_rating(doc, feedback, rater, response_ids, scale)
+        except ImportFileError:
+            raise  # a refusal of the whole file, not of this row
         except (ValueError, RatingError) as err:
             rows.append(Row(lineno, None, f"{source} line {lineno}: {err}"))
             continue
