@@ -8,7 +8,11 @@ rater; without it, what still needs any rater.
 ``--csv`` writes a fill-in sheet for one batch: one row per response to score,
 with the patient's words and the response for reading, and empty columns for
 each criterion, the flags and a comment; ``therapy-rlhf rate RUN --from
-SHEET.csv`` reads it back.
+SHEET.csv`` reads it back. A cell a spreadsheet would run as a formula (the
+patient's words or the response starting with ``=``, ``+``, ``-``, ``@``, a tab
+or a carriage return) is written with a leading single quote
+(``therapy_rlhf.feedback.csv_cells``); those columns are information only on
+import, so the filled sheet reads back the same.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sheet(store, waiting, rater: str | None) -> str:
     """The CSV fill-in sheet for one open batch."""
+    from therapy_rlhf.feedback.csv_cells import guarded_rows
     from therapy_rlhf.feedback.rounds import load_round
     from therapy_rlhf.store.runs import read_frozen_run
 
@@ -47,12 +52,14 @@ def sheet(store, waiting, rater: str | None) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["response_id", "position", "raters", "crisis_cues", "patient", "response", *criteria, "flags", "comment"])
+    rows = []
     for item in waiting.todo:
         resp = by_id[item.id]
         patient = "\n".join([*(f"{t.get('role')}: {t.get('content')}" for t in resp.context), resp.prompt])
-        writer.writerow(
+        rows.append(
             [item.id, item.position, item.raters, "; ".join(item.crisis_cues), patient, resp.response, *[""] * len(criteria), "", ""]
         )
+    writer.writerows(guarded_rows(rows))
     return out.getvalue()
 
 
