@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from therapy_rlhf.contracts.layout import RunPaths
-from therapy_rlhf.store.backends import AlreadyExists, LocalStore, NotFound, S3Store, StoreError, StoreUnavailable, check_key, open_store, store_for_spec
+from therapy_rlhf.store.backends import AlreadyExists, LocalStore, NotFound, OutsideStore, S3Store, StoreError, StoreUnavailable, check_key, open_store, store_for_spec
 from therapy_rlhf.contracts.spec import StorageSpec
 
 PATHS = RunPaths("default", "demo")
@@ -230,3 +230,17 @@ def test_readers_never_see_a_partial_object(store):
         thread.join()
     assert all(data in versions for data in seen)
     assert store.list("default/demo/") == [key]  # no temp files left behind
+
+
+@pytest.mark.parametrize("planted", ["../../escaped/x.bin", "sub/../../escaped/x.bin", "sub//x.bin", "./x.bin"])
+def test_get_dir_checks_every_key_before_making_a_directory(s3_store, tmp_path, planted):
+    """S3 keeps a key such as 'policy/0001/../../escaped/x' as written; copying it out must create nothing
+    (issue 18: the first key's folders were made before its read refused the key). A local store cannot hold
+    such a key (its listing walks real files), so S3 is where this is tested."""
+    prefix = PATHS.policy_prefix(1)
+    s3_store.write_bytes(f"{prefix}/a/adapter.bin", b"ok")
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key=f"{s3_store.prefix}/{prefix}/{planted}", Body=b"evil")
+    target = tmp_path / "deep" / "copy"
+    with pytest.raises(OutsideStore, match="is not a plain path under it; nothing written"):
+        s3_store.get_dir(prefix, target)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []

@@ -146,12 +146,22 @@ class Store(ABC):
         return keys
 
     def get_dir(self, prefix: str, local_dir: str | Path) -> list[Path]:
-        """Download every object under prefix into local_dir; NotFound if there is none."""
+        """Download every object under prefix into local_dir; NotFound if there is none.
+
+        Every key is checked before any directory is made: a listed key with a '..' part (S3 stores
+        'a/../../x' as written) would otherwise create folders outside local_dir before its read fails."""
         prefix = prefix.rstrip("/") + "/"
         keys = self.list(prefix)
         if not keys:
             raise NotFound(f"nothing stored under {self.describe(prefix)}")
         local_dir = Path(local_dir)
+        for key in keys:
+            try:
+                check_key(key[len(prefix) :]) if key.startswith(prefix) else check_key("")
+            except ValueError:
+                raise OutsideStore(
+                    f"refusing to copy {self.describe(prefix)}: key {key!r} is not a plain path under it; nothing written"
+                ) from None
         out = []
         for key in keys:
             dest = local_dir / key[len(prefix) :]
