@@ -40,6 +40,8 @@ def missing(observed: Observed, paths: RunPaths, digests: Mapping[str, str], sel
             names += integrity.job_outputs(jobkinds.PPO, r, paths)
         if ro.gate_unrecorded:
             names.append(integrity.gate_name(paths, r))
+    if observed.eval_unrecorded:  # the evaluate Job's report, read after a restart (or a planted file: found nowhere)
+        names += integrity.job_outputs(jobkinds.EVALUATE, 0, paths)
     return {n for n in names if n not in digests}
 
 

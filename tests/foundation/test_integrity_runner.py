@@ -147,3 +147,20 @@ def test_the_record_survives_the_runner_and_is_private(tmp_path, store):
     # What the record says of the gate is the gate as stored.
     assert state["rounds/0001/gate.json"] == hashlib.sha256(store.read_bytes(PATHS.gate(1))).hexdigest()
     assert os.path.exists(r.work_dir / "run.json")
+
+
+def test_a_planted_evaluation_result_is_not_a_finished_run(tmp_path, store):
+    """eval/results.json counts only with the digest the evaluate job reported (issue 18): a file planted before
+    the evaluation neither finishes the run nor survives it."""
+    m = manifest(tmp_path, ppo={"rounds": 1}, evaluation={"enabled": True})
+    store.write_json(PATHS.eval_results(), {"models": {"base": {"rouge1": 0.99}}, "planted": True})
+    r, out = runner(m, store)
+    assert r.run() == EXIT_SUCCEEDED, out.getvalue()
+    assert "evaluate job finished" in out.getvalue()  # the evaluation really ran
+    results = store.read_json(PATHS.eval_results())
+    assert results.get("standin") is True and "planted" not in results
+    name = "eval/results.json"
+    assert r.digests[name] == hashlib.sha256(store.read_bytes(PATHS.eval_results())).hexdigest()
+    # a run whose evaluation is recorded finishes without running it again
+    r, out = runner(m, store)
+    assert r.run() == EXIT_SUCCEEDED and "evaluate job" not in out.getvalue()

@@ -93,7 +93,7 @@ async def test_the_record_holds_every_output_and_gate(cluster, run_spec, run_sto
     run = await cluster.wait_phase("demo", phases.SUCCEEDED)
     digests = run["status"]["digests"]
     assert set(digests) == {"sft/adapter/", "rounds/0001/batch.jsonl", "rounds/0001/gate.json",
-                            "rounds/0001/policy/", "rounds/0001/optimizer.pt"}
+                            "rounds/0001/policy/", "rounds/0001/optimizer.pt", "eval/results.json"}
     assert digests["rounds/0001/batch.jsonl"] == hashlib.sha256(run_store.read_bytes(PATHS.batch(1))).hexdigest()
     # The PPO Job was started with them.
     (ppo,) = [j for j in await cluster.jobs() if "-ppo-" in j["metadata"]["name"]]
@@ -101,6 +101,20 @@ async def test_the_record_holds_every_output_and_gate(cluster, run_spec, run_sto
     assert f"rounds/0001/gate.json={digests['rounds/0001/gate.json']}" in command
     assert f"rounds/0001/batch.jsonl={digests['rounds/0001/batch.jsonl']}" in command
     assert any(a.startswith("run-config=") for a in command)
+
+
+async def test_a_planted_evaluation_result_does_not_finish_the_run(cluster, run_spec, run_store):
+    """eval/results.json counts only with the digest the evaluate Job reported (issue 18)."""
+    await cluster.start_operator()
+    await cluster.create_run("demo", run_spec(ppo={**run_spec()["ppo"], "rounds": 1}))
+    await cluster.wait_phase("demo", phases.AWAITING_RATINGS, round_no=1)
+    run_store.write_json(PATHS.eval_results(), {"models": {"base": {"rouge1": 0.99}}, "planted": True})
+    rate_round(run_store, PATHS, read_frozen_run(run_store, PATHS), 1)
+    run = await cluster.wait_phase("demo", phases.SUCCEEDED)
+    assert [j for j in await cluster.jobs() if "-evaluate-" in j["metadata"]["name"]]  # the evaluation really ran
+    results = run_store.read_json(PATHS.eval_results())
+    assert results.get("standin") is True and "planted" not in results
+    assert run["status"]["digests"]["eval/results.json"] == hashlib.sha256(run_store.read_bytes(PATHS.eval_results())).hexdigest()
 
 
 async def test_an_edited_run_config_map_is_restored_before_the_job_runs(cluster, run_spec):

@@ -42,6 +42,8 @@ POLICY_OUT = "round-policy"
 OPTIMIZER = "optimizer"
 NEXT_BATCH = "next-batch"
 NEXT_SELECTION = "next-selection"
+# eval/results.json: recorded like every job output, so a planted file never counts as a finished evaluation.
+EVAL_RESULTS = "eval-results"
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ TABLE: dict[str, JobKind] = {
                 parts=(PPO,), trains=True),
         JobKind(PPO_GENERATE, phases.UPDATING, ROUND_LEVEL, _PPO_READS + (NEXT_SELECTION_HISTORY,),
                 (POLICY_OUT, OPTIMIZER, NEXT_BATCH, NEXT_SELECTION), distributed=True, parts=(PPO, GENERATE)),
-        JobKind(EVALUATE, phases.EVALUATING, RUN_LEVEL, (EVAL_CHECKPOINTS, ALL_GATES), (), distributed=False,
+        JobKind(EVALUATE, phases.EVALUATING, RUN_LEVEL, (EVAL_CHECKPOINTS, ALL_GATES), (EVAL_RESULTS,), distributed=False,
                 parts=(EVALUATE,)),
     )
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
-from therapy_rlhf.store.integrity import gate_name
+from therapy_rlhf.store.integrity import eval_results_name, gate_name
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.planning.planner import JobObservation, Observed, RoundObservation
 from therapy_rlhf.feedback.rounds import RoundState, load_round
@@ -36,8 +36,10 @@ def observe_store(
     ``previous`` is the awaiting round's state from the last poll: only the
     ratings added since are read (see ``load_round``). ``executor_digests`` is
     the executor's own record (``therapy_rlhf.store.integrity``): with it, a round's
-    gate is closed only if the executor recorded it; without it (a read-only
-    view such as ``status``) any gate.json counts.
+    gate is closed only if the executor recorded it, and the evaluation done only
+    if the executor recorded eval/results.json from the evaluate job's report;
+    without it (a read-only view such as ``status``) any gate.json or
+    results.json counts.
     """
     keys = set(store.list(paths.root + "/"))
     rounds: dict[int, RoundObservation] = {}
@@ -66,9 +68,12 @@ def observe_store(
         rounds[r] = ro
         if not ro.batch:
             break
+    stored_eval = paths.eval_results() in keys
+    eval_done = stored_eval and (executor_digests is None or eval_results_name(paths) in executor_digests)
     observed = Observed(
         sft_done=paths.sft_metrics() in keys,
-        eval_done=paths.eval_results() in keys,
+        eval_done=eval_done,
+        eval_unrecorded=stored_eval and not eval_done,
         rounds=rounds,
         jobs=dict(jobs or {}),
         close_gate_requested=close_gate_requested,

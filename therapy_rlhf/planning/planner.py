@@ -10,7 +10,7 @@ whatever the store already holds.
 Progress markers in the store (written last by each step):
     sft done       sft/metrics.json
     round r        rounds/r/batch.jsonl -> gate.json -> policy/metrics.json
-    evaluation     eval/results.json
+    evaluation     eval/results.json (counted once the executor recorded its digest)
 
 One Job per round (``spec.ppo.oneJobPerRound``, the default): after round 1's
 generate, round r's update and round r+1's generation are one ``ppo-generate``
@@ -74,7 +74,10 @@ class RoundObservation:
 @dataclass(frozen=True)
 class Observed:
     sft_done: bool = False
+    # eval/results.json is stored and the executor recorded its digest (the evaluate job reported it).
     eval_done: bool = False
+    # eval/results.json is stored but nobody recorded it (planted, or a report not read yet): not done.
+    eval_unrecorded: bool = False
     rounds: dict[int, RoundObservation] = field(default_factory=dict)
     jobs: dict[tuple[str, int], JobObservation] = field(default_factory=dict)
     close_gate_requested: bool = False

@@ -7,7 +7,7 @@ model is checked against digests the executor holds itself:
 * ``gate.json``: the executor (operator or local runner) closes the gate and
   records the SHA-256 of the bytes it wrote;
 * the outputs of the jobs (``batch.jsonl``, the SFT adapter, each round's
-  policy and optimizer state): a job reports their digests over a channel
+  policy and optimizer state, the evaluation's ``eval/results.json``): a job reports their digests over a channel
   raters cannot write -- its Kubernetes termination message, or a file in the
   local runner's private work folder -- and the executor records them;
 * the run config the jobs get (``run.json``): the executor wrote it and knows its digest.
@@ -54,6 +54,11 @@ def tree_digest(files: Mapping[str, str]) -> str:
     """The digest of a folder: SHA-256 of '<sha256>  <relative path>' lines sorted by path."""
     listing = "".join(f"{digest}  {path}\n" for path, digest in sorted(files.items()))
     return sha256(listing.encode("utf-8"))
+
+
+def eval_results_name(paths: RunPaths) -> str:
+    """The record name of eval/results.json: the evaluation counts as done only when it is recorded."""
+    return relative(paths, paths.eval_results())
 
 
 def relative(paths: RunPaths, key: str) -> str:
@@ -121,6 +126,7 @@ _WRITES = {
     jobkinds.OPTIMIZER: lambda paths, r, selecting: [relative(paths, paths.optimizer_state(r))],
     jobkinds.NEXT_BATCH: lambda paths, r, selecting: [relative(paths, paths.batch(r + 1))],
     jobkinds.NEXT_SELECTION: lambda paths, r, selecting: [relative(paths, paths.selection(r + 1))] if selecting else [],
+    jobkinds.EVAL_RESULTS: lambda paths, r, selecting: [relative(paths, paths.eval_results())],
 }
 
 
