@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rounds/0001/gate.json); with any, every input the job reads must match one.",
     )
     parser.add_argument("--outputs-file", metavar="FILE", help="Write the digests of the job's outputs here (JSON).")
+    parser.add_argument(
+        "--lease-holder", metavar="ID",
+        help="The executor's holder of the run's lease: every store write is refused once another holds it.",
+    )
     return parser
 
 
@@ -119,6 +123,7 @@ def run(argv: list[str] | None = None) -> int:
             store_for_spec(manifest.spec.storage, args.store),
             paths,
             protected_inputs(args.kind, args.round, manifest.spec, paths, expect),
+            lease_holder=args.lease_holder,
         )
         ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store, outputs_file=args.outputs_file)
         ctx.progress("run %s/%s, store %s", manifest.namespace, manifest.name, store.uri)

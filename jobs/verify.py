@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from therapy_rlhf.store import integrity
+from therapy_rlhf.store import integrity, lease
 from therapy_rlhf.jobs.common import JobError
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.store.backends import NotFound, Store
@@ -43,8 +43,11 @@ def verify_run_config(data: bytes, source: str, expected: Mapping[str, str]) -> 
 class JobStore(Store):
     """A store that verifies protected inputs and records the digests of what is written."""
 
-    def __init__(self, inner: Store, paths: RunPaths, protected: Mapping[str, str | None] | None):
+    def __init__(self, inner: Store, paths: RunPaths, protected: Mapping[str, str | None] | None,
+                 lease_holder: str | None = None):
         self.inner = inner
+        # The executor's lease holder id (--lease-holder): every write first checks the run is still its.
+        self.lease_holder = lease_holder
         self.uri = inner.uri
         self.paths = paths
         # store key (a folder ends in '/') -> expected digest (None: the executor recorded none)
@@ -131,11 +134,17 @@ class JobStore(Store):
     def modified_at(self, key: str) -> float:
         return self.inner.modified_at(key)
 
+    def _fence(self) -> None:
+        if self.lease_holder:
+            lease.check_holder(self.inner, self.paths, self.lease_holder)
+
     def write_bytes(self, key: str, data: bytes) -> None:
+        self._fence()
         self.inner.write_bytes(key, data)
         self.written[key] = integrity.sha256(data)
 
     def create_bytes(self, key: str, data: bytes) -> None:
+        self._fence()
         self.inner.create_bytes(key, data)
         self.written[key] = integrity.sha256(data)
 

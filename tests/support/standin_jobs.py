@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--store")
     parser.add_argument("--expect", action="append", default=[])
     parser.add_argument("--outputs-file")
+    parser.add_argument("--lease-holder")
     args = parser.parse_args()
     try:
         return run(args)
@@ -113,7 +114,7 @@ def run(args) -> int:
     spec = manifest.spec
     paths = RunPaths(manifest.namespace, manifest.name)
     inner = open_store(args.store) if args.store else store_for_spec(spec.storage)
-    store = JobStore(inner, paths, protected_inputs(args.kind, args.round, spec, paths, expect))
+    store = JobStore(inner, paths, protected_inputs(args.kind, args.round, spec, paths, expect), args.lease_holder)
     r = args.round
     _tamper(inner, paths, args.kind, r)
     print(f"standin {args.kind} round {r} starting", flush=True)

@@ -316,6 +316,8 @@ class LocalRunner:
             *integrity.expect_args(action.kind, action.round, self.manifest.spec, self.paths, self.digests, self.config_sha),
             "--outputs-file",
             str(outputs_file),
+            # Fences a job this runner leaves behind (killed with -9) once another runner takes the run.
+            *(["--lease-holder", self.keeper.holding.lease.holder] if self.keeper is not None else []),
         ]
         log_path = self.work_dir / "logs" / f"{action.kind}-r{action.round}-a{action.attempt}.log"
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)

@@ -63,7 +63,8 @@ class JobWorkerClient:
     def start(self) -> None:
         """Start the worker (it preloads in the background: this returns at once)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cmd = [sys.executable, "-m", "therapy_rlhf.execution.worker_server", "--control-fd", str(theirs.fileno())]
+        cmd = [sys.executable, "-m", "therapy_rlhf.execution.worker_server", "--control-fd", str(theirs.fileno()),
+               "--runner-pid", str(os.getpid())]
         cmd += [arg for name in self.preload for arg in ("--preload", name)]
         if not self.warm:
             cmd.append("--cold")

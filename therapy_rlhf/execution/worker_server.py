@@ -21,7 +21,12 @@ stops a job with ``killpg``), reads /dev/null, writes stdout and stderr to
 the pipe the runner passed with the request, and gets SIGKILL if the worker
 dies (``PR_SET_PDEATHSIG``). The worker stops its job and exits when the
 runner says so, when the runner's end of the control socket closes (the
-runner died, even by SIGKILL), or on SIGTERM, SIGINT or SIGHUP.
+runner died, even by SIGKILL), or on SIGTERM, SIGINT or SIGHUP. The worker
+itself gets SIGTERM from the kernel when the runner dies (``PR_SET_PDEATHSIG``
+with ``--runner-pid``), so a runner killed while the worker still imports
+(when nothing reads the socket) does not leave it running: SIGTERM rather
+than SIGKILL so that it still stops its job's whole process group (a job's
+own children would outlive a SIGKILL of the worker and the job).
 
 Protocol (a Unix SOCK_SEQPACKET pair; one JSON object per message):
 
@@ -299,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True, help="This end of the runner's socket pair.")
     parser.add_argument("--preload", action="append", default=[], metavar="MODULE", help="Import once, before any job.")
     parser.add_argument("--cold", action="store_true", help="Exec every job (no warm start).")
+    parser.add_argument("--runner-pid", type=int, help="The runner's pid: the worker stops when that process dies.")
     args = parser.parse_args(argv)
+    if args.runner_pid is not None:
+        _set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() != args.runner_pid:  # the runner died before the line above
+            return 0
     sock = socket.socket(fileno=args.control_fd)
     os.set_inheritable(sock.fileno(), False)
 

@@ -19,6 +19,10 @@ is still writing. So an executor holds the run's lease while it acts:
   expired, or it was released) is the same conditional replace, and is said.
 * **Releasing** marks it released (a replace, never a delete), so the next
   executor takes it over at once.
+* **Fencing** (``check_holder``): a local runner starts its jobs with its
+  holder id (``--lease-holder``), and a job's store writes are refused once
+  the lease names another holder: a job orphaned by a killed runner cannot
+  write over what the runner that took the run over is producing.
 
 The operator holds the lease as ``operator:NAMESPACE/NAME`` and renews it at
 its reconciles; it refuses a run a live local runner holds with a condition
@@ -57,6 +61,10 @@ class LeaseHeld(StoreError):
 
 class LeaseLost(StoreError):
     """The lease this executor held was taken over by another (a renewal found it changed)."""
+
+
+class Fenced(LeaseLost):
+    """A job's write refused: the run's lease is no longer held by the executor that started the job."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,19 @@ def acquire(store: Store, paths: RunPaths, holder: str, kind: str, seconds: floa
         raise LeaseHeld(refusal(paths, _parse(data, store.describe(key)))) from None
     took_over = f"{current.describe()}: {stale}" if stale and not current.released else ""
     return Holding(store, key, mine, version, took_over)
+
+
+def check_holder(store: Store, paths: RunPaths, holder: str) -> None:
+    """Fenced unless the run's lease is held by ``holder`` (a job checks before it writes to the store)."""
+    key = paths.lease()
+    try:
+        current = _parse(read_versioned(store, key)[0], store.describe(key))
+    except NotFound:
+        raise Fenced(f"{store.describe(key)} is gone: the runner that started this job no longer holds the run; "
+                     "refusing to write") from None
+    if current.holder != holder:
+        raise Fenced(f"the run's lease is now held by {current.holder} ({current.describe()}), not by the runner "
+                     "that started this job: refusing to write (an orphaned job must not overwrite the new runner's work)")
 
 
 def local_holder() -> str:
