@@ -203,3 +203,26 @@ def test_the_command_prints_both_dialects(capsys):
         assert cli(["rater-access", "--bucket", "b", *bad]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_status_reports_ratings_it_cannot_read(iam_s3, run, capsys):
+    """Seen with a rater's credential, another rater's ratings are unreadable: status says so (issue 18)."""
+    from therapy_rlhf.commands.status import _one
+
+    lee, kim = iam_s3("dr-lee"), iam_s3("dr-kim")
+    fb = run.spec.feedback
+    submit_rating(lee, PATHS, load_round(lee, PATHS, 1, feedback=fb), Rating(response_id="r0001-a", rater="dr-lee", criteria=CRITERIA), fb)
+    for rid in ("r0001-a", "r0001-b"):
+        submit_rating(kim, PATHS, load_round(kim, PATHS, 1, feedback=fb), Rating(response_id=rid, rater="dr-kim", criteria=CRITERIA), fb)
+    theirs = iam_s3("executor").list(PATHS.ratings_prefix(1) + "dr-kim/")  # earlier tests rated too
+    assert len(theirs) >= 2
+    assert _one(lee, PATHS, as_json=False) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert f"round 1: {len(theirs)} rating object(s) could not be read with this credential (not counted): {theirs[0]}" in out
+    assert _one(lee, PATHS, as_json=True) == 0
+    (history,) = json.loads(capsys.readouterr().out)["history"]
+    assert history["unreadable"] == len(theirs) and history["unreadableKeys"] == theirs[:3]
+    # the executor reads everything: nothing to report
+    assert _one(iam_s3("executor"), PATHS, as_json=True) == 0
+    (history,) = json.loads(capsys.readouterr().out)["history"]
+    assert history["unreadable"] == 0 and history["unreadableKeys"] == []

@@ -115,7 +115,9 @@ def _one(store, paths, as_json: bool) -> int:
             "minRaters": fb.min_raters,
             **where,
             "history": [
-                {**r.to_dict(), "batchErrors": r.batch_errors, "simulatedRaters": list(r.simulated)} for r in rounds
+                {**r.to_dict(), "batchErrors": r.batch_errors, "simulatedRaters": list(r.simulated),
+                 "unreadable": r.unreadable, "unreadableKeys": list(r.unreadable_keys)}
+                for r in rounds
             ],
         }
         print(json.dumps(doc, indent=2))
@@ -163,6 +165,10 @@ def _one(store, paths, as_json: bool) -> int:
             notes.append(f"{r.reward_mismatches} stored reward(s) disagree with their criteria (recomputed)")
         if r.late:
             notes.append(f"{r.late} rating(s) arrived after the gate closed (kept, marked late, not used)")
+        if r.unreadable:  # the counts above leave them out: say so rather than look complete
+            more = ", ..." if r.unreadable > len(r.unreadable_keys) else ""
+            notes.append(f"{r.unreadable} rating object(s) could not be read with this credential (not counted): "
+                         f"{', '.join(r.unreadable_keys)}{more}")
         for note in notes:
             console.print(f"[yellow]round {r.round}: {note}[/]")
     if fb.selection.mode != "all":

@@ -19,6 +19,9 @@ from therapy_rlhf.store.backends import Store
 from therapy_rlhf.store.runs import read_fluency, read_frozen_run, stored_rounds
 
 
+UNREADABLE_SHOWN = 3
+
+
 @dataclass(frozen=True)
 class RoundSummary:
     round: int
@@ -34,6 +37,9 @@ class RoundSummary:
     batch_errors: int = 0
     late: int = 0  # ratings stored after the gate closed: kept, never used
     garbage: int = 0  # objects in the ratings prefix that are not usable ratings (skipped)
+    # rating objects this credential may not read (a rater's sees only their own): not counted, said
+    unreadable: int = 0
+    unreadable_keys: tuple[str, ...] = ()  # the first UNREADABLE_SHOWN of them
     reward_mismatches: int = 0  # stored rewards the criteria do not give (the recomputed one is used)
     simulated: tuple[str, ...] = ()  # raters whose latest ratings come from the simulated rater
     # feedback.selection: responses the experts did not see, and the model's part in a closed round
@@ -103,6 +109,8 @@ def summarize_round(
         batch_errors=len(state.batch_errors),
         late=len(state.late_ids),
         garbage=len(state.garbage),
+        unreadable=len(state.unreadable),
+        unreadable_keys=tuple(state.unreadable[:UNREADABLE_SHOWN]),
         reward_mismatches=len(state.reward_disagreements()),
         simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
         not_sent=len(state.not_sent),
