@@ -121,10 +121,19 @@ def test_size_cap_is_checked_before_reading(local_store, capsys, tmp_path, monke
     path = tmp_path / "scores.jsonl"
     with open(path, "wb") as f:  # a sparse file over the cap: refusing it must not read it
         f.truncate(import_checks.MAX_IMPORT_BYTES + 1)
-    monkeypatch.setattr(type(path), "read_text", lambda *a, **k: pytest.fail("read a file over the size cap"))
+    monkeypatch.setattr(import_checks, "open", lambda *a, **k: pytest.fail("opened a file over the size cap"), raising=False)
     code, _, err = _import(capsys, local_store, path)
     assert code == 1 and err.count("\n") == 1
     assert "an import takes at most 64 MiB and 100,000 rows (split the file)" in err
+    assert _stored_nothing(local_store)
+
+
+def test_a_file_without_a_size_is_capped_while_reading(local_store, capsys):
+    """A device or a pipe reports size 0: reading stops one byte past the cap."""
+    seed_run(local_store)
+    code, _, err = _import(capsys, local_store, "/dev/zero")
+    assert code == 1 and err.count("\n") == 1
+    assert "/dev/zero is over 64 MiB; an import takes at most 64 MiB and 100,000 rows" in err
     assert _stored_nothing(local_store)
 
 

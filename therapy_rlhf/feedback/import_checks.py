@@ -20,16 +20,18 @@ stored.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
 MAX_IMPORT_ROWS = 100_000
 # Past this many bad rows the rest are counted, not listed: a wrong file would otherwise flood the terminal.
 MAX_ERROR_LINES = 20
+JSONL_FIELDS = frozenset({"response_id", "criteria", "flags", "comment", "notes", "round"})
 
 
 class ImportFileError(ValueError):
@@ -47,6 +49,32 @@ def check_file_size(path: Path, source: str) -> None:
             f"{source} is {size / 2**20:.1f} MiB; an import takes at most {MAX_IMPORT_BYTES // 2**20} MiB "
             f"and {MAX_IMPORT_ROWS:,} rows (split the file)"
         )
+
+
+def read_capped(path: Path, source: str) -> str:
+    """The file's text, refused over MAX_IMPORT_BYTES: from its size before reading, and again while
+    reading (a pipe or a device reports no size)."""
+    check_file_size(path, source)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_IMPORT_BYTES + 1)
+    except OSError as err:
+        raise ImportFileError(f"cannot read {source}: {err.strerror}") from None
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ImportFileError(
+            f"{source} is over {MAX_IMPORT_BYTES // 2**20} MiB; an import takes at most "
+            f"{MAX_IMPORT_BYTES // 2**20} MiB and {MAX_IMPORT_ROWS:,} rows (split the file)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportFileError(f"{source} is not UTF-8 text (save the sheet as CSV UTF-8)") from None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'empathy'?)' for a near miss, '' when nothing is close."""
+    close = difflib.get_close_matches(word.strip().lower(), sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_row_count(count: int, source: str) -> None:
@@ -82,6 +110,26 @@ def parse_json_line(line: str) -> dict[str, Any] | str:
     if not isinstance(doc, dict):
         return "expected a JSON object"
     return doc
+
+
+def jsonl_docs(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line, the row's object or why it is refused) for each non-blank line of a JSONL file."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        doc = parse_json_line(line)
+        if isinstance(doc, str):
+            yield lineno, doc
+            continue
+        extra = sorted(set(doc) - JSONL_FIELDS)
+        if extra:
+            yield lineno, "unknown field(s) " + ", ".join(f"{e!r}{did_you_mean(e, JSONL_FIELDS)}" for e in extra)
+            continue
+        problem = shape_problem(doc)
+        if problem:
+            yield lineno, problem
+            continue
+        yield lineno, doc
 
 
 def shape_problem(doc: dict[str, Any]) -> str | None:

@@ -33,7 +33,6 @@ duplicate columns, rows for another batch) is in
 from __future__ import annotations
 
 import csv
-import difflib
 import hashlib
 import io
 import json
@@ -47,18 +46,17 @@ from therapy_rlhf import __version__
 from therapy_rlhf.contracts.records import Rating
 from therapy_rlhf.contracts.spec import RATING_FLAGS, FeedbackSpec, describe_validation_error
 from therapy_rlhf.feedback.csv_cells import duplicate_header, read_records
-from therapy_rlhf.feedback.import_checks import ImportFileError, check_file_size, check_round, check_row_count
-from therapy_rlhf.feedback.import_checks import finite_score, parse_json_line, row_round, shape_problem
+from therapy_rlhf.feedback.import_checks import ImportFileError, check_round, check_row_count, did_you_mean
+from therapy_rlhf.feedback.import_checks import finite_score, jsonl_docs, read_capped, row_round
 from therapy_rlhf.feedback.rewards import RatingError, compute_reward, effective_reward, level_value, validate_rating
 
-__all__ = ["ImportFileError", "Row", "build_rating", "describe_stored", "read_rows", "submission_id"]
+__all__ = ["ImportFileError", "Row", "build_rating", "describe_stored", "did_you_mean", "read_rows", "submission_id"]
 
 CLIENT = f"therapy-rlhf-import/{__version__}"
 NOT_APPLICABLE = {"n/a", "na", "-", "not applicable"}
 INFO_COLUMNS = {"position", "patient", "response", "crisis_cues", "raters", "needs_raters", "round"}
 BASE_COLUMNS = {"response_id", "flags", "comment"}
 NOTE_PREFIX = "note:"
-JSONL_FIELDS = frozenset({"response_id", "criteria", "flags", "comment", "notes", "round"})
 # What a spreadsheet may have used instead of ',' (a locale with decimal commas writes ';').
 OTHER_SEPARATORS = (";", "\t")
 
@@ -81,12 +79,6 @@ def _criterion_names(feedback: FeedbackSpec) -> dict[str, str]:
 
 def _flag_names() -> dict[str, str]:
     return {spelling: f for f in RATING_FLAGS for spelling in (f, f.replace("_", " "), f.replace("_", "-"))}
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'empathy'?)' for a near miss, '' when nothing is close."""
-    close = difflib.get_close_matches(word.strip().lower(), sorted(set(choices)), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _score(value: Any, criterion: str, feedback: FeedbackSpec, scale: str) -> float | None:
@@ -259,25 +251,6 @@ def _csv_docs(text: str, feedback: FeedbackSpec, source: str) -> Iterable[tuple[
         }
 
 
-def _jsonl_docs(text: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        doc = parse_json_line(line)
-        if isinstance(doc, str):
-            yield lineno, doc
-            continue
-        extra = sorted(set(doc) - JSONL_FIELDS)
-        if extra:
-            yield lineno, "unknown field(s) " + ", ".join(f"{e!r}{did_you_mean(e, JSONL_FIELDS)}" for e in extra)
-            continue
-        problem = shape_problem(doc)
-        if problem:
-            yield lineno, problem
-            continue
-        yield lineno, doc
-
-
 def read_rows(
     path: str | Path,
     feedback: FeedbackSpec,
@@ -291,15 +264,9 @@ def read_rows(
     ``round_no``: the batch being scored; a row whose ``round`` names another refuses the file."""
     path = Path(path)
     source = str(path)
-    check_file_size(path, source)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise ImportFileError(f"cannot read {source}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ImportFileError(f"{source} is not UTF-8 text (save the sheet as CSV UTF-8)") from None
+    text = read_capped(path, source)
     kind = "jsonl" if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
-    docs = _jsonl_docs(text) if kind == "jsonl" else _csv_docs(text, feedback, source)
+    docs = jsonl_docs(text) if kind == "jsonl" else _csv_docs(text, feedback, source)
     rows: list[Row] = []
     seen: dict[str, int] = {}
     for count, (lineno, doc) in enumerate(docs, start=1):
