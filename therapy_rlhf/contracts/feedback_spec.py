@@ -128,10 +128,20 @@ class SelectionSpec(SpecModel):
         description="A newly fitted model is on probation (random picks, nothing model-scored) until a gate judges "
         "it better than the mean; false lets it decide from its first fit until a gate finds it no better.",
     )
+    holdout: CountOrShare = Field(  # type: ignore[valid-type]
+        "25%",
+        description="In rounds where the model picks (active), this much of the budget (a count or a share of it) "
+        "is picked at random instead: the held-out ratings its skill is judged on. Rounds that pick at random "
+        "are judged on all their picks.",
+    )
+    judge_rounds: int = Field(
+        3, ge=1, le=50,
+        description="Rounds whose held-out ratings a gate may pool (newest first, until minJudged) to judge the model.",
+    )
     min_judged: int = Field(
         6, ge=3, le=10000,
-        description="Fresh expert ratings a round needs for its gate to judge the model; a round with fewer "
-        "leaves the previous judgement standing.",
+        description="Held-out expert ratings (pooled over up to judgeRounds rounds) a gate needs to judge the "
+        "model; with fewer the previous judgement stands.",
     )
     drift_bound: float | None = Field(
         None,

@@ -246,7 +246,13 @@ class RewardModelCheck(Record):
     skill_lower: float | None = Field(None, description="Its one-sided lower bound at 'confidence' (bootstrap over responses).")
     confidence: float | None = Field(None, description="feedback.selection.driftConfidence then.")
     rank_correlation: float | None = Field(None, description="Spearman's rho between predictions and rewards in the round.")
-    judged: bool = Field(False, description="Enough fresh ratings (minJudged) that vary: the check decides the next round.")
+    judged: bool = Field(False, description="Enough held-out ratings (minJudged) that vary: the check decides the next round.")
+    held_out: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="Response id -> [prediction, expert reward] of this round's random held-out picks (what skill is judged on).",
+    )
+    judged_on: int = Field(0, ge=0, description="Held-out ratings the skill score pooled (this round's and earlier rounds').")
+    pooled_rounds: list[int] = Field(default_factory=list, description="The rounds whose held-out ratings were pooled.")
     bound: float | None = Field(None, description="driftBound, in gates written before issue 21.")
     drifted: bool = Field(..., description="Judged and no better than the mean (skill lower bound <= 0).")
     trained_on: int = Field(0, ge=0, description="Expert ratings the model was fitted to.")
@@ -330,6 +336,10 @@ class Selection(Record):
     selected: list[str] = Field(..., description="Response ids sent to the experts, in batch order.")
     safety_selected: list[str] = Field(
         default_factory=list, description="Selected because of a crisis cue or a safety-screen hit (outside the budget)."
+    )
+    held_out: list[str] = Field(
+        default_factory=list,
+        description="Picked at random (not by the model, not for safety): the fresh ratings the model is judged on.",
     )
     safety_cap: int | None = Field(None, description="feedback.selection.safetyCap for this batch, as a count.")
     safety_cap_exceeded: bool = Field(False, description="More safety-flagged responses than safetyCap: crises dominate.")

@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 from therapy_rlhf.store import integrity
 from therapy_rlhf.feedback import predictions as sealed
 from therapy_rlhf.feedback import selection as selecting
+from therapy_rlhf.feedback.judgement import recent_checks
 from therapy_rlhf.feedback.rewards import RatingError, effective_reward
 from therapy_rlhf.feedback.rounds import RoundState, load_round, usable_latest
 from therapy_rlhf.contracts.layout import RunPaths
@@ -97,7 +98,7 @@ def agreement(state: RoundState, feedback: FeedbackSpec) -> float | None:
 
 def build_gate(
     state: RoundState, feedback: FeedbackSpec, reason: str, closed_by: str, selection: Selection | None = None,
-    predictions: Predictions | None = None,
+    predictions: Predictions | None = None, earlier: list | None = None,
 ) -> Gate:
     rewards = aggregate(state, feedback)
     if not rewards:
@@ -106,7 +107,8 @@ def build_gate(
         raise RatingError(f"round {state.round} is not fully rated: {coverage(state, feedback.min_raters).describe()}")
     values = [r.reward for r in rewards.values()]
     extras = selecting.gate_extras(
-        selection, predictions, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.not_sent]
+        selection, predictions, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.not_sent],
+        earlier,
     )
     return Gate(
         round=state.round,
@@ -175,7 +177,9 @@ def close_gate(
     state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
     selection = _stored_selection(store, paths, round_no) if digests is None else _recorded_selection(store, paths, round_no, digests)
     vault = vault or sealed.StoreVault(store, paths)
-    gate = build_gate(state, feedback, reason, closed_by, selection, sealed.unseal(vault, selection))
+    predictions = sealed.unseal(vault, selection)
+    earlier = recent_checks(store, paths, round_no, feedback.selection.judge_rounds) if predictions else []
+    gate = build_gate(state, feedback, reason, closed_by, selection, predictions, earlier)
     data = dump_json(gate.model_dump(mode="json"))
     if digests is not None and keep is not None:
         keep(name, integrity.sha256(data))

@@ -3,11 +3,18 @@
 Each gate that closes on responses the model had predicted (before the experts
 scored them) judges it (``judge`` -> the gate's ``RewardModelCheck``):
 
-* its **skill score** on those fresh ratings, ``1 - MSE / MSE of their own
-  mean``, and a one-sided **lower bound** at ``driftConfidence`` from a
-  bootstrap over the responses (``rm_skill.skill_interval``);
-* a round with fewer than ``minJudged`` such ratings (or ratings that do not
-  vary) is not *judged*: it leaves the previous judgement standing.
+* only on **held-out** ratings: responses picked at random, never by the
+  model (whose picks are the ones it is least sure of, so a judgement there
+  would understate it) and never for safety. Rounds that pick at random are
+  held out whole; rounds where the model picks hold out ``holdout`` of the
+  budget. When a round has fewer than ``minJudged`` of them, earlier rounds'
+  held-out ratings are pooled in, newest first, up to ``judgeRounds`` rounds;
+* its **skill score** there, ``1 - SSE / SS of each round's ratings about
+  their own mean``, and a one-sided **lower bound** at ``driftConfidence``
+  from a bootstrap over responses within each round
+  (``rm_skill.pooled_skill_interval``);
+* with fewer than ``minJudged`` pooled (or ratings that do not vary) the gate
+  does not *judge*: the previous judgement stands.
 
 The next round's selection follows the newest judged round (``decide``):
 
@@ -33,7 +40,7 @@ from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import Drift, Predictions, RewardModelCheck
 from therapy_rlhf.contracts.spec import SelectionSpec
-from therapy_rlhf.feedback.rm_skill import skill_interval, spearman
+from therapy_rlhf.feedback.rm_skill import pooled_skill_interval, spearman
 from therapy_rlhf.feedback.rounds import read_gate
 from therapy_rlhf.store.backends import Store
 
@@ -43,25 +50,49 @@ def uses_model(spec: SelectionSpec) -> bool:
     return spec.mode == "active" or (spec.mode != "all" and spec.unselected == "model")
 
 
-def judge(predictions: Predictions | None, spec: SelectionSpec, rewards: dict[str, float], trained_on: int = 0) -> RewardModelCheck | None:
-    """The model judged on the experts' fresh ``rewards`` (response id -> reward), or None with no predictions."""
+def judge(
+    predictions: Predictions | None, spec: SelectionSpec, rewards: dict[str, float], held_out: list[str],
+    earlier: list[tuple[int, RewardModelCheck]] = (), trained_on: int = 0,  # type: ignore[assignment]
+) -> RewardModelCheck | None:
+    """The model judged on the experts' fresh ``rewards`` (response id -> reward) of the random ``held_out``
+    picks, pooled with ``earlier`` rounds' held-out ratings (newest first) until ``minJudged``; None with no
+    predictions. The error (MAE) and rank correlation are over every fresh rating it predicted."""
     if predictions is None or not predictions.predictions:
         return None
-    pairs = [(predictions.predictions[rid][0], value) for rid, value in sorted(rewards.items()) if rid in predictions.predictions]
-    if not pairs:
-        return RewardModelCheck(responses=0, drifted=False, trained_on=trained_on, feature_set=predictions.feature_set)
-    pred, truth = [p for p, _ in pairs], [t for _, t in pairs]
-    mae = round(sum(abs(p - t) for p, t in pairs) / len(pairs), 6)
-    skill, lower = skill_interval(pred, truth, confidence=spec.drift_confidence, seed=spec.seed + predictions.round)
-    judged = len(pairs) >= spec.min_judged and lower is not None
-    rho = spearman(pred, truth)
+    fresh = [(predictions.predictions[rid][0], value) for rid, value in sorted(rewards.items()) if rid in predictions.predictions]
+    mine = {rid: [predictions.predictions[rid][0], rewards[rid]] for rid in held_out if rid in rewards and rid in predictions.predictions}
+    groups, rounds = [mine], [predictions.round]
+    for q, check in earlier:
+        if sum(len(g) for g in groups) >= spec.min_judged or len(groups) >= spec.judge_rounds:
+            break
+        if check.held_out:
+            groups.append(check.held_out)
+            rounds.append(q)
+    pooled = [([v[0] for v in g.values()], [v[1] for v in g.values()]) for g in groups if g]
+    n = sum(len(g) for g in groups)
+    skill, lower = pooled_skill_interval(pooled, confidence=spec.drift_confidence, seed=spec.seed + predictions.round)
+    judged = n >= spec.min_judged and lower is not None
+    rho = spearman([p for p, _ in fresh], [t for _, t in fresh])
     return RewardModelCheck(
-        responses=len(pairs), mae=mae,
+        responses=len(fresh), mae=round(sum(abs(p - t) for p, t in fresh) / len(fresh), 6) if fresh else None,
         skill=None if skill is None else round(skill, 6), skill_lower=None if lower is None else round(lower, 6),
         confidence=spec.drift_confidence, rank_correlation=None if rho is None else round(rho, 6),
         judged=judged, drifted=judged and lower is not None and lower <= 0.0,
-        trained_on=trained_on, feature_set=predictions.feature_set,
+        held_out={rid: [round(p, 6), round(t, 6)] for rid, (p, t) in mine.items()}, judged_on=n,
+        pooled_rounds=[r for r, g in zip(rounds, groups) if g], trained_on=trained_on, feature_set=predictions.feature_set,
     )
+
+
+def recent_checks(store: Store, paths: RunPaths, round_no: int, limit: int) -> list[tuple[int, RewardModelCheck]]:
+    """The checks of the ``limit`` closed rounds before ``round_no`` that have one, newest first."""
+    out: list[tuple[int, RewardModelCheck]] = []
+    for q in range(round_no - 1, 0, -1):
+        gate = read_gate(store, paths, q)
+        if gate is not None and gate.reward_model is not None:
+            out.append((q, gate.reward_model))
+            if len(out) >= limit:
+                break
+    return out
 
 
 @dataclass(frozen=True)

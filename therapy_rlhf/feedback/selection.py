@@ -155,11 +155,21 @@ def select(
             predictions={r.id: [round(float(m), 6), round(float(u), 6)] for r, m, u in zip(responses, mean, unc)},
         )
     budget = responses_of(spec.budget, len(responses))
+    rng = _round_rng(spec, round_no)
     if mode == "all":
         selected, safety = [r.id for r in responses], [r.id for r in responses if safety_flagged(r)]
+        held_out = [rid for rid in selected if rid not in set(safety)]
+    elif mode == "active" and predictions is not None:
+        # A random part of the budget first (what the model is judged on), then the model's picks.
+        held_out, safety = choose(responses, responses_of(spec.holdout, budget), None, rng)
+        held_out = [rid for rid in held_out if rid not in set(safety)]
+        rest = [r for r in responses if r.id not in set(held_out)]
+        uncertainty = {rid: p[1] for rid, p in predictions.predictions.items()}
+        picked, _ = choose(rest, budget - len(held_out), uncertainty, rng)
+        selected = [r.id for r in responses if r.id in set(picked) | set(held_out)]
     else:
-        uncertainty = {rid: p[1] for rid, p in predictions.predictions.items()} if mode == "active" and predictions else None
-        selected, safety = choose(responses, budget, uncertainty, _round_rng(spec, round_no))
+        selected, safety = choose(responses, budget, None, rng)
+        held_out = [rid for rid in selected if rid not in set(safety)]
     cap = responses_of(spec.safety_cap, len(responses))
     chosen = set(selected)
     for r in responses:
@@ -185,6 +195,7 @@ def select(
         budget=budget,
         selected=selected,
         safety_selected=safety,
+        held_out=held_out if predictions is not None else [],
         safety_cap=cap,
         safety_cap_exceeded=len(safety) > cap,
         feature_set=model.feature_set if model else None,
@@ -221,12 +232,18 @@ def model_scores(
 
 def gate_extras(
     selection: Selection | None, predictions: Predictions | None, feedback: FeedbackSpec,
-    expert_rewards: dict[str, float], not_sent: Iterable[str],
+    expert_rewards: dict[str, float], not_sent: Iterable[str], earlier: list | None = None,
 ) -> dict:
-    """The gate fields that come from the selection: model scores and the model's judgement."""
+    """The gate fields that come from the selection: model scores and the model's judgement (``earlier``:
+    the checks of the closed rounds before, newest first, whose held-out ratings it may pool)."""
+    held_out = selection.held_out if selection is not None else []
+    if selection is not None and not selection.held_out and selection.predictions:
+        held_out = list(selection.predictions)  # a selection written before issue 21: judged on every rating
     return {
         "model_scored": model_scores(selection, predictions, feedback.selection, not_sent),
-        "reward_model": judge(predictions, feedback.selection, expert_rewards, selection.trained_on if selection else 0),
+        "reward_model": judge(
+            predictions, feedback.selection, expert_rewards, held_out, earlier or [], selection.trained_on if selection else 0
+        ),
     }
 
 
