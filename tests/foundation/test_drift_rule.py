@@ -128,3 +128,59 @@ def test_the_truth_rule_is_what_the_planted_streams_assume():
 
     values = {truth(r) for r in responses(1)}
     assert len(values) > 2  # the rule varies, so a skilled model can beat the mean
+
+
+# -------------------------------------------------------------- budget forms, safety outside it, driftBound
+
+
+def _selection_spec(**sel):
+    from tests.support.manifests import run_manifest
+
+    return run_manifest({"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/x"},
+                         "feedback": {"selection": {"mode": "uniform", **sel}}}).spec.feedback.selection
+
+
+@pytest.mark.parametrize("budget,batch,count", [(8, 32, 8), ("25%", 32, 8), ("25%", 10, 3), ("1%", 10, 1), ("100%", 7, 7), (50, 7, 7)])
+def test_budget_is_a_count_or_a_share_of_the_batch(budget, batch, count):
+    from therapy_rlhf.contracts.spec import responses_of
+
+    assert responses_of(_selection_spec(budget=budget).budget, batch) == count
+
+
+@pytest.mark.parametrize("bad", ["25", "0%", "101%", "a quarter", 0, -3, True, 2.5])
+def test_a_budget_that_is_neither_is_refused_in_one_line(bad):
+    from therapy_rlhf.contracts.spec import SpecError
+
+    with pytest.raises(SpecError) as err:
+        _selection_spec(budget=bad)
+    text = str(err.value)
+    assert "\n" not in text and "spec.feedback.selection.budget" in text
+    assert "a count (a whole number from 1, e.g. 8) or a share of the batch ('25%')" in text
+
+
+def test_a_share_budget_picks_that_share_and_safety_comes_on_top(local_store):
+    m = manifest(mode="uniform", budget="25%", safetyCap="10%")
+    freeze_spec(local_store, m)
+    chosen = sample_round(local_store, m, 1, flagged=5)
+    assert chosen.budget == 8 and len(chosen.safety_selected) == 5 and len(chosen.selected) == 5 + 8
+    assert chosen.safety_cap == 3 and chosen.safety_cap_exceeded
+
+
+def test_drift_bound_is_accepted_with_a_warning_naming_its_replacement(tmp_path, capsys):
+    import yaml
+
+    from tests.support.manifests import run_doc
+    from therapy_rlhf.cli import main
+
+    spec = {"model": {"source": "tiny:mistral"}, "storage": {"localPath": "/x"},
+            "feedback": {"selection": {"mode": "active", "driftBound": 0.2}}}
+    assert _selection_spec(driftBound=0.2).warnings() == [
+        "feedback.selection.driftBound (0.2) is no longer used: the reward model's drift is judged by its skill over "
+        "the mean (feedback.selection.driftConfidence)"
+    ]
+    assert _selection_spec().warnings() == [] and "driftBound" not in str(_selection_spec().to_json_dict())
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(run_doc(spec, "old")))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr()
+    assert f"{path}: ok" in out.out and "driftBound (0.2) is no longer used" in out.err

@@ -27,6 +27,7 @@ from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import Rating
 from therapy_rlhf.store.runs import freeze_spec
 from therapy_rlhf.feedback.summary import summarize_round
+from therapy_rlhf.contracts.status import RoundStatus
 
 # -------------------------------------------------------------- choose
 
@@ -155,6 +156,12 @@ def test_drift_falls_back_and_says_why(local_store):
     assert "round 4" in nxt.fallback and predictions_of(local_store, 5)  # still predicts, so round 5 judges it again
     summary = summarize_round(local_store, PATHS, m, 4)
     assert summary.reward_model_drifted and summary.reward_model_error == drifted.reward_model.mae
+    assert summary.reward_model_skill == drifted.reward_model.skill and summary.reward_model_skill_lower <= 0
+    assert (summary.selection_mode, summary.selection_decision) == ("active", "ModelSkilled")
+    waiting = summarize_round(local_store, PATHS, m, 5)  # the round that fell back, in status.rounds[]
+    assert (waiting.selection_mode, waiting.selection_decision) == ("uniform", "RewardModelDrift")
+    row = RoundStatus.model_validate(waiting.to_dict())
+    assert row.selection_decision == "RewardModelDrift" and row.reward_model_skill is None
     # fallback: all sends the whole batch instead.
     assert sample_round(local_store, manifest(fallback="all"), 5).mode == "all"
 

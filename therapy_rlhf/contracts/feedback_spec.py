@@ -157,6 +157,16 @@ class SelectionSpec(SpecModel):
     ridge: float = Field(1.0, gt=0.0, le=1e6, description="L2 penalty tried besides 0.1, 1 and 10 by cross-validation.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the bootstrap and of uniform picks (mixed with the round).")
 
+    @field_validator("budget", "safety_cap", "holdout", mode="before")
+    @classmethod
+    def _count_or_share(cls, value: object) -> object:
+        """One clear line for anything that is neither a count nor a share (the union's own errors name both)."""
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100000:
+            return value
+        if isinstance(value, str) and re.fullmatch(SHARE_PATTERN, value) and float(value[:-1]) > 0:
+            return value
+        raise ValueError(f"expected a count (a whole number from 1, e.g. 8) or a share of the batch ('25%'), got {value!r}")
+
     def warnings(self) -> list[str]:
         """Settings accepted but not used, one line each."""
         if self.drift_bound is None:
