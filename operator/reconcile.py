@@ -154,7 +154,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         # JobStarted is announced by the JobCreated Event, which names the Job.
         if due and key != memory.last_event and outcome.reason != phases.R_JOB_STARTED:
             memory.last_event = key
-            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS
+            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS or (
+                outcome.phase == phases.SUSPENDED and outcome.reason == phases.R_REWARD_PLATEAU  # waits for a person
+            )
             emit("Warning" if warning else severity, outcome.reason, outcome.message)
         return Result(build_status(outcome, previous, generation, now, **fields))
 
