@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease-holder", metavar="ID",
         help="The executor's holder of the run's lease: every store write is refused once another holds it.",
     )
+    parser.add_argument(
+        "--private-dir", metavar="DIR",
+        help="The executor's private folder: the reward model's predictions wait there for the gate (local runner).",
+    )
     return parser
 
 
@@ -125,7 +129,8 @@ def run(argv: list[str] | None = None) -> int:
             protected_inputs(args.kind, args.round, manifest.spec, paths, expect),
             lease_holder=args.lease_holder,
         )
-        ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store, outputs_file=args.outputs_file)
+        ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store, outputs_file=args.outputs_file,
+                         private_dir=args.private_dir)
         ctx.progress("run %s/%s, store %s", manifest.namespace, manifest.name, store.uri)
         module = importlib.import_module(f"therapy_rlhf.jobs.{args.kind.replace('-', '_')}")
         ctx.device = detect_device()

@@ -74,8 +74,9 @@ class RunMemory:
     # The digest record's working memory (see digests.py).
     digest: run_digests.DigestMemory = field(default_factory=run_digests.DigestMemory)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Round -> what its selection says about drift (None: it did not fall back for drift); selection.json never changes.
-    selection_drift: dict[int, str | None] = field(default_factory=dict)
+    # Round -> what its selection says while it waits (drift, safety cap, resumed; None: nothing);
+    # selection.json never changes.
+    selection_reasons: dict[int, tuple[str, str] | None] = field(default_factory=dict)
     lease: runlease.OperatorLease = field(default_factory=runlease.OperatorLease)
     # Rounds whose gate a predecessor recorded but may not have announced (None: not read from status yet).
     unannounced: set[int] | None = None
@@ -153,7 +154,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         # JobStarted is announced by the JobCreated Event, which names the Job.
         if due and key != memory.last_event and outcome.reason != phases.R_JOB_STARTED:
             memory.last_event = key
-            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS
+            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS or (
+                outcome.phase == phases.SUSPENDED and outcome.reason == phases.R_REWARD_PLATEAU  # waits for a person
+            )
             emit("Warning" if warning else severity, outcome.reason, outcome.message)
         return Result(build_status(outcome, previous, generation, now, **fields))
 
@@ -313,19 +316,20 @@ def _freeze(store: Store, live: RunManifest, memory: RunMemory, emit: EmitFn) ->
 
 
 def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> tuple[str, str]:
-    """The outcome's reason and message; RewardModelDrift while a round that fell back for drift awaits ratings."""
+    """The outcome's reason and message; while a round awaits ratings, what its selection says instead
+    (RewardModelDrift, SafetyCapExceeded, RewardModelRecovered: step.selection_reason)."""
     if decision.reason != phases.R_WAITING_FOR_RATINGS or spec.feedback.selection.mode == "all":
         return decision.reason, decision.message
-    if decision.round not in memory.selection_drift:
+    if decision.round not in memory.selection_reasons:
         try:
             selection = read_selection(store, paths, decision.round)
         except (StoreError, ValueError):
             return decision.reason, decision.message
-        memory.selection_drift[decision.round] = step.selection_drift_message(selection)
-    drift = memory.selection_drift[decision.round]
-    if drift is None:
+        memory.selection_reasons[decision.round] = step.selection_reason(selection)
+    said = memory.selection_reasons[decision.round]
+    if said is None:
         return decision.reason, decision.message
-    return phases.R_REWARD_MODEL_DRIFT, f"{decision.message} ({drift})"
+    return said[0], f"{decision.message} ({said[1]})"
 
 
 def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, announcer, previous, record):

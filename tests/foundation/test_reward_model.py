@@ -78,3 +78,75 @@ def test_features_see_form_as_well_as_words():
     assert not np.allclose(rm.features("plain words here"), rm.features("pl�ain wor�ds here"))
     assert rm.features("anything").shape == (rm.FEATURE_DIM,)
     assert np.array_equal(rm.features(""), rm.features(""))  # empty text is a valid, fixed vector
+
+
+# --- issue 21: feature sets chosen by held-out skill, the skill score, rank correlation -----------------
+
+
+def test_skill_score_is_relative_to_the_mean_of_the_same_ratings():
+    truth = np.array([0.1, 0.4, 0.5, 0.9, 0.7])
+    assert rm.skill_score(truth, truth) == pytest.approx(1.0)
+    assert rm.skill_score(np.full(5, truth.mean()), truth) == pytest.approx(0.0)
+    assert rm.skill_score(1.0 - truth, truth) < 0  # worse than knowing the mean
+    assert rm.skill_score([0.3, 0.3], [0.5, 0.5]) is None  # ratings that do not vary: nothing to beat
+
+
+def test_rank_correlation_is_taken_inside_each_batch():
+    # Inside each batch the order is right; across batches the levels differ (which PPO's whitening ignores).
+    truth = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
+    pred = [0.6, 0.7, 0.8, 0.1, 0.2, 0.3]
+    assert rm.rank_correlation_within_batches(pred, truth, [1, 1, 1, 2, 2, 2]) == pytest.approx(1.0)
+    assert rm.spearman(pred, truth) < 0.5  # pooled, the order is wrong
+    assert rm.rank_correlation_within_batches([0.1, 0.2], [0.3, 0.4], [1, 1]) is None
+
+
+def test_skill_interval_separates_a_skilled_model_from_noise():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, 40)
+    good, good_low = rm.skill_interval(truth + rng.normal(0, 0.05, 40), truth, confidence=0.9)
+    noise, noise_low = rm.skill_interval(rng.uniform(0, 1, 40), truth, confidence=0.9)
+    assert good > 0.8 and good_low > 0.5
+    assert noise_low < 0
+
+
+def test_the_feature_set_is_chosen_by_held_out_skill():
+    rng = np.random.default_rng(1)
+    texts = [f"response {i}" for i in range(120)]
+    signal = rng.normal(size=(120, 8))
+    noise = rng.normal(size=(120, 8))
+    y = 1 / (1 + np.exp(-signal[:, 0] - 0.5 * signal[:, 1]))
+    # Offered first, noise would win a tie; it loses on skill.
+    model = rm.fit_reward_model(texts, y, {"noise": noise, "signal": signal}, seed=0)
+    assert model.feature_set == "signal"
+    assert model.cv["signal"]["skill"] > 0.7 and model.cv_skill == model.cv["signal"]["skill"]
+    assert model.cv["noise"]["skill"] < 0.1
+    mean, spread = model.predict({"signal": signal[:5], "noise": noise[:5]})
+    assert mean.shape == spread.shape == (5,) and (spread > 0).all()
+    skills = model.member_skills(signal, y)
+    assert len(skills) == 5 and min(skills) > 0.7
+
+
+def test_cross_validation_holds_out_whole_texts():
+    # Every text rated by two raters: were the same text on both sides, a lookup table would look skilled.
+    rng = np.random.default_rng(2)
+    texts = [f"t{i}" for i in range(60)] * 2
+    ident = np.eye(60)[list(range(60)) * 2]  # one feature per text: memorises, generalises nothing
+    y = np.tile(rng.uniform(0, 1, 60), 2)
+    model = rm.fit_reward_model(texts, y, {"lookup": ident}, raters=["a"] * 60 + ["b"] * 60)
+    assert model.cv["lookup"]["skill"] < 0.05
+
+
+def test_token_ids_feature_set_from_a_tokenizer_callable():
+    # A rule visible only in the policy's token ids (the text is the same for every response shape).
+    vocab = {w: i * 37 + 5 for i, w in enumerate(GOOD + NEUTRAL)}
+    data = synthetic(300, seed=8)
+    source = rm.TextFeatures(tokenize=lambda t: [vocab[w] for w in t.split()])
+    assert source.names() == ["hashed", "tokens"]
+    model = rm.fit_reward_model([t for t, _ in data], [y for _, y in data], source, seed=1)
+    assert set(model.cv) == {"hashed", "tokens"}
+    assert model.cv["tokens"]["skill"] > 0.6, model.cv
+    test = synthetic(100, seed=9)
+    mean, _ = model.predict([t for t, _ in test])
+    assert rm.skill_score(mean, [y for _, y in test]) > 0.6
+    with pytest.raises(ValueError, match="not offered"):
+        rm.TextFeatures().matrix("embedding", ["x"])
