@@ -177,7 +177,9 @@ def hold_for_reports(decision: Decision, observed: Observed, manifest: RunManife
     """Hold a StartJob whose input's Job wrote its output but is not reported finished yet:
     the next tick starts it with the digest that Job reports, rather than now without it.
     Likewise a CloseGate whose round's selection.json is not reported yet (the gate takes the
-    model's predictions from the selection the operator verified)."""
+    model's predictions from the selection the operator verified), and a retry of a Job whose own
+    output is written but not reported yet: the evaluation counts as done only once eval/results.json
+    is recorded, and its Job can be seen succeeded in the same tick that saw it still running."""
     action = decision.action
     if not isinstance(action, (StartJob, CloseGate)) or not memory.awaiting_reports:
         return decision
@@ -186,6 +188,7 @@ def hold_for_reports(decision: Decision, observed: Observed, manifest: RunManife
         needs = {integrity.relative(paths, paths.selection(action.round))}
     else:
         needs = set(integrity.job_inputs(action.kind, action.round, manifest.spec, paths))
+        needs |= set(integrity.job_outputs(action.kind, action.round, paths, selecting=True))
     for name in sorted(memory.awaiting_reports & needs):
         candidates = producers(paths, name)
         if not candidates:

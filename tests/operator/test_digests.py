@@ -119,6 +119,17 @@ def test_a_start_waits_for_the_ppo_generate_job_still_sampling_its_input():
     assert held.action == WaitForJob("ppo-generate", 1, 3)
 
 
+def test_a_retry_waits_for_the_finished_evaluate_job_to_report_its_results():
+    """The evaluate Job wrote eval/results.json and was running when the record was searched, and is seen
+    succeeded by the time the planner looks: not "output missing" (a second attempt) but wait for its report."""
+    m = manifest()
+    observed = Observed(eval_unrecorded=True, jobs={("evaluate", 0): JobObservation("evaluate", 0, 1, "succeeded")})
+    retry = Decision(StartJob("evaluate", 0, 2), phases.EVALUATING, 0, phases.R_JOB_RETRYING, "retry")
+    memory = digests.DigestMemory(awaiting_reports={"eval/results.json"})
+    assert digests.hold_for_reports(retry, observed, m, memory).action == WaitForJob("evaluate", 0, 1)
+    assert digests.hold_for_reports(retry, observed, m, digests.DigestMemory()) is retry
+
+
 def test_a_gate_waits_for_the_job_that_has_not_reported_its_selection():
     # feedback.selection: the gate takes the model's predictions from the selection.json whose digest
     # the sampling Job reports; closing before that report would close without them.
