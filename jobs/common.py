@@ -94,6 +94,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # transformers reads that variable once, when it is imported: in a process that imported it
+    # before this call (a test session, the MiniLM encoder's sentence-transformers) turn its bars off directly.
+    hf_transformers = sys.modules.get("transformers")
+    if hf_transformers is not None:
+        hf_transformers.utils.logging.disable_progress_bar()
     # peft and trl read transformers' deprecated `(is_)gradient_checkpointing` on every
     # model they wrap: warnings per job that nobody running the job can act on.
     warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)

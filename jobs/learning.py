@@ -151,7 +151,26 @@ def run_loop(
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds in process; ``shuffle_seed`` turns on the shuffled-reward control."""
     quiet = make_logger()
+    # The jobs' logger is the process's: quieted for the loop only, so a job run later in this
+    # process (a test session, a notebook) still prints its progress lines.
+    level = quiet.level
     quiet.setLevel(logging.WARNING)
+    try:
+        return _rounds(manifest, store, rounds, quiet, shuffle_seed, cache_dir, report, judge)
+    finally:
+        quiet.setLevel(level)
+
+
+def _rounds(
+    manifest: RunManifest,
+    store: Store,
+    rounds: int,
+    quiet: logging.Logger,
+    shuffle_seed: int | None,
+    cache_dir: Path | None,
+    report: Callable[[RoundResult], None] | None,
+    judge: Judge | None,
+) -> list[RoundResult]:
     shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else None
     # This loop is the executor: the reward model's predictions wait in its own private folder for the gate.
     with tempfile.TemporaryDirectory(prefix="therapy-rlhf-private-") as tmp:

@@ -197,3 +197,18 @@ def test_cpu_threads_default_to_one_and_can_be_set(monkeypatch):
         assert configure_cpu_threads("cuda:0") is None and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_quiet_libraries_turns_off_the_bars_of_an_already_imported_transformers():
+    """transformers reads HF_HUB_DISABLE_PROGRESS_BARS once, at import: a job in a process that imported
+    it earlier (a test session, the MiniLM encoder) must still keep its loading bars off stderr."""
+    from transformers.utils import logging as hf_logging
+
+    from therapy_rlhf.jobs.common import quiet_libraries
+
+    hf_logging.enable_progress_bar()
+    try:
+        quiet_libraries()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.disable_progress_bar()

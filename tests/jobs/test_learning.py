@@ -46,3 +46,12 @@ def test_reward_rises_with_real_rewards_and_not_with_shuffled_ones(tmp_path):
     assert learned_tail > start + MARGIN, learned
     assert control_tail < start + 0.15, control
     assert learned_tail > control_tail + MARGIN, (learned, control)
+
+
+def test_the_loop_leaves_the_jobs_logger_as_it_found_it(tmp_path):
+    """The loop quiets the jobs' progress lines for itself only: a job run after it in the process still logs."""
+    from therapy_rlhf.jobs.common import make_logger
+
+    before = make_logger().level
+    learning.run_loop(learning.learning_manifest(tmp_path / "x", name="x"), LocalStore(tmp_path / "x"), 0)
+    assert make_logger().level == before
