@@ -180,6 +180,16 @@ class Rating(Record):
     )
     created_at: str = Field(default_factory=utcnow)
     client: str = "unknown"
+    response_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the response text judged (contracts.signing): a signature cannot be moved to another response.",
+    )
+    signature: str | None = Field(
+        None,
+        max_length=200,
+        description="'ed25519:<base64>' by the rater's registered key over the rest of the record (contracts.signing).",
+    )
 
     @field_validator("response_id")
     @classmethod

@@ -12,6 +12,12 @@ are not in the frozen set, so they never count as gated. A stored gate.json
 for another batch, or naming ratings that are not stored, is not the round's
 gate.
 
+With a roster (``feedback.raters``), a rating counts only when it is signed by
+its rater's registered key (``authenticity``); one that is not is *refused*
+with a named reason (``RoundState.refused``), never counted. Every usable
+rating's content digest (SHA-256 of the stored bytes, ``RoundState.content``)
+is what a gate freezes, so a later in-place edit is seen.
+
 Storing a rating is ``submit``; closing a gate is ``gate``.
 """
 
@@ -22,10 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
+from therapy_rlhf.contracts.signing import text_sha256
+from therapy_rlhf.feedback.authenticity import Refusal, Verifier
 from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record
 from therapy_rlhf.feedback.rewards import base_reward, reward_disagreement, rule_problem
 from therapy_rlhf.contracts.spec import FeedbackSpec
-from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError
+from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError, parse_json
 
 # A rating object is a few KiB (comment <= 20000 characters); a larger object in a
 # ratings prefix is garbage and is not downloaded whole.
@@ -52,7 +60,7 @@ class RoundState:
     batch_sha256: str = ""
     # Rating key -> its parsed record, or why it is garbage: what a later
     # load_round(previous=this) need not read again (stored objects never change).
-    by_key: dict[str, Rating | str] = field(default_factory=dict, repr=False)
+    by_key: dict[str, Rating | Refusal | str] = field(default_factory=dict, repr=False)
     # The rules the ratings were checked against (the run's frozen feedback spec).
     feedback: FeedbackSpec | None = field(default=None, repr=False)
     # The gate the round closed with, if any: ratings it did not freeze are late.
@@ -67,6 +75,15 @@ class RoundState:
     # Responses of the batch that feedback.selection did not send to the experts: never
     # shown to raters, never rateable, rewarded (if at all) by the reward model.
     not_sent: list[PendingResponse] = field(default_factory=list)
+    # Ratings that are not their rater's own (a run with a roster), and why: never counted.
+    refused: list[Refusal] = field(default_factory=list)
+    # Rating key -> SHA-256 of the bytes read (what a gate freezes; reused like by_key).
+    digest_by_key: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def content(self) -> dict[str, str]:
+        """Usable rating id -> SHA-256 of its stored bytes, as read."""
+        return {v.id: self.digest_by_key[k] for k, v in self.by_key.items() if isinstance(v, Rating) and k in self.digest_by_key}
 
     @property
     def response_ids(self) -> list[str]:
@@ -130,12 +147,15 @@ def read_batch(store: Store, paths: RunPaths, round_no: int) -> tuple[list[Pendi
 READ_WORKERS = 8
 
 
-def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreError | None]]:
-    def fetch(key: str) -> tuple[str, object, StoreError | None]:
+def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, str, StoreError | None]]:
+    """(key, parsed JSON, SHA-256 of the bytes, error) of each key."""
+
+    def fetch(key: str) -> tuple[str, object, str, StoreError | None]:
         try:
-            return key, store.read_json(key, limit=MAX_RATING_BYTES), None
+            data = store.read_limited(key, MAX_RATING_BYTES)
+            return key, parse_json(data, store.describe(key)), hashlib.sha256(data).hexdigest(), None
         except StoreError as err:
-            return key, None, err
+            return key, None, "", err
 
     if len(keys) < 2:
         return [fetch(k) for k in keys]
@@ -178,12 +198,13 @@ def load_round(
         responses, batch_errors, digest = previous.responses, previous.batch_errors, previous.batch_sha256
         not_sent = previous.not_sent
         known = previous.by_key
+        known_digests = previous.digest_by_key
         feedback = feedback or previous.feedback
     else:
         whole, batch_errors, digest = read_batch(store, paths, round_no)
         responses = [r for r in whole if r.sent_to_experts]
         not_sent = [r for r in whole if not r.sent_to_experts]
-        known = {}
+        known, known_digests = {}, {}
     if feedback is None:  # the same run's rules, whichever round the previous load was of
         feedback = previous.feedback if previous is not None and previous.feedback else run_feedback(store, paths)
     if reuse and feedback != previous.feedback:
@@ -192,7 +213,7 @@ def load_round(
     if gate is _READ_GATE:
         gate = previous.gate if reuse and previous.gate is not None else _stored_gate(store, paths, round_no, garbage)
     prefix = paths.ratings_prefix(round_no)
-    ids = {r.id for r in responses}
+    ids = {r.id: text_sha256(r.response) for r in responses}
     not_sent_ids = {r.id for r in not_sent}
     keyed: dict[str, tuple[str, str, int]] = {}
     for key in store.list(prefix):
@@ -201,15 +222,25 @@ def load_round(
             garbage.append(f"{store.describe(key)}: not a rating key")
         else:
             keyed[key] = parsed
-    by_key: dict[str, Rating | str] = {k: known[k] for k in keyed if k in known}
-    for key, data, error in _read_all(store, [k for k in keyed if k not in known]):
-        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, not_sent_ids)
+    # A rating a writer added to the state itself (no digest of its bytes yet) is read once more.
+    by_key: dict[str, Rating | Refusal | str] = {
+        k: known[k] for k in keyed if k in known and (k in known_digests or not isinstance(known[k], Rating))
+    }
+    digest_by_key = {k: known_digests[k] for k in by_key if k in known_digests}
+    verifier = Verifier(feedback)
+    for key, data, digest_of, error in _read_all(store, [k for k in keyed if k not in by_key]):
+        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, not_sent_ids, verifier)
+        if digest_of:
+            digest_by_key[key] = digest_of
     ratings: list[Rating] = []
     unreadable: list[str] = []
+    refused: list[Refusal] = []
     for key in keyed:  # listing order, as before
         result = by_key[key]
         if isinstance(result, Rating):
             ratings.append(result)
+        elif isinstance(result, Refusal):
+            refused.append(result)
         elif result.startswith(_UNREADABLE):
             unreadable.append(key)
         else:
@@ -220,6 +251,7 @@ def load_round(
     state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
     state.taken = set(keyed.values())
     state.not_sent = not_sent
+    state.refused, state.digest_by_key = refused, digest_by_key
     state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
     return state
 
@@ -277,12 +309,15 @@ def _check_rating(
     expected: tuple[str, str, int],
     data,
     error,
-    ids: set[str],
+    ids: dict[str, str],
     feedback: FeedbackSpec,
     not_sent_ids: set[str] = frozenset(),  # type: ignore[assignment]
-) -> Rating | str:
+    verifier: Verifier | None = None,
+) -> Rating | Refusal | str:
     """The stored rating, or why it cannot be used (unreadable, not matching its key, unknown
-    response, a rater or criteria the run does not allow)."""
+    response, not its rater's own, a rater or criteria the run does not allow).
+
+    ``ids``: the batch's response id -> SHA-256 of its text."""
     rater, response_id, version = expected
     if isinstance(error, AccessDenied):
         return _UNREADABLE + str(error)
@@ -298,6 +333,9 @@ def _check_rating(
         return f"{store.describe(key)}: rates {response_id!r}, which was not sent to the experts (feedback.selection)"
     if response_id not in ids:
         return f"{store.describe(key)}: rates unknown response {response_id!r}"
+    refusal = (verifier or Verifier(feedback)).refusal(store.describe(key), data, rating, ids[response_id])
+    if refusal is not None:
+        return refusal
     problem = rule_problem(rating, feedback)
     if problem:
         return f"{store.describe(key)}: {problem}"
