@@ -281,6 +281,16 @@ class Gate(Record):
         "'model'); never in 'rewards', never an expert rating.",
     )
     reward_model: RewardModelCheck | None = Field(None, description="The reward model's error on this round's ratings.")
+    contents: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rating id -> SHA-256 of its stored bytes when the gate closed (every considered rating): "
+        "a reader finding other bytes there now knows the rating changed after the gate.",
+    )
+    frozen: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Rating id -> the record as it was when the gate closed, for every rating the rewards name: "
+        "readers use it where the stored object changed since (a signed copy is verified like any rating).",
+    )
 
 
 class Drift(Record):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
 from therapy_rlhf.contracts.signing import text_sha256
 from therapy_rlhf.feedback.authenticity import Refusal, Verifier
-from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record, rating_id
 from therapy_rlhf.feedback.rewards import base_reward, reward_disagreement, rule_problem
 from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError, parse_json
@@ -79,6 +79,8 @@ class RoundState:
     refused: list[Refusal] = field(default_factory=list)
     # Rating key -> SHA-256 of the bytes read (what a gate freezes; reused like by_key).
     digest_by_key: dict[str, str] = field(default_factory=dict, repr=False)
+    # Ids of frozen ratings whose stored object changed after the gate closed: the gate's copy is used.
+    changed_after_gate: list[str] = field(default_factory=list)
 
     @property
     def content(self) -> dict[str, str]:
@@ -232,11 +234,38 @@ def load_round(
         by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, not_sent_ids, verifier)
         if digest_of:
             digest_by_key[key] = digest_of
+    # Of a closed round, the content the gate froze, where the stored object changed since.
+    results, changed = by_key, []
+    if isinstance(gate, Gate) and gate.frozen:
+        check = lambda k, record: _check_rating(store, k, keyed[k], record, None, ids, feedback, not_sent_ids, verifier)  # noqa: E731
+        results, changed = _frozen_content(gate, keyed, by_key, digest_by_key, check)
+    ratings, unreadable, refused, unusable = _sorted_results(keyed, results)
+    if isinstance(gate, Gate) and (problem := _implausible(gate, ratings, digest)):
+        garbage.append(f"{store.describe(paths.gate(round_no))}: not this round's gate ({problem}); ignored")
+        gate = None
+        if changed:  # a gate that is not believed lends no content either
+            ratings, unreadable, refused, unusable = _sorted_results(keyed, by_key)
+            changed = []
+    garbage += unusable
+    state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
+    state.taken = set(keyed.values())
+    state.not_sent = not_sent
+    state.refused, state.digest_by_key, state.changed_after_gate = refused, digest_by_key, changed
+    state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
+    return state
+
+
+_UNREADABLE = "unreadable: "
+
+
+def _sorted_results(keyed: dict, results: dict) -> tuple[list[Rating], list[str], list[Refusal], list[str]]:
+    """(usable ratings, unreadable keys, refusals, garbage lines), in listing order."""
     ratings: list[Rating] = []
     unreadable: list[str] = []
     refused: list[Refusal] = []
-    for key in keyed:  # listing order, as before
-        result = by_key[key]
+    garbage: list[str] = []
+    for key in keyed:
+        result = results[key]
         if isinstance(result, Rating):
             ratings.append(result)
         elif isinstance(result, Refusal):
@@ -245,18 +274,28 @@ def load_round(
             unreadable.append(key)
         else:
             garbage.append(result)
-    if isinstance(gate, Gate) and (problem := _implausible(gate, ratings, digest)):
-        garbage.append(f"{store.describe(paths.gate(round_no))}: not this round's gate ({problem}); ignored")
-        gate = None
-    state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
-    state.taken = set(keyed.values())
-    state.not_sent = not_sent
-    state.refused, state.digest_by_key = refused, digest_by_key
-    state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
-    return state
+    return ratings, unreadable, refused, garbage
 
 
-_UNREADABLE = "unreadable: "
+def _frozen_content(gate: Gate, keyed: dict[str, tuple[str, str, int]], by_key: dict, digests: dict[str, str], check):
+    """``by_key`` with the gate's frozen copy of every rating whose stored bytes changed since it closed.
+
+    Only for a key still listed (a deleted rating leaves the gate implausible),
+    and only a copy that passes the same checks as a stored object (``check``:
+    a signed copy must verify), so a gate.json cannot bring in a rating of its own.
+    Returns (results, ids of the ratings replaced).
+    """
+    results, changed = dict(by_key), []
+    for key, (rater, response, version) in keyed.items():
+        rid = rating_id(rater, response, version)
+        record = gate.frozen.get(rid)
+        if record is None or digests.get(key) == gate.contents.get(rid) and isinstance(by_key.get(key), Rating):
+            continue
+        frozen = check(key, record)
+        if isinstance(frozen, Rating):
+            results[key] = frozen
+            changed.append(rid)
+    return results, changed
 
 
 def _stored_gate(store: Store, paths: RunPaths, round_no: int, garbage: list[str]) -> Gate | None:

@@ -152,6 +152,20 @@ def with_simulated_roster(manifest: RunManifest) -> RunManifest:
     return manifest.model_copy(update={"spec": spec})
 
 
+def demo_roster(store: Store, manifest: RunManifest, auto: bool) -> RunManifest:
+    """The manifest a local runner freezes: a new run scored by the simulated rater registers its
+    raters' keys; a restarted one (whatever its scoring now) keeps the roster it was frozen with."""
+    from therapy_rlhf.store.backends import NotFound
+    from therapy_rlhf.store.runs import read_frozen_run
+
+    try:
+        stored = read_frozen_run(store, RunPaths(manifest.namespace, manifest.name)).spec.feedback
+    except NotFound:
+        return with_simulated_roster(manifest) if auto else manifest
+    simulated = [r.id for r in stored.raters] == simulated_raters(manifest.spec.feedback)
+    return with_simulated_roster(manifest) if simulated and not manifest.spec.feedback.raters else manifest
+
+
 def rate_round(
     store: Store,
     paths: RunPaths,
