@@ -69,7 +69,7 @@ class Verifier:
         return None
 
 
-def describe_refusals(refused: list[Refusal], limit: int = LISTED_REFUSALS) -> list[str]:
+def describe_refusals(refused: list[Refusal] | list[str], limit: int = LISTED_REFUSALS) -> list[str]:
     """The first ``limit`` refusals, one line each, then how many more."""
     lines = [str(r) for r in refused[:limit]]
     if len(refused) > limit:

@@ -388,6 +388,23 @@ def usable_latest(state: RoundState, feedback: FeedbackSpec) -> dict[tuple[str, 
     }
 
 
+def changed_after_gate(store: Store, paths: RunPaths, round_no: int, gate: Gate) -> list[str]:
+    """Ids of the ratings the gate's rewards name whose stored bytes are no longer what it froze
+    (missing or unreadable ones too); gates written before ``contents`` existed name none."""
+    named = sorted({rid for reward in gate.rewards.values() for rid in reward.ratings if rid in gate.contents})
+    out = []
+    for rid in named:
+        rater, response, version = rid.rsplit("/", 2)
+        try:
+            data = store.read_limited(paths.rating(round_no, rater, response, int(version.lstrip("v"))), MAX_RATING_BYTES)
+        except (StoreError, ValueError):
+            out.append(rid)
+            continue
+        if hashlib.sha256(data).hexdigest() != gate.contents[rid]:
+            out.append(rid)
+    return out
+
+
 def read_gate(store: Store, paths: RunPaths, round_no: int) -> Gate | None:
     try:
         data = store.read_json(paths.gate(round_no))

@@ -34,6 +34,10 @@ class RoundSummary:
     batch_errors: int = 0
     late: int = 0  # ratings stored after the gate closed: kept, never used
     garbage: int = 0  # objects in the ratings prefix that are not usable ratings (skipped)
+    # ratings not signed by their rater's registered key, one line each with the reason (never counted)
+    refused: tuple[str, ...] = ()
+    # frozen ratings whose stored object changed after the gate closed (the gate's copy is what counts)
+    changed_after_gate: tuple[str, ...] = ()
     reward_mismatches: int = 0  # stored rewards the criteria do not give (the recomputed one is used)
     simulated: tuple[str, ...] = ()  # raters whose latest ratings come from the simulated rater
     # feedback.selection: responses the experts did not see, and the model's part in a closed round
@@ -59,6 +63,8 @@ class RoundSummary:
             "waitingSince": self.waiting_since,
             "late": self.late,
             "garbage": self.garbage,
+            "refused": len(self.refused),
+            "changedAfterGate": len(self.changed_after_gate),
             "rewardMismatches": self.reward_mismatches,
             "notSentToExperts": self.not_sent,
             "modelScored": self.model_scored,
@@ -103,6 +109,8 @@ def summarize_round(
         batch_errors=len(state.batch_errors),
         late=len(state.late_ids),
         garbage=len(state.garbage),
+        refused=tuple(str(r) for r in state.refused),
+        changed_after_gate=tuple(state.changed_after_gate),
         reward_mismatches=len(state.reward_disagreements()),
         simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
         not_sent=len(state.not_sent),
