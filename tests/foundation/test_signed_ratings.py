@@ -288,3 +288,25 @@ def test_status_lists_the_first_20_refused_ratings_and_a_count(local_store, caps
     out = capsys.readouterr().out
     assert out.count("refused (unknown-rater)") == 20 and "... and 3 more refused rating(s)" in out
     assert run.spec.feedback.raters
+
+
+def test_rate_from_a_file_signs_every_rating(local_store, tmp_path, capsys):
+    from therapy_rlhf.cli import main
+
+    run = make_run(local_store)
+    sheet = tmp_path / "scores.csv"
+    sheet.write_text("response_id,empathy,boundaries,safe-language,guidance,overall\n"
+                     + "".join(f"{i},2,2,2,2,2\n" for i in IDS))
+    assert main(["rate", "signed", "--from", str(sheet), "--rater", "dr-lee", "--store", local_store.uri]) == 0
+    state = load_round(local_store, PATHS, 1, feedback=run.spec.feedback)
+    assert len(state.ratings) == 2 and state.refused == [] and all(r.signature for r in state.ratings)
+
+
+def test_validate_warns_when_ratings_are_unauthenticated(capsys):
+    from pathlib import Path
+
+    from therapy_rlhf.cli import main
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "tiny-local.yaml"
+    assert main(["validate", str(example)]) == 0
+    assert "warning: ratings are unauthenticated" in capsys.readouterr().err
