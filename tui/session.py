@@ -23,7 +23,6 @@ from therapy_rlhf.feedback.rewards import check_rater
 from therapy_rlhf.feedback.gate import coverage
 from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating
 from therapy_rlhf.contracts.spec import RunManifest
-from therapy_rlhf.feedback.rater_keys import signer_for
 from therapy_rlhf.store.backends import Store
 
 
@@ -51,7 +50,6 @@ class RoundSession:
 
     def __post_init__(self) -> None:
         check_rater(self.rater, self.feedback)
-        signer_for(self.rater, self.feedback)  # a run that takes only signed ratings needs the key before any scoring
         self.index = self.first_unrated() if self.responses else 0
 
     # ------------------------------------------------------------ basics
