@@ -13,6 +13,7 @@ taken once its version is chosen. A run that registers rater keys
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from therapy_rlhf.contracts.signing import text_sha256
@@ -22,7 +23,7 @@ from therapy_rlhf.feedback.rounds import MAX_RATING_BYTES, RoundState, _implausi
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import Rating, RecordError, parse_record, rating_id
 from therapy_rlhf.contracts.spec import FeedbackSpec
-from therapy_rlhf.store.backends import AccessDenied, AlreadyExists, Store, StoreError, StoreUnavailable
+from therapy_rlhf.store.backends import AccessDenied, AlreadyExists, Store, StoreError, StoreUnavailable, dump_json
 
 
 def submit_rating(
@@ -72,7 +73,8 @@ def submit_rating(
             record.signature = signer.sign(record.model_dump(mode="json"))
         key = paths.rating(state.round, rating.rater, rating.response_id, version)
         try:
-            store.create_json(key, record.model_dump(mode="json"))
+            data = dump_json(record.model_dump(mode="json"))
+            store.create_bytes(key, data)
         except AlreadyExists:
             stored = _own_object(store, key, record)
             if stored is not None:
@@ -93,6 +95,8 @@ def submit_rating(
                 return stored
             raise
         state.ratings.append(record)
+        # Known by key with its content digest: a later poll of this state never reads it back.
+        state.by_key[key], state.digest_by_key[key] = record, hashlib.sha256(data).hexdigest()
         return record
     raise RatingError(f"could not store rating of {rating.response_id}: too many concurrent writers")
 
