@@ -27,16 +27,13 @@ import tempfile
 import time
 import uuid
 
+from bench.foundation_store import timed
+
 
 def _median_seconds(fn, repeat: int) -> float:
-    for _ in range(min(50, repeat)):
+    for _ in range(min(50, repeat)):  # warm-up
         fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return timed(fn, repeat)
 
 
 def _round(store, responses: int, raters: int):

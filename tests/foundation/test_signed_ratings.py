@@ -309,4 +309,4 @@ def test_validate_warns_when_ratings_are_unauthenticated(capsys):
 
     example = Path(__file__).resolve().parents[2] / "examples" / "tiny-local.yaml"
     assert main(["validate", str(example)]) == 0
-    assert "warning: ratings are unauthenticated" in capsys.readouterr().err
+    assert "  warning: ratings are unauthenticated" in capsys.readouterr().out

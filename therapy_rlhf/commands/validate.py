@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
         note = authentication_note(manifest.spec.feedback)
-        if note:  # a warning, not an error: local demos and trials run without a roster
-            print(f"{path}: warning: {note} (register keys in feedback.raters; `therapy-rlhf rater-key init`)", file=sys.stderr)
+        if note:  # a warning under the file's 'ok', not an error: local demos and trials run without a roster
+            print(f"  warning: {note} (register keys in feedback.raters; `therapy-rlhf rater-key init`)")
         for line in errors:
             print(f"{path}: {line}", file=sys.stderr)
         failed += bool(errors)

@@ -117,6 +117,12 @@ class SelectionSpec(SpecModel):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the bootstrap and of uniform picks (mixed with the round).")
 
 
+def _refuse_repeats(values: list[str], what: str) -> None:
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what} {dupes}")
+
+
 class FeedbackSpec(SpecModel):
     """How the psychologist's ratings become rewards, and when a round's gate closes."""
 
@@ -164,21 +170,15 @@ class FeedbackSpec(SpecModel):
     @field_validator("rubric")
     @classmethod
     def _unique_criteria(cls, rubric: list[Criterion]) -> list[Criterion]:
-        seen = [c.name for c in rubric]
-        dupes = sorted({n for n in seen if seen.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate rubric criteria {dupes}")
+        _refuse_repeats([c.name for c in rubric], "rubric criteria")
         return rubric
 
     @field_validator("raters")
     @classmethod
     def _unique_raters(cls, raters: list[RaterKey]) -> list[RaterKey]:
-        ids = [r.id for r in raters]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate rater ids {dupes}")
+        _refuse_repeats([r.id for r in raters], "rater ids")
         keys = [r.public_key for r in raters]
-        shared = sorted({r.id for r in raters if keys.count(r.public_key) > 1})
+        shared = sorted(r.id for r in raters if keys.count(r.public_key) > 1)
         if shared:
             raise ValueError(f"raters {shared} share one public key: each rater signs with their own")
         return raters
