@@ -9,6 +9,9 @@ Inputs, all checked before anything is loaded or written:
   ``batch_sha256`` must be the digest of the batch (a batch changed after the
   gate closed is refused). The safety penalty is already in these rewards
   (``ratings.effective_reward``), so it is not applied again here;
+* the gate's frozen content: every rating a reward names has its content
+  digest and frozen copy in the gate (gates written before those existed
+  aside); a stored rating that changed since is reported, never used;
 * the checkpoint the batch was sampled from (``policy_for_round``): every
   response's ``policy`` must name it, so the update is on-policy;
 * round r-1's ``metrics.json`` for the adaptive KL coefficient and round
@@ -37,7 +40,7 @@ import hashlib
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from therapy_rlhf.jobs import models
@@ -45,6 +48,7 @@ from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.jobs.generate import BASE_POLICY
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import Gate, PendingResponse, RecordError, parse_batch, parse_record
+from therapy_rlhf.feedback.rounds import changed_after_gate
 from therapy_rlhf.store.backends import NotFound, Store, StoreError
 
 
@@ -57,6 +61,8 @@ class Inputs:
     policy_key: str | None  # adapter prefix the batch was sampled from (None = base)
     kl_coef: float
     model_scored: int = 0  # of ``responses``, rewarded by the reward model (gate.model_scored), not experts
+    # Frozen ratings whose stored object changed after the gate: the update uses the gate's rewards regardless.
+    changed_ratings: list[str] = field(default_factory=list)
 
 
 def _read(store: Store, key: str, what: str) -> bytes:
@@ -102,6 +108,11 @@ def read_inputs(store: Store, paths: RunPaths, round_no: int, sft_enabled: bool,
             raise JobError(f"{store.describe(gate_key)}: reward of {rid!r} is {reward.reward}, outside 0..1")
         if not reward.ratings or not reward.raters:
             raise JobError(f"{store.describe(gate_key)}: reward of {rid!r} names no ratings")
+    if gate.contents or gate.frozen:  # a gate that freezes content freezes all of it (older gates freeze names)
+        for rid, reward in gate.rewards.items():
+            bare = [i for i in reward.ratings if i not in gate.contents or i not in gate.frozen]
+            if bare:
+                raise JobError(f"{store.describe(gate_key)}: reward of {rid!r} names rating {bare[0]} without its frozen content")
     if gate.responses_rewarded != len(gate.rewards):
         raise JobError(
             f"{store.describe(gate_key)} says {gate.responses_rewarded} responses are rewarded but lists {len(gate.rewards)}"
@@ -135,6 +146,7 @@ def read_inputs(store: Store, paths: RunPaths, round_no: int, sft_enabled: bool,
         policy_key=policy_key,
         kl_coef=previous_kl_coef(store, paths, round_no, init_kl_coef),
         model_scored=len(gate.model_scored),
+        changed_ratings=changed_after_gate(store, paths, round_no, gate),
     )
 
 
@@ -206,6 +218,11 @@ def main(ctx: JobContext) -> tuple[Any, Any] | None:
         len(inputs.responses) - inputs.model_scored, inputs.gate.responses_total, inputs.model_scored,
         sum(inputs.rewards) / len(inputs.rewards), inputs.kl_coef,
     )
+    if inputs.changed_ratings:
+        ctx.progress(
+            "warning: %d frozen rating(s) changed in the store after the gate closed (e.g. %s): "
+            "the update uses the rewards the gate froze", len(inputs.changed_ratings), inputs.changed_ratings[0],
+        )
     optimizer_state = read_optimizer_state(ctx.store, paths, round_no)
     joined = join_process_group(ctx.device)
     try:

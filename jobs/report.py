@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from therapy_rlhf.contracts.layout import RunPaths
-from therapy_rlhf.feedback.rounds import read_gate
+from therapy_rlhf.feedback.rounds import changed_after_gate, read_gate
 from therapy_rlhf.store.runs import read_fluency
 from therapy_rlhf.contracts.records import Rating, RecordError, parse_record
 from therapy_rlhf.feedback.simrater import is_simulated
@@ -82,6 +82,14 @@ def render_markdown(results: dict[str, Any], curve_key: str | None = None) -> st
                 for p in curve
             ]
             lines.append("")
+    changed = [p for p in curve if p.get("changed_after_gate")]
+    if changed:
+        lines += [
+            "**Warning:** ratings changed in the store after their gate closed ("
+            + ", ".join(f"round {p['round']}: {p['changed_after_gate']}" for p in changed)
+            + "); every number here is what the gates froze, which is what trained.",
+            "",
+        ]
     if curve_key:
         lines += [f"Reward curve: `{curve_key}`", ""]
     return "\n".join(lines)
@@ -133,7 +141,8 @@ def rating_source(store: Store, paths: RunPaths, rounds: int) -> str:
         for rating_id in sorted({i for rr in gate.rewards.values() for i in rr.ratings}):
             rater, response_id, version = rating_id.rsplit("/", 2)
             try:
-                doc = store.read_json(paths.rating(r, rater, response_id, int(version.lstrip("v"))))
+                # The content the gate froze (what trained); the stored object only for gates older than that.
+                doc = gate.frozen.get(rating_id) or store.read_json(paths.rating(r, rater, response_id, int(version.lstrip("v"))))
                 rating = parse_record(Rating, doc, rating_id)
             except (StoreError, RecordError, ValueError):
                 continue  # not readable: counted as neither
@@ -185,6 +194,8 @@ def reward_curve(store: Store, paths: RunPaths, rounds: int) -> list[dict[str, f
                 "model_drifted": bool(gate.reward_model and gate.reward_model.drifted),
                 "fluency_log_likelihood": fluency.get("mean_log_likelihood"),
                 "dictionary_share": fluency.get("dictionary_share"),
+                # ratings whose stored object changed after the gate: the rewards above are the frozen ones
+                "changed_after_gate": len(changed_after_gate(store, paths, r, gate)),
             }
         )
     return points

@@ -1,6 +1,6 @@
 """Kubernetes-style conditions and the status document, from a planner decision (pure).
 
-Four condition types (``phases.CONDITION_TYPES``) are always present so that
+The condition types (``phases.CONDITION_TYPES``) are always present so that
 ``kubectl wait --for=condition=...`` works from the first reconcile. A
 condition's ``lastTransitionTime`` moves only when its ``status`` flips.
 """
@@ -63,9 +63,9 @@ def set_condition(
 
 
 def conditions_for(
-    outcome: Outcome, previous: list[dict[str, Any]], generation: int | None, now: float
+    outcome: Outcome, previous: list[dict[str, Any]], generation: int | None, now: float, authenticated: bool | None = None
 ) -> list[dict[str, Any]]:
-    """All four conditions for an outcome."""
+    """All four conditions for an outcome, and RatingsAuthenticated when the spec was read (``authenticated``)."""
     conds = list(previous or [])
     failed = outcome.phase == phases.FAILED
     ready = not failed and not outcome.blocked
@@ -101,6 +101,17 @@ def conditions_for(
         generation,
         now,
     )
+    if authenticated is not None:
+        conds = set_condition(
+            conds,
+            phases.COND_RATINGS_AUTHENTICATED,
+            "True" if authenticated else "False",
+            phases.R_RATERS_REGISTERED if authenticated else phases.R_NO_RATER_KEYS,
+            "only ratings signed by the keys in feedback.raters count" if authenticated else
+            "feedback.raters registers no rater keys: anyone who can write the store can rate under any rater id",
+            generation,
+            now,
+        )
     return conds
 
 
@@ -122,6 +133,7 @@ def build_status(
     previous: dict[str, Any] | None,
     generation: int | None,
     now: float,
+    authenticated: bool | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """The whole status document, validated against the CRD's model (``RunStatus``).
@@ -134,7 +146,7 @@ def build_status(
         "round": outcome.round,
         "message": outcome.message,
         "observedGeneration": generation,
-        "conditions": conditions_for(outcome, (previous or {}).get("conditions") or [], generation, now),
+        "conditions": conditions_for(outcome, (previous or {}).get("conditions") or [], generation, now, authenticated),
     }
     doc.update(fields)
     # Validate before writing: a status the CRD would reject must fail here, loudly.

@@ -25,6 +25,7 @@ import logging
 import time
 from typing import Any
 
+from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.execution import step
 from therapy_rlhf.feedback.rounds import read_gate
@@ -105,3 +106,25 @@ def announce_restored(store, paths: RunPaths, observed: Observed, pending: set[i
         if gate is not None:
             announce_gate(announcer, gate)
         pending.discard(r)
+
+
+def report_unusable_ratings(awaiting, reported: dict[tuple[int, str], int], emit) -> None:
+    """Warning Events for a round's rating objects that count nowhere, once per new object:
+    garbage (not a valid rating) and refused (not its rater's own: ``feedback.authenticity``)."""
+    from therapy_rlhf.feedback.authenticity import describe_refusals
+
+    r = awaiting.round
+    if len(awaiting.garbage) > reported.get((r, "garbage"), 0):
+        reported[(r, "garbage")] = len(awaiting.garbage)
+        emit(
+            "Warning", phases.R_GARBAGE_RATINGS,
+            f"round {r}: {len(awaiting.garbage)} object(s) in the ratings prefix are not valid "
+            f"ratings and are ignored; first: {awaiting.garbage[0]}",
+        )
+    if len(awaiting.refused) > reported.get((r, "refused"), 0):
+        reported[(r, "refused")] = len(awaiting.refused)
+        emit(
+            "Warning", phases.R_REFUSED_RATINGS,
+            f"round {r}: {len(awaiting.refused)} rating(s) refused, not signed by their rater's registered key "
+            "(never counted): " + "; ".join(describe_refusals(awaiting.refused, limit=3)),
+        )

@@ -59,7 +59,7 @@ class RunMemory:
 
     configmap_ok: bool = False
     spec_mismatch_reported: str = ""
-    garbage_reported: dict[int, int] = field(default_factory=dict)  # round -> objects reported
+    unusable_reported: dict[tuple[int, str], int] = field(default_factory=dict)  # (round, kind) -> objects reported
     summaries: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     gate_closed_at: dict[int, float] = field(default_factory=dict)
     # The last outcome an Event was posted for: handlers may see a status not yet patched.
@@ -148,6 +148,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
     if previous.get("phase") == phases.FAILED and ready_reason(previous) not in RECHECKED_FAILURES:
         return Result(None)
 
+    # Read from the live spec so that a run the operator cannot parse still says it.
+    authenticated = bool(((body.get("spec") or {}).get("feedback") or {}).get("raters"))
+
     def finish(outcome: Outcome, severity: str = "Normal", **fields: Any) -> Result:
         key = (outcome.phase, outcome.round, outcome.reason, outcome.message if outcome.blocked else "")
         due = is_transition(previous, outcome) or (outcome.blocked and previous.get("message") != outcome.message)
@@ -158,7 +161,7 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
                 outcome.phase == phases.SUSPENDED and outcome.reason == phases.R_REWARD_PLATEAU  # waits for a person
             )
             emit("Warning" if warning else severity, outcome.reason, outcome.message)
-        return Result(build_status(outcome, previous, generation, now, **fields))
+        return Result(build_status(outcome, previous, generation, now, authenticated, **fields))
 
     def blocked(reason: str, message: str) -> Result:
         # A refusal or an unreachable store holds the run where it was, re-checked every tick;
@@ -251,13 +254,8 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         decision = run_digests.hold_for_reports(decision, observed, manifest, memory.digest)
         active = _act(decision, state, manifest, owner, memory, emit, announcer, previous, record)
         runlease.release_when_ended(memory.lease, decision.phase)
-        if awaiting is not None and len(awaiting.garbage) > memory.garbage_reported.get(awaiting.round, 0):
-            memory.garbage_reported[awaiting.round] = len(awaiting.garbage)
-            emit(
-                "Warning", "GarbageRatings",
-                f"round {awaiting.round}: {len(awaiting.garbage)} object(s) in the ratings prefix are not valid "
-                f"ratings and are ignored; first: {awaiting.garbage[0]}",
-            )
+        if awaiting is not None:
+            gateclose.report_unusable_ratings(awaiting, memory.unusable_reported, emit)
         fields = _status_fields(store, paths, manifest, observed, awaiting, active, memory)
         fields["digests"] = dict(sorted(record.items()))
     except kube.Forbidden as err:

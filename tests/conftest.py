@@ -78,3 +78,16 @@ def esconv_dir() -> Path:
     if not ESCONV_DIR.is_dir():
         pytest.skip(f"real ESConv data not found at {ESCONV_DIR}")
     return ESCONV_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rater_key_folder(tmp_path_factory):
+    """Rater signing keys (the simulated raters' too) go to a folder of this session, never the user's own;
+    child processes inherit it."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield Path(os.environ["XDG_DATA_HOME"])
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved

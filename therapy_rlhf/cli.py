@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rate",
     "export",
     "rater_access",
+    "rater_key",
     "score",
     "report",
     "tiny_model",

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.pending import WaitingRound, find_waiting
+from therapy_rlhf.feedback.rater_keys import signer_for
 from therapy_rlhf.feedback.rewards import RatingError, check_rater
 from therapy_rlhf.feedback.rounds import RoundState, load_round, read_gate
 from therapy_rlhf.feedback.gate import overlap
@@ -86,6 +87,7 @@ def open_round(
     paths, manifest = open_run(store, namespace, run)
     try:
         check_rater(rater, manifest.spec.feedback)
+        signer_for(rater, manifest.spec.feedback)  # a run that takes only signed ratings needs this machine's key
     except RatingError as err:
         raise WorkError(f"run {namespace}/{run}: {err}") from None
     try:

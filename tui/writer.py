@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rater_keys import signer_for
 from therapy_rlhf.feedback.rewards import RatingError
 from therapy_rlhf.feedback.rounds import RoundState, load_round
 from therapy_rlhf.feedback.submit import submit_rating
@@ -173,7 +174,9 @@ class RatingWriter:
             t.state.ratings, t.state.by_key = fresh.ratings, fresh.by_key
             job.stored = t.state.find_submission(job.rating)
         if job.stored is None:
-            job.stored = submit_rating(t.store, t.paths, t.state, job.rating, t.feedback)
+            # Signed with the rater's key from this machine (required when the run registers keys).
+            signer = signer_for(job.rating.rater, t.feedback)
+            job.stored = submit_rating(t.store, t.paths, t.state, job.rating, t.feedback, signer=signer)
             # Known to the round's state by key too, so a live-refresh poll never reads it back.
             key = t.paths.rating(t.state.round, job.stored.rater, job.stored.response_id, job.stored.version)
             t.state.by_key[key] = job.stored

@@ -81,8 +81,9 @@ def test_a_submission_id_reused_for_other_content_is_refused(direct):
 
 @pytest.mark.slow
 def test_a_thousand_ratings_through_five_percent_faults_are_each_stored_once(s3_bucket, s3_endpoint):
-    out = run_workload(s3_endpoint, s3_bucket, responses=250, raters=4, rate=0.05, seed=1)
+    out = run_workload(s3_endpoint, s3_bucket, responses=250, raters=4, rate=0.05, seed=1, signed=True)
     assert out.acknowledged == out.submitted == 1000
     assert (out.stored, out.duplicates, out.lost) == (1000, 0, 0)
+    assert (out.verified, out.refused) == (1000, 0)  # signed, and a retried write never breaks a signature
     # the faults really happened, ambiguous ones included
     assert out.faults["500-after"] > 10 and out.faults["reset-after"] > 10 and sum(out.faults.values()) > 100

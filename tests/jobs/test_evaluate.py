@@ -24,6 +24,8 @@ N = 4
 NO_MODEL = {"model_scored": 0, "model_error": None, "model_compared": 0, "model_drifted": False}
 # rounds/r/fluency.json (issue 17): not written by these tests
 NO_MODEL.update(fluency_log_likelihood=None, dictionary_share=None)
+# issue 18: frozen ratings whose stored object changed after the gate (none here)
+NO_MODEL.update(changed_after_gate=0)
 
 def _store_adapter(ctx, prefix, marker, bump):
     """A LoRA adapter that differs from the base, stored with its marker."""

@@ -17,7 +17,7 @@ from therapy_rlhf.jobs.common import JobError
 from therapy_rlhf.jobs.value_head import FILENAME as VALUE_HEAD, ValueHead
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.gate import close_gate
-from therapy_rlhf.feedback.rounds import load_round
+from therapy_rlhf.feedback.rounds import load_round, read_gate
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import Rating, dump_batch, parse_batch
 from therapy_rlhf.store.backends import LocalStore
@@ -413,3 +413,47 @@ def test_value_head_round_trip_and_mismatch(tmp_path):
     with pytest.raises(ValueError, match="saved for hidden size 64, the model has 32"):
         ValueHead.load(tmp_path, 32)
     assert torch.equal(ValueHead(64).reset(3).summary.weight, head.summary.weight)  # seeded init
+
+
+def test_ppo_checks_the_gates_frozen_content(local_store, tmp_path):
+    """An in-place edit after the gate closed is reported and changes no reward; a gate whose rewards
+    name a rating without its frozen content is refused."""
+    import json
+
+    m = manifest(tmp_path)
+    paths = RunPaths("default", m.name)
+    rated_round(m, local_store)
+    gate = read_gate(local_store, paths, 1)
+    rid = sorted(gate.frozen)[0]
+    rater, response, _ = rid.rsplit("/", 2)
+    key = paths.rating(1, rater, response, 1)
+    edited = json.loads(local_store.read_bytes(key))
+    edited["criteria"] = {name: 1.0 for name in edited["criteria"]}
+    local_store.write_bytes(key, json.dumps(edited).encode())  # edited in place after the gate closed
+    inputs = ppo.read_inputs(local_store, paths, 1, False, 0.2)
+    assert inputs.changed_ratings == [rid] and inputs.rewards == [gate.rewards[r.id].reward for r in inputs.responses]
+    doc = json.loads(local_store.read_bytes(paths.gate(1)))
+    del doc["frozen"][rid]
+    local_store.write_bytes(paths.gate(1), json.dumps(doc).encode())
+    with pytest.raises(JobError, match="without its frozen content"):
+        ppo.read_inputs(local_store, paths, 1, False, 0.2)
+
+
+def test_the_report_uses_the_frozen_content_and_says_when_the_store_changed(local_store, tmp_path):
+    import json
+
+    from therapy_rlhf.jobs import report
+
+    m = manifest(tmp_path)
+    paths = RunPaths("default", m.name)
+    rated_round(m, local_store)
+    assert report.reward_curve(local_store, paths, 1)[0]["changed_after_gate"] == 0
+    rid = sorted(read_gate(local_store, paths, 1).frozen)[0]
+    rater, response, _ = rid.rsplit("/", 2)
+    key = paths.rating(1, rater, response, 1)
+    edited = {**json.loads(local_store.read_bytes(key)), "client": "someone-else"}
+    local_store.write_bytes(key, json.dumps(edited).encode())
+    curve = report.reward_curve(local_store, paths, 1)
+    assert curve[0]["changed_after_gate"] == 1
+    assert report.rating_source(local_store, paths, 1) == "simulated"  # the frozen copy, not the edit
+    assert "ratings changed in the store after their gate closed (round 1: 1)" in report.render_markdown({"reward_curve": curve})

@@ -138,3 +138,32 @@ def test_transition_detection():
     assert is_transition(previous, Outcome(phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS, "x"))
     assert is_transition(previous, Outcome(phases.GENERATING, 1, phases.R_JOB_RETRYING, "x"))
     assert is_transition(None, Outcome(phases.PENDING, 0, phases.R_JOB_STARTED, "x"))
+
+
+def test_ratings_authenticated_condition_says_whether_a_roster_is_registered():
+    outcome = Outcome(phases.AWAITING_RATINGS, 1, phases.R_WAITING_FOR_RATINGS, "waiting")
+    by_type = lambda conds: {c["type"]: c for c in conds}  # noqa: E731
+    assert phases.COND_RATINGS_AUTHENTICATED not in by_type(conditions_for(outcome, [], 1, 0.0))
+    off = by_type(conditions_for(outcome, [], 1, 0.0, authenticated=False))[phases.COND_RATINGS_AUTHENTICATED]
+    assert (off["status"], off["reason"]) == ("False", phases.R_NO_RATER_KEYS) and "unauthenticated" not in off["message"]
+    assert "no rater keys" in off["message"]
+    on = by_type(conditions_for(outcome, [], 1, 0.0, authenticated=True))[phases.COND_RATINGS_AUTHENTICATED]
+    assert (on["status"], on["reason"]) == ("True", phases.R_RATERS_REGISTERED)
+    RunStatus.model_validate(build_status(outcome, None, 1, 0.0, authenticated=True))
+
+
+def test_refused_ratings_are_a_warning_event_once_per_new_refusal():
+    from types import SimpleNamespace
+
+    from therapy_rlhf.feedback.authenticity import Refusal
+    from therapy_rlhf.operator.gateclose import report_unusable_ratings
+
+    events: list[tuple[str, str, str]] = []
+    emit = lambda kind, reason, message: events.append((kind, reason, message))  # noqa: E731
+    refusal = Refusal("store/x.json", "mallory/r1/v1", "unknown-rater", "'mallory' is not in feedback.raters")
+    awaiting = SimpleNamespace(round=1, garbage=[], refused=[refusal])
+    reported: dict = {}
+    report_unusable_ratings(awaiting, reported, emit)
+    report_unusable_ratings(awaiting, reported, emit)  # nothing new: no second Event
+    assert len(events) == 1 and events[0][:2] == ("Warning", phases.R_REFUSED_RATINGS)
+    assert "refused (unknown-rater)" in events[0][2]

@@ -165,11 +165,19 @@ class Outcome:
     requests: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    verified: int | None = None  # signed runs: stored ratings a reader counts (signature valid)
+    refused: int | None = None  # signed runs: stored ratings a reader refuses
 
 
 def run_workload(endpoint: str, bucket: str, responses: int = 250, raters: int = 4, rate: float = 0.05,
-                 seed: int = 1, prefix: str = "faults") -> Outcome:
-    """Submit ``responses x raters`` first ratings through the proxy; count what is stored (read past it)."""
+                 seed: int = 1, prefix: str = "faults", signed: bool = False) -> Outcome:
+    """Submit ``responses x raters`` first ratings through the proxy; count what is stored (read past it).
+
+    ``signed``: each rater signs with a key registered in the run's roster (kept in memory, never on disk),
+    and the stored ratings are then read back as every reader does, counting verified and refused ones."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from therapy_rlhf.feedback.rater_keys import Signer
     from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
     from therapy_rlhf.feedback.rounds import load_round
     from therapy_rlhf.feedback.submit import submit_rating
@@ -178,7 +186,8 @@ def run_workload(endpoint: str, bucket: str, responses: int = 250, raters: int =
     from therapy_rlhf.store.backends import S3Store, StoreUnavailable
 
     paths = RunPaths("default", "faults")
-    feedback = FeedbackSpec()
+    signers = {f"dr-{r:02d}": Signer(f"dr-{r:02d}", Ed25519PrivateKey.generate()) for r in range(raters)} if signed else {}
+    feedback = FeedbackSpec.model_validate({"raters": [{"id": s.rater, "publicKey": s.public_key} for s in signers.values()]})
     direct = S3Store(bucket, prefix, endpoint_url=endpoint)
     ids = [f"r0001-p{i:04d}" for i in range(responses)]
     direct.write_bytes(paths.batch(1), dump_batch(
@@ -193,7 +202,7 @@ def run_workload(endpoint: str, bucket: str, responses: int = 250, raters: int =
             rater = f"dr-{r:02d}"
             while True:  # the tool's first load, retried like everything else
                 try:
-                    state = load_round(store, paths, 1)
+                    state = load_round(store, paths, 1, feedback=feedback)
                     break
                 except StoreUnavailable:
                     out.client_retries += 1
@@ -202,7 +211,7 @@ def run_workload(endpoint: str, bucket: str, responses: int = 250, raters: int =
                 out.submitted += 1
                 while True:
                     try:
-                        submit_rating(store, paths, state, rating, feedback)
+                        submit_rating(store, paths, state, rating, feedback, signer=signers.get(rater))
                         break
                     except StoreUnavailable:
                         out.client_retries += 1  # the same Rating object: the same submission
@@ -219,4 +228,7 @@ def run_workload(endpoint: str, bucket: str, responses: int = 250, raters: int =
     out.stored = sum(per_pair.values())
     out.duplicates = sum(n - 1 for n in per_pair.values() if n > 1)
     out.lost = sum(1 for pair in acked if per_pair[pair] == 0)
+    if signed:
+        read = load_round(direct, paths, 1, feedback=feedback)
+        out.verified, out.refused = len(read.ratings), len(read.refused)
     return out

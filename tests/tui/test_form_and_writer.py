@@ -95,3 +95,25 @@ def test_writer_reports_a_rejected_rating(local_store):
     writer.submit(session, Rating(response_id="r0001-p0-s0", rater="alice", criteria={"nope": 1.0}, reward=1.0))
     assert writer.drain(timeout=5)
     assert events[0].kind == "rejected" and "unknown rubric criteria" in events[0].job.error
+
+
+def test_the_writer_signs_with_the_raters_key_where_the_run_takes_only_signed_ratings(local_store):
+    from therapy_rlhf.feedback.rater_keys import key_path, signer_for
+    from therapy_rlhf.tui.catalog import WorkError
+
+    key = signer_for("tui-signer", create=True).public_key  # type: ignore[union-attr]
+    elsewhere = signer_for("tui-elsewhere", create=True).public_key  # type: ignore[union-attr]
+    key_path("tui-elsewhere").unlink()  # registered, but the key is on another machine
+    make_run(local_store, n=1, raters=[{"id": "tui-signer", "publicKey": key}, {"id": "tui-elsewhere", "publicKey": elsewhere}])
+    with pytest.raises(WorkError, match="accepts only signed ratings"):  # said before any scoring
+        open_round(local_store, "default", "demo", "tui-elsewhere")
+    session = open_round(local_store, "default", "demo", "tui-signer")
+    events = []
+    writer = RatingWriter(events.append)
+    form = RatingForm(session.feedback)
+    for d in (4, 4, 4, 4, 4):
+        form.score(d)
+    writer.submit(session, form.to_rating("r0001-p0-s0", "tui-signer", 1.0, "t"))
+    assert writer.drain(timeout=5) and [e.kind for e in events] == ["saved"]
+    state = load_round(local_store, DEMO, 1)
+    assert len(state.ratings) == 1 and state.ratings[0].signature and state.refused == []

@@ -20,7 +20,10 @@ and then come as rows with ``scored_by: "reward-model"``, no raters, no
 criteria, and the model's ``predicted`` reward and ``spread``.
 
 Ratings are read under the run's rules (``ratings.load_round``): only allowed
-raters, rewards recomputed from the criteria, garbage skipped. A closed round
+raters (with a roster, only ratings signed by the rater's registered key),
+rewards recomputed from the criteria, garbage skipped. A gated round exports
+exactly what trained: where a frozen rating's stored object changed after the
+gate closed, the gate's copy is exported and a warning line says so. A closed round
 gives one row per response the gate froze (``gated: true``); where ratings
 arrived after the gate closed, a second row holds each rater's newest rating
 including them (``late: true``, never ``gated``): kept for the record, not
@@ -69,8 +72,10 @@ def _prompt(response, fmt: str):
     return text, response.response
 
 
-def export_rows(store, paths, fmt: str = "conversational", include_model_scored: bool = False) -> list[dict]:
-    """The export rows of a run, in round and batch order."""
+def export_rows(
+    store, paths, fmt: str = "conversational", include_model_scored: bool = False, warnings: list[str] | None = None
+) -> list[dict]:
+    """The export rows of a run, in round and batch order; what the caller should be told goes to ``warnings``."""
     from dataclasses import replace
 
     from therapy_rlhf.feedback.gate import aggregate
@@ -80,6 +85,8 @@ def export_rows(store, paths, fmt: str = "conversational", include_model_scored:
     rows: list[dict] = []
     for r in stored_rounds(store, paths):
         state = load_round(store, paths, r, feedback=feedback)
+        if warnings is not None:
+            warnings += _round_warnings(state)
         frozen = {rid for reward in state.gate.rewards.values() for rid in reward.ratings} if state.gate else set()
         rewards = aggregate(state, feedback)
         # Each rater's newest rating including late ones: the same rules, no gate.
@@ -100,6 +107,19 @@ def export_rows(store, paths, fmt: str = "conversational", include_model_scored:
                 if response.id in state.gate.model_scored
             ]
     return rows
+
+
+def _round_warnings(state) -> list[str]:
+    out = []
+    if state.changed_after_gate:
+        out.append(
+            f"warning: round {state.round}: {len(state.changed_after_gate)} rating(s) changed in the store after the gate "
+            f"closed ({', '.join(state.changed_after_gate[:3])}); exported as the gate froze them (what trained)"
+        )
+    if state.refused:
+        out.append(f"warning: round {state.round}: {len(state.refused)} rating(s) refused, not their rater's own "
+                   f"(left out; `therapy-rlhf status` lists them)")
+    return out
 
 
 def _model_row(response, score, round_no: int, fmt: str) -> dict:
@@ -159,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         store, paths = resolve(args, args.run)
-        rows = export_rows(store, paths, args.format, args.include_model_scored)
+        warnings: list[str] = []
+        rows = export_rows(store, paths, args.format, args.include_model_scored, warnings)
     except (SpecError, StoreError, ValueError) as err:
         print(one_line(err), file=sys.stderr)
         return 1
@@ -171,5 +192,7 @@ def run(args: argparse.Namespace) -> int:
         if error:
             print(error, file=sys.stderr)
             return 1
+    for line in warnings:
+        print(line, file=sys.stderr)
     print(f"exported {len(rows)} rated response(s) of {paths.namespace}/{paths.run}", file=sys.stderr)
     return 0

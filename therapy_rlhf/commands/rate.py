@@ -72,6 +72,7 @@ def _round(store, paths, requested: int | None) -> int:
 def _import(args, store, paths, manifest, round_no: int) -> int:
     from therapy_rlhf.feedback.import_checks import capped
     from therapy_rlhf.feedback.importer import describe_stored, read_rows, submission_id
+    from therapy_rlhf.feedback.rater_keys import signer_for
     from therapy_rlhf.feedback.rewards import check_rater
     from therapy_rlhf.feedback.rounds import load_round
     from therapy_rlhf.feedback.submit import submit_rating
@@ -81,6 +82,7 @@ def _import(args, store, paths, manifest, round_no: int) -> int:
         raise ValueError("--from imports one rater's scores: give --rater once")
     rater = check_rater(resolve_rater(args.rater[0] if args.rater else None), manifest.spec.feedback)
     feedback = manifest.spec.feedback
+    signer = signer_for(rater, feedback)  # before reading anything: a run with a roster needs the rater's key
     state = load_round(store, paths, round_no, feedback=feedback)
     rows = read_rows(args.from_file, feedback, rater, state.response_ids, args.scale, round_no=round_no)
     run = f"{paths.namespace}/{paths.run}"
@@ -100,7 +102,7 @@ def _import(args, store, paths, manifest, round_no: int) -> int:
         if args.dry_run:
             print(f"{where}: ok, would be {describe_stored(rating, feedback)}{' (correcting your earlier score)' if had else ''}")
             continue
-        record = submit_rating(store, paths, state, rating, feedback)
+        record = submit_rating(store, paths, state, rating, feedback, signer=signer)
         stored += 1
         corrected += had
         print(f"{where}: {describe_stored(rating, feedback)}{' as a correction' if record.version > 1 else ''}")

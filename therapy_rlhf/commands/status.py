@@ -101,6 +101,7 @@ def _fluency(r) -> str:
 def _one(store, paths, as_json: bool) -> int:
     from rich.table import Table
 
+    from therapy_rlhf.feedback.authenticity import LISTED_REFUSALS, authentication_note, describe_refusals
     from therapy_rlhf.feedback.summary import summarize_run
 
     manifest, rounds = summarize_run(store, paths)
@@ -113,10 +114,12 @@ def _one(store, paths, as_json: bool) -> int:
             "name": paths.run,
             "model": manifest.spec.model.source,
             "minRaters": fb.min_raters,
+            "ratingsAuthenticated": bool(fb.raters),
             **where,
             "history": [
                 {**r.to_dict(), "batchErrors": r.batch_errors, "simulatedRaters": list(r.simulated),
-                 "unreadable": r.unreadable, "unreadableKeys": list(r.unreadable_keys)}
+                 "unreadable": r.unreadable, "unreadableKeys": list(r.unreadable_keys),
+                 "refusedRatings": list(r.refused[:LISTED_REFUSALS])}
                 for r in rounds
             ],
         }
@@ -131,6 +134,8 @@ def _one(store, paths, as_json: bool) -> int:
     if manifest.spec.evaluation.enabled:
         steps.append(f"evaluation {'done' if where['evalDone'] else 'not done'}")
     console.print(f"at [bold]{where['phase']}[/]: {where['detail']}  ({', '.join(steps)})")
+    note = authentication_note(fb)
+    console.print(f"[yellow]warning: {note}[/]" if note else f"ratings: signed by the {len(fb.raters)} registered rater key(s)")
     if not rounds:
         console.print("no rounds generated yet")
         return 0
@@ -169,8 +174,15 @@ def _one(store, paths, as_json: bool) -> int:
             more = ", ..." if r.unreadable > len(r.unreadable_keys) else ""
             notes.append(f"{r.unreadable} rating object(s) could not be read with this credential (not counted): "
                          f"{', '.join(r.unreadable_keys)}{more}")
+        if r.changed_after_gate:
+            notes.append(f"{len(r.changed_after_gate)} frozen rating(s) changed in the store after the gate closed "
+                         f"(the gate's copy is used): {', '.join(r.changed_after_gate[:3])}")
+        if r.refused:
+            notes.append(f"{len(r.refused)} rating(s) refused, not their rater's own (never counted):")
         for note in notes:
-            console.print(f"[yellow]round {r.round}: {note}[/]")
+            console.print(f"[yellow]round {r.round}: {note}[/]", highlight=False)
+        for line in describe_refusals(list(r.refused)):
+            console.print(f"  {line}", markup=False, highlight=False)
     if fb.selection.mode != "all":
         for r in rounds:
             model = []

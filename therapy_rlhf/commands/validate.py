@@ -88,6 +88,8 @@ def plan_lines(manifest: RunManifest, gpu_memory: int | None, config_file: Path 
 
 
 def run(args: argparse.Namespace) -> int:
+    from therapy_rlhf.feedback.authenticity import authentication_note
+
     failed = 0
     for path in args.files:
         try:
@@ -103,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}: warning: {warning}", file=sys.stderr)
         for line in lines:
             print(line)
+        note = authentication_note(manifest.spec.feedback)
+        if note:  # a warning under the file's 'ok', not an error: local demos and trials run without a roster
+            print(f"  warning: {note} (register keys in feedback.raters; `therapy-rlhf rater-key init`)")
         for line in errors:
             print(f"{path}: {line}", file=sys.stderr)
         failed += bool(errors)

@@ -49,6 +49,7 @@ _DROP = {"title", "$defs", "additionalProperties", "examples"}
 LIST_MAP_KEYS: dict[tuple[str, ...], str] = {
     ("spec", "ppo", "prompts"): "id",
     ("spec", "feedback", "rubric"): "name",
+    ("spec", "feedback", "raters"): "id",
     ("spec", "evaluation", "externalResponses"): "name",
     ("status", "conditions"): "type",
     ("status", "rounds"): "round",

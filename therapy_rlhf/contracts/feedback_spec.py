@@ -10,7 +10,24 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 
+from therapy_rlhf.contracts.signing import KeyFormatError, parse_public_key
 from therapy_rlhf.contracts.spec_base import MAX_SEED, RATING_FLAGS, ItemId, Probability, RaterId, SpecModel
+
+
+class RaterKey(SpecModel):
+    """A registered rater: the id and the public key their ratings must be signed with."""
+
+    id: RaterId
+    public_key: str = Field(..., max_length=100, description="'ed25519:<base64>' as `therapy-rlhf rater-key init` prints it.")
+
+    @field_validator("public_key")
+    @classmethod
+    def _parses(cls, v: str) -> str:
+        try:
+            parse_public_key(v)
+        except KeyFormatError as err:
+            raise ValueError(str(err)) from None
+        return v
 
 
 class Criterion(SpecModel):
@@ -177,6 +194,12 @@ class SelectionSpec(SpecModel):
         ]
 
 
+def _refuse_repeats(values: list[str], what: str) -> None:
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what} {dupes}")
+
+
 class FeedbackSpec(SpecModel):
     """How the psychologist's ratings become rewards, and when a round's gate closes."""
 
@@ -190,7 +213,13 @@ class FeedbackSpec(SpecModel):
     )
     min_raters: int = Field(1, ge=1, le=50, description="Distinct raters each response needs.")
     allowed_raters: list[RaterId] = Field(
-        default_factory=list, description="Rater ids allowed to rate; empty allows anyone."
+        default_factory=list,
+        description="Rater ids allowed to rate, unsigned; empty allows anyone. Use raters instead to authenticate them.",
+    )
+    raters: list[RaterKey] = Field(
+        default_factory=list,
+        description="The roster: each rater's id and public key. When given, it is the allow-list and only ratings "
+        "signed by the registered key count; empty leaves the run's ratings unauthenticated.",
     )
     gate_deadline_seconds: int | None = Field(
         None, ge=60, description="Seconds a round may wait for ratings; unset waits forever."
@@ -218,11 +247,35 @@ class FeedbackSpec(SpecModel):
     @field_validator("rubric")
     @classmethod
     def _unique_criteria(cls, rubric: list[Criterion]) -> list[Criterion]:
-        seen = [c.name for c in rubric]
-        dupes = sorted({n for n in seen if seen.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate rubric criteria {dupes}")
+        _refuse_repeats([c.name for c in rubric], "rubric criteria")
         return rubric
+
+    @field_validator("raters")
+    @classmethod
+    def _unique_raters(cls, raters: list[RaterKey]) -> list[RaterKey]:
+        _refuse_repeats([r.id for r in raters], "rater ids")
+        keys = [r.public_key for r in raters]
+        shared = sorted(r.id for r in raters if keys.count(r.public_key) > 1)
+        if shared:
+            raise ValueError(f"raters {shared} share one public key: each rater signs with their own")
+        return raters
+
+    @model_validator(mode="after")
+    def _one_allow_list(self) -> "FeedbackSpec":
+        # One name per idea: the roster is the allow-list when given.
+        if self.raters and self.allowed_raters:
+            raise ValueError("give feedback.raters (the roster, which is the allow-list) or feedback.allowedRaters, not both")
+        return self
+
+    @property
+    def rater_keys(self) -> dict[str, str]:
+        """Registered rater id -> public key text (empty: ratings are unauthenticated)."""
+        return {r.id: r.public_key for r in self.raters}
+
+    @property
+    def permitted_raters(self) -> list[str]:
+        """The allow-list: the roster's ids, else allowedRaters; empty allows anyone."""
+        return [r.id for r in self.raters] or list(self.allowed_raters)
 
     @model_validator(mode="after")
     def _levels_match_the_scale(self) -> "FeedbackSpec":
@@ -241,5 +294,6 @@ __all__ = [
     "responses_of",
     "Criterion",
     "SelectionSpec",
+    "RaterKey",
     "FeedbackSpec",
 ]

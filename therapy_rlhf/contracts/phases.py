@@ -24,7 +24,9 @@ COND_READY = "Ready"
 COND_AWAITING_RATINGS = "AwaitingRatings"
 COND_FAILED = "Failed"
 COND_SUSPENDED = "Suspended"
-CONDITION_TYPES = (COND_READY, COND_AWAITING_RATINGS, COND_FAILED, COND_SUSPENDED)
+# Whether only ratings signed by registered rater keys count (feedback.raters); shown when the spec is read.
+COND_RATINGS_AUTHENTICATED = "RatingsAuthenticated"
+CONDITION_TYPES = (COND_READY, COND_AWAITING_RATINGS, COND_FAILED, COND_SUSPENDED, COND_RATINGS_AUTHENTICATED)
 
 # Reasons (conditions[].reason, Event reasons) --------------------------------
 R_JOB_STARTED = "JobStarted"
@@ -71,3 +73,10 @@ R_HELD_BY_LOCAL_RUNNER = "HeldByLocalRunner"
 # spec.fluency (issue 17): a batch below a fluency threshold pauses the run before anyone rates it
 # (phase Suspended, the Suspended condition's reason).
 R_FLUENCY_COLLAPSE = "FluencyCollapse"
+
+# Signed ratings (issue 18): the RatingsAuthenticated condition's reasons, and the Warning Event
+# naming ratings that are not their rater's own (refused, never counted).
+R_RATERS_REGISTERED = "RaterKeysRegistered"
+R_NO_RATER_KEYS = "NoRaterKeys"
+R_REFUSED_RATINGS = "RefusedRatings"
+R_GARBAGE_RATINGS = "GarbageRatings"

@@ -180,6 +180,16 @@ class Rating(Record):
     )
     created_at: str = Field(default_factory=utcnow)
     client: str = "unknown"
+    response_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the response text judged (contracts.signing): a signature cannot be moved to another response.",
+    )
+    signature: str | None = Field(
+        None,
+        max_length=200,
+        description="'ed25519:<base64>' by the rater's registered key over the rest of the record (contracts.signing).",
+    )
 
     @field_validator("response_id")
     @classmethod
@@ -284,6 +294,16 @@ class Gate(Record):
         "'model'); never in 'rewards', never an expert rating.",
     )
     reward_model: RewardModelCheck | None = Field(None, description="The reward model's error on this round's ratings.")
+    contents: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rating id -> SHA-256 of its stored bytes when the gate closed (every considered rating): "
+        "a reader finding other bytes there now knows the rating changed after the gate.",
+    )
+    frozen: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Rating id -> the record as it was when the gate closed, for every rating the rewards name: "
+        "readers use it where the stored object changed since (a signed copy is verified like any rating).",
+    )
 
 
 class Drift(Record):

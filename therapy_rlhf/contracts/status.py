@@ -54,6 +54,12 @@ class RoundStatus(SpecModel):
     checkpoint: str | None = Field(None, description="Store key of the policy after this round.")
     late: int = Field(0, ge=0, description="Ratings stored after the gate closed: kept, never used.")
     garbage: int = Field(0, ge=0, description="Objects in the ratings prefix that are not usable ratings (skipped).")
+    refused: int = Field(
+        0, ge=0, description="Ratings not signed by their rater's registered key (feedback.raters): never counted."
+    )
+    changed_after_gate: int = Field(
+        0, ge=0, description="Frozen ratings whose stored object changed after the gate closed (the gate's copy is used)."
+    )
     reward_mismatches: int = Field(
         0, ge=0, description="Stored rewards that the criteria do not give; the recomputed reward is used."
     )

@@ -132,6 +132,10 @@ class LocalRunner:
     def prepare(self, write_config: bool = True) -> tuple[RunManifest, RunSpec]:
         """Freeze the spec in the store (a restart keeps the frozen one) and write the jobs' run config
         (``run()`` writes it only once it holds the run's lease: a refused runner changes nothing)."""
+        from therapy_rlhf.feedback.simrater import demo_roster
+
+        # A demo's simulated raters sign like people: their keys are registered in the frozen spec.
+        self.manifest = demo_roster(self.store, self.manifest, self.scoring == "auto")
         frozen = freeze_spec(self.store, self.manifest)
         spec = step.effective_spec(frozen.spec, self.manifest.spec)
         self.work_dir = work_dir_for(self.paths, self.store.uri)

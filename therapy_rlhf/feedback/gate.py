@@ -106,6 +106,7 @@ def build_gate(
     if reason == "complete" and not coverage(state, feedback.min_raters).is_complete:
         raise RatingError(f"round {state.round} is not fully rated: {coverage(state, feedback.min_raters).describe()}")
     values = [r.reward for r in rewards.values()]
+    by_id = {r.id: r for r in state.ratings}
     extras = selecting.gate_extras(
         selection, predictions, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.not_sent],
         earlier,
@@ -122,6 +123,8 @@ def build_gate(
         agreement=agreement(state, feedback),
         batch_sha256=state.batch_sha256,
         considered=sorted(r.id for r in state.ratings),
+        contents=dict(sorted(state.content.items())),
+        frozen={rid: by_id[rid].model_dump(mode="json") for reward in rewards.values() for rid in reward.ratings},
         **extras,
     )
 

@@ -93,10 +93,14 @@ def validate_rating(rating: Rating, feedback: FeedbackSpec, response_ids: Iterab
         )
 
 
+def _allow_list_name(feedback: FeedbackSpec) -> str:
+    return "feedback.raters" if feedback.raters else "feedback.allowedRaters"
+
+
 def rule_problem(rating: Rating, feedback: FeedbackSpec) -> str | None:
     """Why the run's rules cannot use this rating (rater not allowed, criteria not the rubric), or None."""
-    if feedback.allowed_raters and rating.rater not in feedback.allowed_raters:
-        return f"rater {rating.rater!r} is not in feedback.allowedRaters {feedback.allowed_raters}"
+    if feedback.permitted_raters and rating.rater not in feedback.permitted_raters:
+        return f"rater {rating.rater!r} is not in {_allow_list_name(feedback)} {feedback.permitted_raters}"
     if rating.withdrawn:
         return None
     known = {c.name for c in feedback.rubric}
@@ -149,6 +153,6 @@ def check_rater(rater: str, feedback: FeedbackSpec) -> str:
         names.rater_id(rater)
     except names.InvalidName as err:
         raise RatingError(str(err)) from None
-    if feedback.allowed_raters and rater not in feedback.allowed_raters:
-        raise RatingError(f"rater {rater!r} is not in feedback.allowedRaters {feedback.allowed_raters}")
+    if feedback.permitted_raters and rater not in feedback.permitted_raters:
+        raise RatingError(f"rater {rater!r} is not in {_allow_list_name(feedback)} {feedback.permitted_raters}")
     return rater

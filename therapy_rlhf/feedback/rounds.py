@@ -12,6 +12,12 @@ are not in the frozen set, so they never count as gated. A stored gate.json
 for another batch, or naming ratings that are not stored, is not the round's
 gate.
 
+With a roster (``feedback.raters``), a rating counts only when it is signed by
+its rater's registered key (``authenticity``); one that is not is *refused*
+with a named reason (``RoundState.refused``), never counted. Every usable
+rating's content digest (SHA-256 of the stored bytes, ``RoundState.content``)
+is what a gate freezes, so a later in-place edit is seen.
+
 Storing a rating is ``submit``; closing a gate is ``gate``.
 """
 
@@ -22,10 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
-from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record
+from therapy_rlhf.contracts.signing import text_sha256
+from therapy_rlhf.feedback.authenticity import Refusal, Verifier
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record, rating_id
 from therapy_rlhf.feedback.rewards import base_reward, reward_disagreement, rule_problem
 from therapy_rlhf.contracts.spec import FeedbackSpec
-from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError
+from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError, parse_json
 
 # A rating object is a few KiB (comment <= 20000 characters); a larger object in a
 # ratings prefix is garbage and is not downloaded whole.
@@ -52,7 +60,7 @@ class RoundState:
     batch_sha256: str = ""
     # Rating key -> its parsed record, or why it is garbage: what a later
     # load_round(previous=this) need not read again (stored objects never change).
-    by_key: dict[str, Rating | str] = field(default_factory=dict, repr=False)
+    by_key: dict[str, Rating | Refusal | str] = field(default_factory=dict, repr=False)
     # The rules the ratings were checked against (the run's frozen feedback spec).
     feedback: FeedbackSpec | None = field(default=None, repr=False)
     # The gate the round closed with, if any: ratings it did not freeze are late.
@@ -67,6 +75,17 @@ class RoundState:
     # Responses of the batch that feedback.selection did not send to the experts: never
     # shown to raters, never rateable, rewarded (if at all) by the reward model.
     not_sent: list[PendingResponse] = field(default_factory=list)
+    # Ratings that are not their rater's own (a run with a roster), and why: never counted.
+    refused: list[Refusal] = field(default_factory=list)
+    # Rating key -> SHA-256 of the bytes read (what a gate freezes; reused like by_key).
+    digest_by_key: dict[str, str] = field(default_factory=dict, repr=False)
+    # Ids of frozen ratings whose stored object changed after the gate closed: the gate's copy is used.
+    changed_after_gate: list[str] = field(default_factory=list)
+
+    @property
+    def content(self) -> dict[str, str]:
+        """Usable rating id -> SHA-256 of its stored bytes, as read."""
+        return {v.id: self.digest_by_key[k] for k, v in self.by_key.items() if isinstance(v, Rating) and k in self.digest_by_key}
 
     @property
     def response_ids(self) -> list[str]:
@@ -130,12 +149,15 @@ def read_batch(store: Store, paths: RunPaths, round_no: int) -> tuple[list[Pendi
 READ_WORKERS = 8
 
 
-def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, StoreError | None]]:
-    def fetch(key: str) -> tuple[str, object, StoreError | None]:
+def _read_all(store: Store, keys: list[str]) -> list[tuple[str, object, str, StoreError | None]]:
+    """(key, parsed JSON, SHA-256 of the bytes, error) of each key."""
+
+    def fetch(key: str) -> tuple[str, object, str, StoreError | None]:
         try:
-            return key, store.read_json(key, limit=MAX_RATING_BYTES), None
+            data = store.read_limited(key, MAX_RATING_BYTES)
+            return key, parse_json(data, store.describe(key)), hashlib.sha256(data).hexdigest(), None
         except StoreError as err:
-            return key, None, err
+            return key, None, "", err
 
     if len(keys) < 2:
         return [fetch(k) for k in keys]
@@ -178,12 +200,13 @@ def load_round(
         responses, batch_errors, digest = previous.responses, previous.batch_errors, previous.batch_sha256
         not_sent = previous.not_sent
         known = previous.by_key
+        known_digests = previous.digest_by_key
         feedback = feedback or previous.feedback
     else:
         whole, batch_errors, digest = read_batch(store, paths, round_no)
         responses = [r for r in whole if r.sent_to_experts]
         not_sent = [r for r in whole if not r.sent_to_experts]
-        known = {}
+        known, known_digests = {}, {}
     if feedback is None:  # the same run's rules, whichever round the previous load was of
         feedback = previous.feedback if previous is not None and previous.feedback else run_feedback(store, paths)
     if reuse and feedback != previous.feedback:
@@ -192,7 +215,7 @@ def load_round(
     if gate is _READ_GATE:
         gate = previous.gate if reuse and previous.gate is not None else _stored_gate(store, paths, round_no, garbage)
     prefix = paths.ratings_prefix(round_no)
-    ids = {r.id for r in responses}
+    ids = {r.id: text_sha256(r.response) for r in responses}
     not_sent_ids = {r.id for r in not_sent}
     keyed: dict[str, tuple[str, str, int]] = {}
     for key in store.list(prefix):
@@ -201,30 +224,78 @@ def load_round(
             garbage.append(f"{store.describe(key)}: not a rating key")
         else:
             keyed[key] = parsed
-    by_key: dict[str, Rating | str] = {k: known[k] for k in keyed if k in known}
-    for key, data, error in _read_all(store, [k for k in keyed if k not in known]):
-        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, not_sent_ids)
-    ratings: list[Rating] = []
-    unreadable: list[str] = []
-    for key in keyed:  # listing order, as before
-        result = by_key[key]
-        if isinstance(result, Rating):
-            ratings.append(result)
-        elif result.startswith(_UNREADABLE):
-            unreadable.append(key)
-        else:
-            garbage.append(result)
+    # A rating a writer added to the state itself (no digest of its bytes yet) is read once more.
+    by_key: dict[str, Rating | Refusal | str] = {
+        k: known[k] for k in keyed if k in known and (k in known_digests or not isinstance(known[k], Rating))
+    }
+    digest_by_key = {k: known_digests[k] for k in by_key if k in known_digests}
+    verifier = Verifier(feedback)
+    for key, data, digest_of, error in _read_all(store, [k for k in keyed if k not in by_key]):
+        by_key[key] = _check_rating(store, key, keyed[key], data, error, ids, feedback, not_sent_ids, verifier)
+        if digest_of:
+            digest_by_key[key] = digest_of
+    # Of a closed round, the content the gate froze, where the stored object changed since.
+    results, changed = by_key, []
+    if isinstance(gate, Gate) and gate.frozen:
+        check = lambda k, record: _check_rating(store, k, keyed[k], record, None, ids, feedback, not_sent_ids, verifier)  # noqa: E731
+        results, changed = _frozen_content(gate, keyed, by_key, digest_by_key, check)
+    ratings, unreadable, refused, unusable = _sorted_results(keyed, results)
     if isinstance(gate, Gate) and (problem := _implausible(gate, ratings, digest)):
         garbage.append(f"{store.describe(paths.gate(round_no))}: not this round's gate ({problem}); ignored")
         gate = None
+        if changed:  # a gate that is not believed lends no content either
+            ratings, unreadable, refused, unusable = _sorted_results(keyed, by_key)
+            changed = []
+    garbage += unusable
     state = RoundState(round_no, responses, batch_errors, ratings, garbage, digest, by_key, feedback, gate, set(), unreadable)
     state.taken = set(keyed.values())
     state.not_sent = not_sent
+    state.refused, state.digest_by_key, state.changed_after_gate = refused, digest_by_key, changed
     state.late_ids = _late_ids(state.ratings, gate)  # type: ignore[arg-type]
     return state
 
 
 _UNREADABLE = "unreadable: "
+
+
+def _sorted_results(keyed: dict, results: dict) -> tuple[list[Rating], list[str], list[Refusal], list[str]]:
+    """(usable ratings, unreadable keys, refusals, garbage lines), in listing order."""
+    ratings: list[Rating] = []
+    unreadable: list[str] = []
+    refused: list[Refusal] = []
+    garbage: list[str] = []
+    for key in keyed:
+        result = results[key]
+        if isinstance(result, Rating):
+            ratings.append(result)
+        elif isinstance(result, Refusal):
+            refused.append(result)
+        elif result.startswith(_UNREADABLE):
+            unreadable.append(key)
+        else:
+            garbage.append(result)
+    return ratings, unreadable, refused, garbage
+
+
+def _frozen_content(gate: Gate, keyed: dict[str, tuple[str, str, int]], by_key: dict, digests: dict[str, str], check):
+    """``by_key`` with the gate's frozen copy of every rating whose stored bytes changed since it closed.
+
+    Only for a key still listed (a deleted rating leaves the gate implausible),
+    and only a copy that passes the same checks as a stored object (``check``:
+    a signed copy must verify), so a gate.json cannot bring in a rating of its own.
+    Returns (results, ids of the ratings replaced).
+    """
+    results, changed = dict(by_key), []
+    for key, (rater, response, version) in keyed.items():
+        rid = rating_id(rater, response, version)
+        record = gate.frozen.get(rid)
+        if record is None or digests.get(key) == gate.contents.get(rid) and isinstance(by_key.get(key), Rating):
+            continue
+        frozen = check(key, record)
+        if isinstance(frozen, Rating):
+            results[key] = frozen
+            changed.append(rid)
+    return results, changed
 
 
 def _stored_gate(store: Store, paths: RunPaths, round_no: int, garbage: list[str]) -> Gate | None:
@@ -277,12 +348,15 @@ def _check_rating(
     expected: tuple[str, str, int],
     data,
     error,
-    ids: set[str],
+    ids: dict[str, str],
     feedback: FeedbackSpec,
     not_sent_ids: set[str] = frozenset(),  # type: ignore[assignment]
-) -> Rating | str:
+    verifier: Verifier | None = None,
+) -> Rating | Refusal | str:
     """The stored rating, or why it cannot be used (unreadable, not matching its key, unknown
-    response, a rater or criteria the run does not allow)."""
+    response, not its rater's own, a rater or criteria the run does not allow).
+
+    ``ids``: the batch's response id -> SHA-256 of its text."""
     rater, response_id, version = expected
     if isinstance(error, AccessDenied):
         return _UNREADABLE + str(error)
@@ -298,6 +372,9 @@ def _check_rating(
         return f"{store.describe(key)}: rates {response_id!r}, which was not sent to the experts (feedback.selection)"
     if response_id not in ids:
         return f"{store.describe(key)}: rates unknown response {response_id!r}"
+    refusal = (verifier or Verifier(feedback)).refusal(store.describe(key), data, rating, ids[response_id])
+    if refusal is not None:
+        return refusal
     problem = rule_problem(rating, feedback)
     if problem:
         return f"{store.describe(key)}: {problem}"
@@ -309,6 +386,23 @@ def usable_latest(state: RoundState, feedback: FeedbackSpec) -> dict[tuple[str, 
     return {
         k: r for k, r in state.latest().items() if rule_problem(r, feedback) is None and base_reward(r, feedback) is not None
     }
+
+
+def changed_after_gate(store: Store, paths: RunPaths, round_no: int, gate: Gate) -> list[str]:
+    """Ids of the ratings the gate's rewards name whose stored bytes are no longer what it froze
+    (missing or unreadable ones too); gates written before ``contents`` existed name none."""
+    named = sorted({rid for reward in gate.rewards.values() for rid in reward.ratings if rid in gate.contents})
+    out = []
+    for rid in named:
+        rater, response, version = rid.rsplit("/", 2)
+        try:
+            data = store.read_limited(paths.rating(round_no, rater, response, int(version.lstrip("v"))), MAX_RATING_BYTES)
+        except (StoreError, ValueError):
+            out.append(rid)
+            continue
+        if hashlib.sha256(data).hexdigest() != gate.contents[rid]:
+            out.append(rid)
+    return out
 
 
 def read_gate(store: Store, paths: RunPaths, round_no: int) -> Gate | None:

@@ -25,10 +25,12 @@ from typing import Sequence
 
 from therapy_rlhf import __version__
 from therapy_rlhf.contracts.layout import RunPaths
+from therapy_rlhf.feedback.rater_keys import signer_for
 from therapy_rlhf.feedback.rewards import compute_reward
 from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import PendingResponse, Rating
+from therapy_rlhf.contracts.feedback_spec import RaterKey
 from therapy_rlhf.contracts.spec import FeedbackSpec, RunManifest
 from therapy_rlhf.store.backends import Store
 
@@ -132,6 +134,38 @@ def simulated_raters(feedback: FeedbackSpec) -> list[str]:
     return [DEFAULT_RATER] + [f"{DEFAULT_RATER}-{i}" for i in range(2, feedback.min_raters + 1)]
 
 
+def with_simulated_roster(manifest: RunManifest) -> RunManifest:
+    """A local demo's manifest with its simulated raters' keys registered (``run --scoring auto``).
+
+    The keys are made on first use in this machine's key folder, so a restarted
+    demo registers the same ones and its frozen spec is unchanged. A spec that
+    names its raters (``raters`` or ``allowedRaters``) is left as it is.
+    """
+    feedback = manifest.spec.feedback
+    if feedback.raters or feedback.allowed_raters:
+        return manifest
+    roster = []
+    for rater in simulated_raters(feedback):
+        signer = signer_for(rater, create=True)
+        roster.append(RaterKey(id=rater, public_key=signer.public_key))  # type: ignore[union-attr]
+    spec = manifest.spec.model_copy(update={"feedback": feedback.model_copy(update={"raters": roster})})
+    return manifest.model_copy(update={"spec": spec})
+
+
+def demo_roster(store: Store, manifest: RunManifest, auto: bool) -> RunManifest:
+    """The manifest a local runner freezes: a new run scored by the simulated rater registers its
+    raters' keys; a restarted one (whatever its scoring now) keeps the roster it was frozen with."""
+    from therapy_rlhf.store.backends import NotFound
+    from therapy_rlhf.store.runs import read_frozen_run
+
+    try:
+        stored = read_frozen_run(store, RunPaths(manifest.namespace, manifest.name)).spec.feedback
+    except NotFound:
+        return with_simulated_roster(manifest) if auto else manifest
+    simulated = [r.id for r in stored.raters] == simulated_raters(manifest.spec.feedback)
+    return with_simulated_roster(manifest) if simulated and not manifest.spec.feedback.raters else manifest
+
+
 def rate_round(
     store: Store,
     paths: RunPaths,
@@ -149,9 +183,11 @@ def rate_round(
     already = set(state.latest())
     written = 0
     for rater in raters:
+        # A simulated rater's key is made on first use, in this machine's key folder like a person's.
+        signer = signer_for(rater, feedback, create=True)
         for response in state.responses:
             if (response.id, rater) in already:
                 continue
-            submit_rating(store, paths, state, judge(response, feedback, rater), feedback)
+            submit_rating(store, paths, state, judge(response, feedback, rater), feedback, signer=signer)
             written += 1
     return written

@@ -4,18 +4,26 @@ A rating is checked against the run's rules (``rewards.validate_rating``) and
 refused once the round's gate is closed (a rating stored then would never be
 used). Ratings are created with a conditional write: an existing key is never
 overwritten, and a lost answer is recognised by the rating's submission id.
+
+Every record carries the SHA-256 of the response text it judges and, given a
+``signer`` (``rater_keys.Signer``), the rater's signature over the whole record,
+taken once its version is chosen. A run that registers rater keys
+(``feedback.raters``) refuses an unsigned rating here, before anything is stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
+from therapy_rlhf.contracts.signing import text_sha256
+from therapy_rlhf.feedback.rater_keys import Signer
 from therapy_rlhf.feedback.rewards import RatingError, validate_rating
 from therapy_rlhf.feedback.rounds import MAX_RATING_BYTES, RoundState, _implausible, _stored_gate, load_round
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import Rating, RecordError, parse_record, rating_id
 from therapy_rlhf.contracts.spec import FeedbackSpec
-from therapy_rlhf.store.backends import AccessDenied, AlreadyExists, Store, StoreError, StoreUnavailable
+from therapy_rlhf.store.backends import AccessDenied, AlreadyExists, Store, StoreError, StoreUnavailable, dump_json
 
 
 def submit_rating(
@@ -26,6 +34,7 @@ def submit_rating(
     feedback: FeedbackSpec,
     *,
     attempts: int = 5,
+    signer: Signer | None = None,
 ) -> Rating:
     """Store a rating as a new object (first rating, correction or withdrawal), exactly once.
 
@@ -47,8 +56,11 @@ def submit_rating(
             f"round {state.round}'s gate is closed: the update uses the ratings it froze, "
             "so a rating stored now would never be used"
         )
+    _check_signer(rating, feedback, signer)
     if rating.submission_id is None:
         rating.submission_id = uuid.uuid4().hex
+    if rating.response_sha256 is None:
+        rating.response_sha256 = next(text_sha256(r.response) for r in state.responses if r.id == rating.response_id)
     own = state.find_submission(rating)
     if own is not None:
         _check_same(own, rating)
@@ -56,10 +68,13 @@ def submit_rating(
     for _ in range(attempts):
         version = state.next_version(rating.rater, rating.response_id)
         prior = rating_id(rating.rater, rating.response_id, version - 1) if version > 1 else None
-        record = rating.model_copy(update={"version": version, "supersedes": prior})
+        record = rating.model_copy(update={"version": version, "supersedes": prior, "signature": None})
+        if signer is not None:
+            record.signature = signer.sign(record.model_dump(mode="json"))
         key = paths.rating(state.round, rating.rater, rating.response_id, version)
         try:
-            store.create_json(key, record.model_dump(mode="json"))
+            data = dump_json(record.model_dump(mode="json"))
+            store.create_bytes(key, data)
         except AlreadyExists:
             stored = _own_object(store, key, record)
             if stored is not None:
@@ -80,13 +95,31 @@ def submit_rating(
                 return stored
             raise
         state.ratings.append(record)
+        # Known by key with its content digest: a later poll of this state never reads it back.
+        state.by_key[key], state.digest_by_key[key] = record, hashlib.sha256(data).hexdigest()
         return record
     raise RatingError(f"could not store rating of {rating.response_id}: too many concurrent writers")
 
 
+def _check_signer(rating: Rating, feedback: FeedbackSpec, signer: Signer | None) -> None:
+    """A run with a roster takes only ratings signed by the key it registers for the rating's rater."""
+    registered = feedback.rater_keys
+    if signer is not None and signer.rater != rating.rater:
+        raise RatingError(f"{signer.rater!r}'s key cannot sign a rating by {rating.rater!r}")
+    if not registered:
+        return
+    if signer is None:
+        raise RatingError(
+            f"this run accepts only signed ratings (feedback.raters): {rating.rater!r} needs their key "
+            f"(`therapy-rlhf rater-key init --rater {rating.rater}`, registered for the run)"
+        )
+    if registered.get(rating.rater) != signer.public_key:
+        raise RatingError(f"the key signing for {rating.rater!r} is not the one this run registers (feedback.raters)")
+
+
 def _same_submission(a: Rating, b: Rating) -> bool:
-    """The same submission: everything the client chose is equal (version and supersedes are ours)."""
-    ignore = {"version", "supersedes"}
+    """The same submission: everything the client chose is equal (version, supersedes and signature are ours)."""
+    ignore = {"version", "supersedes", "signature"}
     return a.model_dump(mode="json", exclude=ignore) == b.model_dump(mode="json", exclude=ignore)
 
 

@@ -41,6 +41,10 @@ class RoundSummary:
     # rating objects this credential may not read (a rater's sees only their own): not counted, said
     unreadable: int = 0
     unreadable_keys: tuple[str, ...] = ()  # the first UNREADABLE_SHOWN of them
+    # ratings not signed by their rater's registered key, one line each with the reason (never counted)
+    refused: tuple[str, ...] = ()
+    # frozen ratings whose stored object changed after the gate closed (the gate's copy is what counts)
+    changed_after_gate: tuple[str, ...] = ()
     reward_mismatches: int = 0  # stored rewards the criteria do not give (the recomputed one is used)
     simulated: tuple[str, ...] = ()  # raters whose latest ratings come from the simulated rater
     # feedback.selection: responses the experts did not see, and the model's part in a closed round
@@ -73,6 +77,8 @@ class RoundSummary:
             "waitingSince": self.waiting_since,
             "late": self.late,
             "garbage": self.garbage,
+            "refused": len(self.refused),
+            "changedAfterGate": len(self.changed_after_gate),
             "rewardMismatches": self.reward_mismatches,
             "notSentToExperts": self.not_sent,
             "modelScored": self.model_scored,
@@ -127,6 +133,8 @@ def summarize_round(
         garbage=len(state.garbage),
         unreadable=len(state.unreadable),
         unreadable_keys=tuple(state.unreadable[:UNREADABLE_SHOWN]),
+        refused=tuple(str(r) for r in state.refused),
+        changed_after_gate=tuple(state.changed_after_gate),
         reward_mismatches=len(state.reward_disagreements()),
         simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
         not_sent=len(state.not_sent),
