@@ -13,7 +13,17 @@ check's settings, 4 prompts x 32 samples per round, and differs only in ``feedba
 * ``uniform-model``: uniform picks, the rest scored by the reward model (prediction - 1 x uncertainty);
 * ``active-model``: picks where the reward model is least certain, the rest scored by it;
 * ``active-shuffled``: active-model with the experts' judgements dealt out at random among the picked
-  responses (the control: same rewards, no link between text and score).
+  responses (the control: same rewards, no link between text and score);
+* ``all-shuffled``: ``all`` with the judgements dealt out at random over the whole batch (issue 21's control).
+
+``--longer F`` lets every budgeted arm (mode not ``all``) run F times as many rounds (issue 21: at 25 %
+a round, up to twice as many rounds), so the same ratings are spread over more updates; the summary then
+says where each arm first reached `all`'s final reward (mean of its last three points, less 0.03; a
+trailing mean over three points, so one lucky round does not count) and what share of `all`'s ratings
+that took.
+
+    OMP_NUM_THREADS=1 python bench/expert_time.py --rounds 10 --longer 2 --strategies all uniform-omit \\
+        active-omit all-shuffled --seeds 0 1 2 3 4 --plot bench/expert_time_longer.png   # issue 21's run
 
 Two simulated experts: ``empathy`` (the simulated rater's empathy word share, a word list) and ``readable``
 (the share of the response's whitespace-separated chunks that are plain words, a rule about form, not a
@@ -43,7 +53,11 @@ STRATEGIES = {
     "uniform-model": ({"mode": "uniform", "unselected": "model"}, False),
     "active-model": ({"mode": "active", "unselected": "model"}, False),
     "active-shuffled": ({"mode": "active", "unselected": "model"}, True),
+    "all-shuffled": ({"mode": "all"}, True),
 }
+# issue 21's target: a budgeted arm reaches `all`'s final reward (mean of its last three rounds, less this
+# margin) with at most TARGET_SHARE of `all`'s expert ratings.
+TARGET_MARGIN, TARGET_SHARE, TARGET_WINDOW = 0.03, 0.5, 3
 RULES = ("empathy", "readable")
 SHUFFLE_SEED = 7
 # The learning check's prompts with the paper's prompt swapped for one without a crisis cue: a response to
@@ -80,7 +94,7 @@ def make_judge(rule: str):
     return judge
 
 
-def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str) -> dict:
+def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str, per_prompt: int = 32) -> dict:
     """One run; returns its per-round curve (true reward, cumulative expert ratings, model error)."""
     import torch
     import transformers
@@ -99,7 +113,7 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     manifest = learning.learning_manifest(
         store_dir, name="expert-time", feedback=feedback, rounds=rounds + 1,
         generation={"maxNewTokens": 8, "temperature": 0.5, "topP": 1.0, "topK": 0, "batchSize": 4, "seed": seed},
-        seed=seed, prompts=PROMPTS,
+        seed=seed, prompts=PROMPTS, samplesPerPrompt=per_prompt,
     )
     store = LocalStore(store_dir)
     judge = make_judge(rule)
@@ -156,6 +170,43 @@ def summarize(runs: list[dict], rounds: int) -> list[str]:
     return out
 
 
+def arm_rounds(strategy: str, args: argparse.Namespace) -> int:
+    """Rounds an arm runs: ``--rounds``, times ``--longer`` for a budgeted arm."""
+    return args.rounds if STRATEGIES[strategy][0]["mode"] == "all" else round(args.rounds * args.longer)
+
+
+def trailing(points: list[dict], window: int = TARGET_WINDOW) -> list[tuple[int, float]]:
+    """(ratings before the point, mean reward of the point and the window-1 before it), from the window-th point on."""
+    return [(points[k]["ratings_before"], statistics.fmean(p["reward"] for p in points[k - window + 1 : k + 1]))
+            for k in range(window - 1, len(points))]
+
+
+def target_lines(runs: list[dict]) -> list[str]:
+    """Issue 21's target per rule: `all`'s final reward (mean of its last three points, less the margin), and
+    the ratings each arm spent until its trailing three-point mean first reached it (share of `all`'s)."""
+    out = ["| rule | arm | ratings until the trailing 3-point mean reached `all`'s final - 0.03 | share of `all`'s ratings | seeds |",
+           "|---|---|---:|---:|---:|"]
+    for rule in sorted({r["rule"] for r in runs}):
+        alls = [r for r in runs if r["rule"] == rule and r["strategy"] == "all"]
+        if not alls:
+            continue
+        final = statistics.fmean(statistics.fmean(p["reward"] for p in r["points"][-TARGET_WINDOW:]) for r in alls)
+        target = final - TARGET_MARGIN
+        spent = statistics.fmean(r["points"][-1]["ratings_before"] for r in alls)
+        out.append(f"| {rule} | (target: `all`'s final {final:.3f} - {TARGET_MARGIN} = {target:.3f}, `all` spent {spent:.0f}) | | | |")
+        for strategy in STRATEGIES:
+            these = [r for r in runs if r["rule"] == rule and r["strategy"] == strategy]
+            if not these:
+                continue
+            hits = [next((n for n, m in trailing(r["points"]) if m >= target), None) for r in these]
+            reached = [h for h in hits if h is not None]
+            cost = statistics.fmean(reached) if reached else None
+            share = "-" if cost is None else f"{cost / spent:.0%}" + (" (met)" if cost <= TARGET_SHARE * spent and len(reached) == len(hits) else "")
+            out.append(f"| {rule} | {strategy} | " + ("not reached" if cost is None else f"{cost:.0f}")
+                       + f" | {share} | {len(reached)}/{len(hits)} |")
+    return out
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -191,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     parser.add_argument("--budget", type=int, default=32, help="Expert ratings per round for uniform/active (default 32 of 128).")
+    parser.add_argument("--longer", type=float, default=1.0,
+                        help="budgeted arms (mode not all) run this many times --rounds (default 1; issue 21: 2)")
+    parser.add_argument("--per-prompt", type=int, default=32, help="samples per prompt a round (4 prompts; default 32)")
     parser.add_argument("--workers", type=int, default=2, help="Runs in parallel, one torch thread each.")
     parser.add_argument("--json", type=Path, help="Write every run's curve here.")
     parser.add_argument("--plot", type=Path, help="Write the reward-vs-ratings plot here (PNG).")
@@ -198,13 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, rule, strategy, seed, args.rounds, args.budget, tmp)
+        futures = [pool.submit(one_run, rule, strategy, seed, arm_rounds(strategy, args), args.budget, tmp, args.per_prompt)
                    for rule in args.rules for seed in args.seeds for strategy in args.strategies]
         runs = [f.result() for f in futures]
-    print(f"tiny:mistral, 4 prompts x 32 samples a round, {args.rounds} rounds + a final fresh batch, budget "
-          f"{args.budget}, seeds {' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
+    print(f"tiny:mistral, 4 prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
+          f"{round(args.rounds * args.longer)}) + a final fresh batch, budget {args.budget}, seeds "
+          f"{' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
     print()
     print("\n".join(summarize(runs, args.rounds)))
+    print()
+    print("\n".join(target_lines(runs)))
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     if args.plot:
