@@ -92,6 +92,25 @@ def evaluate(model, matrices, truth: np.ndarray, test: np.ndarray, batches: list
             "feature_set": model.feature_set}
 
 
+def grow(strategy: str, labelled: list[int], n: int, order: np.ndarray, candidates: np.ndarray, fit_to, matrices: dict,
+         embeddings: np.ndarray, step: int) -> list[int]:
+    """``labelled`` grown to ``n`` candidates by ``strategy`` (``fit_to(indices)`` fits the reward model)."""
+    labelled = list(labelled)
+    while len(labelled) < n:
+        k = min(step, n - len(labelled))
+        if strategy == "uniform":
+            labelled = [int(i) for i in order[: len(labelled) + k]]
+        elif strategy == "kcenter":
+            labelled += kcenter_picks(embeddings, labelled, candidates, k)
+        else:
+            model = fit_to(labelled)
+            taken = set(labelled)
+            rest = np.array([c for c in candidates if c not in taken])
+            _, spread = model.predict({name: m[rest] for name, m in matrices.items()})
+            labelled += [int(rest[j]) for j in np.argsort(-spread, kind="stable")[:k]]
+    return labelled
+
+
 def curve(strategy: str, truth: np.ndarray, labels: np.ndarray, matrices: dict[str, np.ndarray], embeddings: np.ndarray,
           texts: list[str], batches: list[str], checkpoints: list[int], seed: int, test_fraction: float, start: int,
           step: int) -> list[dict]:
@@ -99,23 +118,14 @@ def curve(strategy: str, truth: np.ndarray, labels: np.ndarray, matrices: dict[s
     candidates, test = split(len(texts), test_fraction, seed)
     order = uniform_order(candidates, seed)
     labelled = [int(i) for i in order[:start]]
+
+    def fit_to(idx: list[int]):
+        return fit(matrices, texts, labels, idx, seed)
+
     points = []
     for n in checkpoints:
-        n = min(n, len(candidates))
-        while len(labelled) < n:
-            k = min(step, n - len(labelled))
-            if strategy == "uniform":
-                labelled = [int(i) for i in order[: len(labelled) + k]]
-            elif strategy == "kcenter":
-                labelled += kcenter_picks(embeddings, labelled, candidates, k)
-            else:
-                model = fit(matrices, texts, labels, labelled, seed)
-                taken = set(labelled)
-                rest = np.array([c for c in candidates if c not in taken])
-                _, spread = model.predict({name: m[rest] for name, m in matrices.items()})
-                labelled += [int(rest[j]) for j in np.argsort(-spread, kind="stable")[:k]]
-        model = fit(matrices, texts, labels, labelled, seed)
-        points.append({"labels": len(labelled), **evaluate(model, matrices, truth, test, batches)})
+        labelled = grow(strategy, labelled, min(n, len(candidates)), order, candidates, fit_to, matrices, embeddings, step)
+        points.append({"labels": len(labelled), **evaluate(fit_to(labelled), matrices, truth, test, batches)})
     return points
 
 
