@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rounds/0001/gate.json); with any, every input the job reads must match one.",
     )
     parser.add_argument("--outputs-file", metavar="FILE", help="Write the digests of the job's outputs here (JSON).")
+    parser.add_argument(
+        "--private-dir", metavar="DIR",
+        help="The executor's private folder: the reward model's predictions wait there for the gate (local runner).",
+    )
     return parser
 
 
@@ -120,7 +124,8 @@ def run(argv: list[str] | None = None) -> int:
             paths,
             protected_inputs(args.kind, args.round, manifest.spec, paths, expect),
         )
-        ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store, outputs_file=args.outputs_file)
+        ctx = JobContext(kind=args.kind, manifest=manifest, round=args.round, store=store, outputs_file=args.outputs_file,
+                         private_dir=args.private_dir)
         ctx.progress("run %s/%s, store %s", manifest.namespace, manifest.name, store.uri)
         module = importlib.import_module(f"therapy_rlhf.jobs.{args.kind.replace('-', '_')}")
         ctx.device = detect_device()

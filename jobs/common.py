@@ -180,6 +180,9 @@ class JobContext:
     # Where the job reports its outputs' digests (--outputs-file); the entrypoint reports at the end,
     # ppo-generate also between its halves.
     outputs_file: str | None = None
+    # The executor's private folder (--private-dir; the local runner's): where the reward model's predictions
+    # wait for the gate, out of the raters' sight (feedback.predictions).
+    private_dir: str | None = None
     _scratch_root: Path | None = None
 
     # -- the run --------------------------------------------------------

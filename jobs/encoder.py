@@ -24,6 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
+from therapy_rlhf.feedback import predictions as sealed
+from therapy_rlhf.feedback.rm_features import TextFeatures
+from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.jobs.text_metrics import bundled_encoder
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
@@ -101,3 +104,27 @@ class EmbeddingCache:
                 self._store(k, vec)
                 found[k] = vec
         return np.stack([found[k] for k in keys]).astype(float) if keys else np.zeros((0, DIM))
+
+
+def reward_model_features(ctx: JobContext, tokenizer, allowed: Sequence[str]) -> TextFeatures:
+    """The reward model's feature sets in a job: hashed text, the policy tokenizer's ids (no special tokens:
+    the response's own pieces) and MiniLM embeddings cached under the model cache, as ``allowed``."""
+    def tokenize(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    cache = EmbeddingCache(ctx.cache_dir / "embeddings")
+    return TextFeatures(tokenize=tokenize, embed=cache.embed, only=list(allowed))
+
+
+def predictions_vault(ctx: JobContext) -> sealed.PredictionsVault:
+    """Where this job seals the reward model's predictions: the executor's private folder when it gave one
+    (the local runner), else the store's key, which the rater policy does not grant (S3). A local store
+    with no private folder would put them in the raters' shared folder: refused."""
+    if ctx.private_dir:
+        return sealed.PrivateFolder(ctx.private_dir)
+    if not ctx.store.uri.startswith("s3://"):
+        raise JobError(
+            "feedback.selection on a local store needs --private-dir (the local runner passes its own): the reward "
+            "model's predictions must not sit in the raters' shared folder before the gate closes"
+        )
+    return sealed.StoreVault(ctx.store, ctx.paths)

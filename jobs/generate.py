@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from therapy_rlhf.contracts import names
+from therapy_rlhf.feedback import predictions as sealed
 from therapy_rlhf.feedback import selection
-from therapy_rlhf.jobs import fluency, models, prompts, safety, sampling
+from therapy_rlhf.jobs import encoder, fluency, models, prompts, safety, sampling
 from therapy_rlhf.jobs.common import JobContext, JobError
 from therapy_rlhf.contracts.records import GenerationSettings, PendingResponse, dump_batch
 from therapy_rlhf.contracts.spec import PromptSpec
@@ -296,7 +297,11 @@ def write_batch(ctx: JobContext, model: Any, tokenizer: Any, round_no: int) -> N
     if spec.feedback.selection.mode != "all":
         # Which responses the experts see (and the reward model's view of all of them), before the
         # batch: the batch is the marker, so a retry that finds no batch selects again, the same way.
-        chosen = selection.select(ctx.store, paths, spec.feedback, round_no, records, log=ctx.progress)
+        chosen, predictions = selection.select(
+            ctx.store, paths, spec.feedback, round_no, records, log=ctx.progress,
+            features=encoder.reward_model_features(ctx, tokenizer, spec.feedback.selection.features),
+        )
+        chosen = sealed.seal(encoder.predictions_vault(ctx), chosen, predictions)
         ctx.store.write_json(paths.selection(round_no), chosen.model_dump(mode="json"))
     measured = fluency.measure(model, tokenizer, records, ctx.device)
     ctx.progress(

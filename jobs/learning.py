@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from therapy_rlhf.jobs import generate, ppo
 from therapy_rlhf.jobs.common import JobContext, make_logger
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.predictions import PredictionsVault, PrivateFolder
 from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating
@@ -111,7 +113,8 @@ Judge = Callable[[PendingResponse, FeedbackSpec], Rating]
 
 
 def rate(
-    store: Store, manifest: RunManifest, round_no: int, shuffle: random.Random | None, judge: Judge | None = None
+    store: Store, manifest: RunManifest, round_no: int, shuffle: random.Random | None, judge: Judge | None = None,
+    vault: PredictionsVault | None = None,
 ) -> tuple[list[float], Gate]:
     """Have the simulated rater judge the batch; with ``shuffle``, deal the judgements out at random.
 
@@ -129,7 +132,7 @@ def rate(
         shuffle.shuffle(order)
     for response, j in zip(state.responses, (judged[i] for i in order)):
         submit_rating(store, paths, state, j.model_copy(update={"response_id": response.id}), feedback)
-    gate = close_gate(store, paths, round_no, feedback, closed_by="learning-check").gate
+    gate = close_gate(store, paths, round_no, feedback, closed_by="learning-check", vault=vault).gate
     return rewards, gate  # type: ignore[return-value]
 
 
@@ -147,11 +150,13 @@ def run_loop(
     quiet = make_logger()
     quiet.setLevel(logging.WARNING)
     shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else None
+    # This loop is the executor: the reward model's predictions wait in its own private folder for the gate.
+    private = Path(tempfile.mkdtemp(prefix="therapy-rlhf-private-"))
     results = []
     for r in range(1, rounds + 1):
         started = time.perf_counter()
         for kind, module in (("generate", generate), ("ppo", ppo)):
-            ctx = JobContext(kind=kind, manifest=manifest, round=r, store=store, log=quiet)
+            ctx = JobContext(kind=kind, manifest=manifest, round=r, store=store, log=quiet, private_dir=str(private))
             if cache_dir is not None:
                 ctx.cache_dir = cache_dir
             try:
@@ -159,7 +164,7 @@ def run_loop(
             finally:
                 ctx.close()
             if kind == "generate":
-                rewards, gate = rate(store, manifest, r, shuffle, judge)
+                rewards, gate = rate(store, manifest, r, shuffle, judge, PrivateFolder(private))
         metrics = store.read_json(RunPaths(manifest.namespace, manifest.name).policy_metrics(r))
         result = RoundResult(
             round=r,

@@ -110,6 +110,13 @@ def _walk_nodes(node, path="openAPIV3Schema"):
 def test_schema_is_structural():
     """Every node has a type, no references or unions, properties never beside additionalProperties."""
     for path, node in _walk_nodes(open_api(committed_crd())):
+        if node.get("x-kubernetes-int-or-string"):
+            # A count or a share: Kubernetes' one allowed union, whose branches only add value checks.
+            assert "type" not in node and [b["type"] for b in node["anyOf"]] == ["integer", "string"], path
+            assert all(set(b) <= {"type", "minimum", "maximum", "pattern"} for b in node["anyOf"]), path
+            if "default" in node:
+                kube_validator(node).validate(node["default"])
+            continue
         assert node.get("type") in {"object", "array", "string", "integer", "number", "boolean"}, path
         assert not STRUCTURAL_FORBIDDEN & set(node), (path, STRUCTURAL_FORBIDDEN & set(node))
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -171,7 +178,26 @@ CONSTRAINT_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
 SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
+def _int_or_string(tp) -> list | None:
+    """The branches of a count-or-share union (int | str, each Annotated), else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(tp)
+    bare = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args]
+    return list(args) if bare == [int, str] else None
+
+
 def _compare_type(tp, metadata, node: dict, path: str, seen: list[str]) -> None:
+    branches = _int_or_string(tp)
+    if branches is not None:
+        seen.append(path)
+        assert node.get("x-kubernetes-int-or-string") is True and "type" not in node, f"{path}: int-or-string"
+        for branch, sub in zip(branches, node["anyOf"], strict=True):
+            inner, meta, _ = _unwrap(branch, [])
+            assert sub["type"] == SCALARS[inner], f"{path}: branch type"
+            got = {k: v for k, v in sub.items() if k in CONSTRAINT_KEYS}
+            assert got == _constraints(meta, sub["type"]), f"{path}: branch constraints {got}"
+        return
     tp, metadata, nullable = _unwrap(tp, metadata)
     seen.append(path)
     assert node.get("nullable", False) == nullable, f"{path}: nullable"

@@ -53,6 +53,24 @@ def job(kind, r, state, attempt=1, failures=0, reason=""):
     return {(kind, r): JobObservation(kind, r, attempt, state, failures, reason)}
 
 
+ASK = {"ppo": {"rounds": 6, "stopping": {"window": 3, "mode": "ask"}}}
+STOP = {"ppo": {"rounds": 6, "stopping": {"window": 3, "mode": "stop"}}}
+
+
+def _rewarded(values, gated=None, done=None) -> dict[int, RoundObservation]:
+    """Rounds 1..n with their gates' mean rewards; the last one gated only (``gated``) or updated (``done``)."""
+    n = gated or done
+    return {r: RoundObservation(r, batch=True, gate=True, policy=r < n or done is not None, mean_reward=values[r - 1]) for r in range(1, n + 1)}
+
+
+def flat(**kw):
+    return _rewarded([0.50, 0.52, 0.49], **kw)
+
+
+def rising(**kw):
+    return _rewarded([0.30, 0.45, 0.60], **kw)
+
+
 DEADLINE = {"feedback": {"gateDeadlineSeconds": 3600, "onDeadline": "Fail"}}
 HOLD = {"feedback": {"gateDeadlineSeconds": 3600, "onDeadline": "Hold"}}
 SFT_DONE = {"sft_done": True}
@@ -137,6 +155,15 @@ TABLE = [
     ("evaluation off finishes", NO_EVAL, Observed(**SFT_DONE, rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
     ("sft and evaluation off", {**NO_SFT, "evaluation": {"enabled": False}}, Observed(rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
     ("finished run ignores suspend", {"suspend": True}, Observed(**SFT_DONE, eval_done=True, rounds=ALL), Finish(), phases.SUCCEEDED, 2, phases.R_SUCCEEDED),
+    # --- ppo.stopping (issue 21): planted gate rewards over a window of 3
+    ("flat rewards: round 3's update runs alone", ASK, Observed(**SFT_DONE, rounds=flat(gated=3)), StartJob("ppo", 3, 1), phases.UPDATING, 3, phases.R_JOB_STARTED),
+    ("rising rewards: the update samples the next round", ASK, Observed(**SFT_DONE, rounds=rising(gated=3)), StartJob("ppo-generate", 3, 1), phases.UPDATING, 3, phases.R_JOB_STARTED),
+    ("flat rewards, ask: paused for a decision", ASK, Observed(**SFT_DONE, rounds=flat(done=3)), Suspend(), phases.SUSPENDED, 3, phases.R_REWARD_PLATEAU),
+    ("flat rewards, ask, override: one more round", ASK, Observed(**SFT_DONE, rounds=flat(done=3), close_gate_requested=True), StartJob("generate", 4, 1), phases.GENERATING, 4, phases.R_JOB_STARTED),
+    ("rising rewards go on", ASK, Observed(**SFT_DONE, rounds=rising(done=3)), StartJob("generate", 4, 1), phases.GENERATING, 4, phases.R_JOB_STARTED),
+    ("flat rewards, stop: evaluation next", STOP, Observed(**SFT_DONE, rounds=flat(done=3)), StartJob("evaluate", 0, 1), phases.EVALUATING, 0, phases.R_JOB_STARTED),
+    ("flat rewards, stop: finished at that round", STOP, Observed(**SFT_DONE, eval_done=True, rounds=flat(done=3)), Finish(), phases.SUCCEEDED, 3, phases.R_REWARD_PLATEAU),
+    ("too few rounds for the window", ASK, Observed(**SFT_DONE, rounds=dict(list(flat(done=3).items())[:2])), StartJob("generate", 3, 1), phases.GENERATING, 3, phases.R_JOB_STARTED),
 ]
 
 

@@ -33,7 +33,7 @@ def test_runner_selects_scores_and_checks_through_verified_jobs(tmp_path, tiny_c
     spec["sft"] = {"enabled": False}
     spec["evaluation"] = {"enabled": False, "checkpoints": ["base"]}
     spec["ppo"].update(rounds=3, prompts=PROMPTS, generation={**spec["ppo"]["generation"], "maxNewTokens": 8})
-    spec["feedback"]["selection"] = {"mode": "active", "budget": 3, "minRatings": 2, "unselected": "model", "driftBound": 1.0}
+    spec["feedback"]["selection"] = {"mode": "active", "budget": 3, "minRatings": 2, "unselected": "model", "probation": False}
     manifest = tmp_path / "run.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     store = tmp_path / "store"
@@ -63,7 +63,7 @@ def test_runner_selects_scores_and_checks_through_verified_jobs(tmp_path, tiny_c
 
 
 def test_the_learning_loop_trains_on_expert_and_model_scored_rewards(tmp_path, tiny_cache):
-    feedback = {"selection": {"mode": "active", "budget": 32, "minRatings": 16, "unselected": "model", "driftBound": 1.0}}
+    feedback = {"selection": {"mode": "active", "budget": 32, "minRatings": 16, "unselected": "model", "probation": False}}
     prompts = [{**p, "id": p["id"]} for p in PROMPTS] + [
         {"id": "exams", "text": "My exams are next week and I can't stop panicking.", "category": "anxiety"},
         {"id": "alone", "text": "I moved to a new city and I feel so alone.", "category": "other"},

@@ -22,7 +22,7 @@ async def test_a_selecting_run_on_real_jobs(cluster, run_spec, run_store):
         model={"source": "tiny:mistral", "maxLength": 128, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         sft={"enabled": False},
         evaluation={"enabled": False, "checkpoints": ["base"]},
-        feedback={"selection": {"mode": "active", "budget": 2, "minRatings": 2, "unselected": "model", "driftBound": 1.0}},
+        feedback={"selection": {"mode": "active", "budget": 2, "minRatings": 2, "unselected": "model", "probation": False}},
     )
     spec["ppo"].update(
         rounds=2, samplesPerPrompt=3, epochs=1, miniBatchSize=2,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+from therapy_rlhf.feedback import predictions as sealed
 from therapy_rlhf.feedback import selection
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.gate import close_gate
@@ -25,7 +26,7 @@ def manifest(**sel):
     return run_manifest({
                 "model": {"source": "tiny:mistral"},
                 "storage": {"localPath": "/unused"},
-                "ppo": {"rounds": 4},
+                "ppo": {"rounds": 8},
                 "feedback": {
                     "rubric": [{"name": "empathy", "description": "e"}],
                     "selection": {"mode": "active", "budget": 8, "minRatings": 16, "unselected": "model", **sel},
@@ -58,20 +59,28 @@ def rate_all(store, m, round_no: int, rater: str = "dr-kim", noise: float = 0.0)
         submit_rating(store, PATHS, state, Rating(response_id=r.id, rater=rater, criteria={"empathy": value}, reward=value), fb)
 
 
-def sample_round(store, m, round_no: int, **kw) -> selection.Selection:
+def sample_round(store, m, round_no: int, vault=None, **kw) -> selection.Selection:
+    """Select and write a round as the generate job does: predictions sealed (default: the store's own key)."""
     batch = responses(round_no, **kw)
-    chosen = selection.select(store, PATHS, m.spec.feedback, round_no, batch)
+    chosen, predictions = selection.select(store, PATHS, m.spec.feedback, round_no, batch)
+    chosen = sealed.seal(vault or sealed.StoreVault(store, PATHS), chosen, predictions)
     store.write_json(PATHS.selection(round_no), chosen.model_dump(mode="json"))
     store.write_bytes(PATHS.batch(round_no), dump_batch(batch))
     return chosen
 
 
+def predictions_of(store, round_no: int) -> dict[str, list[float]]:
+    return sealed.unseal(sealed.StoreVault(store, PATHS), selection.read_selection(store, PATHS, round_no)).predictions
+
+
 def closed_round_with_model(store, m, noise: float = 0.0):
+    """Rounds 1-2 cold (uniform), round 3 on probation (random picks that judge the model), round 4 decided
+    by the model (judged skilled at round 3), its ratings off by ``noise``; round 4's gate."""
     freeze_spec(store, m)
-    for r in (1, 2):
+    for r in (1, 2, 3):
         sample_round(store, m, r)
         rate_all(store, m, r)
         close_gate(store, PATHS, r, m.spec.feedback)
-    sample_round(store, m, 3)
-    rate_all(store, m, 3, noise=noise)
-    return close_gate(store, PATHS, 3, m.spec.feedback).gate
+    sample_round(store, m, 4)
+    rate_all(store, m, 4, noise=noise)
+    return close_gate(store, PATHS, 4, m.spec.feedback).gate

@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--store")
     parser.add_argument("--expect", action="append", default=[])
     parser.add_argument("--outputs-file")
+    parser.add_argument("--private-dir")
     args = parser.parse_args()
     try:
         return run(args)

@@ -170,12 +170,21 @@ def _one(store, paths, as_json: bool) -> int:
             model = []
             if r.not_sent:
                 model.append(f"{r.not_sent} response(s) not sent to the experts, {r.model_scored} of them model-scored")
-            if r.reward_model_error is not None:
+            if r.selection_decision:
+                model.append(f"selection {r.selection_mode} ({r.selection_decision})")
+            if r.safety_flagged:
                 model.append(
-                    f"reward model error {r.reward_model_error:.3f} on the experts' fresh ratings"
-                    + (f" [red]> driftBound {fb.selection.drift_bound:g}: next round goes to the experts whole[/]"
-                       if r.reward_model_drifted else "")
+                    f"{r.safety_flagged} safety-flagged sent outside the budget"
+                    + (" [yellow]above safetyCap: crises dominate the batch[/]" if r.safety_cap_exceeded else "")
                 )
+            if r.reward_model_skill is not None:
+                model.append(
+                    f"reward model skill {r.reward_model_skill:.3f} (lower bound {_fmt(r.reward_model_skill_lower)}), "
+                    f"error {_fmt(r.reward_model_error)} on the experts' fresh ratings"
+                    + (" [red]no better than the mean: the next round falls back[/]" if r.reward_model_drifted else "")
+                )
+            elif r.reward_model_error is not None:
+                model.append(f"reward model error {r.reward_model_error:.3f} on the experts' fresh ratings")
             if model:
                 console.print(f"round {r.round}: " + "; ".join(model))
     return 0

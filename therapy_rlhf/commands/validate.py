@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         lines, errors = plan_lines(manifest, args.gpu_memory, args.model_config)
         if not errors:
             print(f"{path}: ok")
+        for warning in manifest.spec.feedback.selection.warnings():
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         for line in lines:
             print(line)
         for line in errors:

@@ -6,6 +6,8 @@ schema that ``apiextensions.k8s.io/v1`` demands:
 
 * ``$ref``/``$defs`` are inlined (structural schemas have no references);
 * ``anyOf: [X, {type: null}]`` (an optional field) becomes ``X`` + ``nullable``;
+  ``anyOf`` of an integer and a string (a count or a share, ``8`` or ``"25%"``)
+  becomes ``x-kubernetes-int-or-string`` keeping both branches;
 * ``exclusiveMinimum: 0`` (JSON Schema 2020-12) becomes ``minimum: 0`` +
   ``exclusiveMinimum: true`` (OpenAPI 3.0);
 * ``title`` and null defaults are dropped; other defaults stay (the API server
@@ -91,6 +93,12 @@ def _structural(node: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     branches = node.pop("anyOf", None)
     if branches is not None:
         rest = [b for b in branches if b.get("type") != "null"]
+        if sorted(b.get("type", "") for b in rest) == ["integer", "string"]:
+            # A count or a share ("25%"): Kubernetes' int-or-string, each branch with its own bounds.
+            out = {k: v for k, v in node.items() if k not in _DROP}
+            out["x-kubernetes-int-or-string"] = True
+            out["anyOf"] = [{k: v for k, v in b.items() if k not in _DROP} for b in rest]
+            return out
         if len(rest) != 1:
             raise ValueError(f"{'.'.join(path)}: only Optional[X] unions are supported in the CRD")
         nullable = len(rest) < len(branches)

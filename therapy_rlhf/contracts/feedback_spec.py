@@ -60,22 +60,43 @@ def _paper_rubric() -> list[Criterion]:
 SelectionMode = Literal["all", "uniform", "active"]
 
 
+# A count of a batch's responses, or a share of it: 8, or "25%" (percent of the batch, rounded to the
+# nearest response, at least 1).
+SHARE_PATTERN = r"^(100|[0-9]{1,2}(\.[0-9]{1,2})?)%$"
+CountOrShare = Annotated[int, Field(ge=1, le=100000)] | Annotated[str, Field(pattern=SHARE_PATTERN)]
+FallbackMode = Literal["uniform", "all"]
+
+
+def responses_of(amount: int | str, batch: int) -> int:
+    """How many of a batch of ``batch`` responses ``amount`` (a count or "NN%") means (never more than the batch)."""
+    if isinstance(amount, str):
+        share = float(amount.rstrip("%")) / 100.0
+        return min(batch, max(1, int(share * batch + 0.5)))
+    return min(batch, amount)
+
+
 class SelectionSpec(SpecModel):
     """Which responses of a round go to the experts (issue 12: spend the expert's time where it teaches most).
 
     ``all`` sends every response (the paper's method). ``uniform`` and ``active`` send ``budget``
     responses per round: uniform picks at random, spread across prompts; active picks where the
     reward model (fitted to the run's gated expert ratings) is least certain, spread across prompts.
-    Every response with a crisis cue or a safety-screen hit goes to the experts whatever the mode.
+    Every response with a crisis cue or a safety-screen hit goes to the experts whatever the mode,
+    outside the budget (issue 21).
     """
 
     mode: SelectionMode = Field(
         "all", description="all: every response to the experts; uniform / active: 'budget' per round."
     )
-    budget: int = Field(
-        8, ge=1, le=100000,
-        description="Responses per round the experts score (uniform, active). Safety-flagged responses always go "
-        "and count toward it; when there are more of them than the budget, all of them go.",
+    budget: CountOrShare = Field(  # type: ignore[valid-type]
+        8,
+        description="Responses per round the experts score for learning (uniform, active): a count (8) or a share "
+        "of the batch ('25%'). Safety-flagged responses always go as well and do not count toward it.",
+    )
+    safety_cap: CountOrShare = Field(  # type: ignore[valid-type]
+        "50%",
+        description="Safety-flagged responses in a batch above which a SafetyCapExceeded warning is raised (crises "
+        "dominate the batch); they all still go to the experts. A count or a share of the batch.",
     )
     unselected: Literal["omit", "model"] = Field(
         "omit",
@@ -90,14 +111,70 @@ class SelectionSpec(SpecModel):
         description="Expert ratings the reward model needs before it picks or scores anything; before that "
         "selection is uniform and unselected responses are left out.",
     )
-    drift_bound: float = Field(
-        0.2, gt=0.0, le=1.0,
-        description="Mean absolute error of the model's predictions on a round's fresh expert ratings above which "
-        "the next round falls back to 'all'.",
+    drift_confidence: float = Field(
+        0.8, ge=0.5, le=0.99,
+        description="The reward model decides (active picks, model scores) only while the lower bound of its skill "
+        "score on the last judged round's fresh expert ratings, at this one-sided confidence (bootstrap over "
+        "responses), is above 0: better than predicting the mean of those ratings. Otherwise the next round falls "
+        "back (see fallback) and is judged again.",
+    )
+    fallback: FallbackMode = Field(
+        "uniform",
+        description="What a round does while the model has no skill: uniform (the budget at random, nothing "
+        "model-scored; the random picks are the held-out set the model is judged on) or all (every response).",
+    )
+    probation: bool = Field(
+        True,
+        description="A newly fitted model is on probation (random picks, nothing model-scored) until a gate judges "
+        "it better than the mean; false lets it decide from its first fit until a gate finds it no better.",
+    )
+    holdout: CountOrShare = Field(  # type: ignore[valid-type]
+        "25%",
+        description="In rounds where the model picks (active), this much of the budget (a count or a share of it) "
+        "is picked at random instead: the held-out ratings its skill is judged on. Rounds that pick at random "
+        "are judged on all their picks.",
+    )
+    judge_rounds: int = Field(
+        3, ge=1, le=50,
+        description="Rounds whose held-out ratings a gate may pool (newest first, until minJudged) to judge the model.",
+    )
+    min_judged: int = Field(
+        6, ge=3, le=10000,
+        description="Held-out expert ratings (pooled over up to judgeRounds rounds) a gate needs to judge the "
+        "model; with fewer the previous judgement stands.",
+    )
+    drift_bound: float | None = Field(
+        None,
+        description="Removed (issue 21): ignored, with a warning. Drift is judged by skill (driftConfidence), "
+        "not by an absolute error bound.",
+    )
+    features: list[Literal["hashed", "tokens", "embedding"]] = Field(
+        default_factory=lambda: ["hashed", "tokens", "embedding"], min_length=1,
+        description="Feature sets the reward model may use (each run picks one by cross-validated skill): hashed "
+        "words and characters, the policy tokenizer's ids, MiniLM sentence embeddings.",
     )
     ensemble: int = Field(5, ge=2, le=32, description="Bootstrap members of the reward model.")
-    ridge: float = Field(1.0, gt=0.0, le=1e6, description="L2 penalty of each member's ridge regression.")
+    ridge: float = Field(1.0, gt=0.0, le=1e6, description="L2 penalty tried besides 0.1, 1 and 10 by cross-validation.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the bootstrap and of uniform picks (mixed with the round).")
+
+    @field_validator("budget", "safety_cap", "holdout", mode="before")
+    @classmethod
+    def _count_or_share(cls, value: object) -> object:
+        """One clear line for anything that is neither a count nor a share (the union's own errors name both)."""
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100000:
+            return value
+        if isinstance(value, str) and re.fullmatch(SHARE_PATTERN, value) and float(value[:-1]) > 0:
+            return value
+        raise ValueError(f"expected a count (a whole number from 1, e.g. 8) or a share of the batch ('25%'), got {value!r}")
+
+    def warnings(self) -> list[str]:
+        """Settings accepted but not used, one line each."""
+        if self.drift_bound is None:
+            return []
+        return [
+            f"feedback.selection.driftBound ({self.drift_bound:g}) is no longer used: the reward model's drift is "
+            "judged by its skill over the mean (feedback.selection.driftConfidence)"
+        ]
 
 
 class FeedbackSpec(SpecModel):
@@ -159,6 +236,9 @@ class FeedbackSpec(SpecModel):
 
 __all__ = [
     "SelectionMode",
+    "CountOrShare",
+    "FallbackMode",
+    "responses_of",
     "Criterion",
     "SelectionSpec",
     "FeedbackSpec",

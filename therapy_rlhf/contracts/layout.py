@@ -10,6 +10,9 @@ Keys are relative to the store's root (a local directory, or ``s3://bucket/prefi
     {namespace}/{run}/rounds/{r:04d}/ratings/{rater}/{response_id}.json       first rating
     {namespace}/{run}/rounds/{r:04d}/ratings/{rater}/{response_id}.v{n}.json  correction n>=2
     {namespace}/{run}/rounds/{r:04d}/gate.json                 frozen rating set + rewards
+    {namespace}/{run}/rounds/{r:04d}/selection.json            feedback.selection: who goes to the experts
+    {namespace}/{run}/rounds/{r:04d}/predictions.json          the reward model's predictions (after the gate
+                                                               on a local store; executor-only on S3)
     {namespace}/{run}/rounds/{r:04d}/policy/...                adapter + value head
     {namespace}/{run}/rounds/{r:04d}/policy/metrics.json       written last: update done
     {namespace}/{run}/eval/results.json, report.md, reward_curve.png
@@ -101,8 +104,12 @@ class RunPaths:
         return f"{self.round_prefix(round_no)}/gate.json"
 
     def selection(self, round_no: int) -> str:
-        """Which responses went to the experts and the reward model's predictions (feedback.selection)."""
+        """Which responses went to the experts, and why (feedback.selection)."""
         return f"{self.round_prefix(round_no)}/selection.json"
+
+    def predictions(self, round_no: int) -> str:
+        """The reward model's predictions of a round's responses (feedback.predictions: private until the gate)."""
+        return f"{self.round_prefix(round_no)}/predictions.json"
 
     def policy_prefix(self, round_no: int) -> str:
         return f"{self.round_prefix(round_no)}/policy"

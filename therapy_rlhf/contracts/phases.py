@@ -47,9 +47,23 @@ R_KUBE_API_ERROR = "KubernetesApiError"  # any other error of the Kubernetes API
 R_GATE_REPLACED = "GateReplaced"  # a gate.json the executor had not closed was replaced
 R_RUN_CONFIG_RESTORED = "RunConfigRestored"  # an edited run ConfigMap was put back
 R_NOT_ALLOWED = "NotAllowed"  # a Secret, image or service account the installation does not allow
-# feedback.selection (issue 12): the reward model's error on fresh expert ratings passed driftBound, so the
-# next round goes to the experts whole (a Warning Event; the reason of Ready/AwaitingRatings while it waits).
+# feedback.selection (issues 12, 21): the reward model's skill on a round's fresh expert ratings is no better
+# than their mean (bootstrap lower bound <= 0), so the next round falls back (feedback.selection.fallback) and
+# the model decides nothing until a later gate finds skill again (a Warning Event; the reason of
+# Ready/AwaitingRatings while a fallback round waits).
 R_REWARD_MODEL_DRIFT = "RewardModelDrift"
+# ... and a later gate found skill again: selection resumes (a Normal Event; the reason while it waits).
+R_REWARD_MODEL_RECOVERED = "RewardModelRecovered"
+# Why a round's selection is what it is (Selection.decision, status.rounds[].selectionDecision), besides the two above:
+R_SELECTION_COLD_START = "ColdStart"  # fewer than minRatings expert ratings: uniform, the model is not fitted
+R_SELECTION_PROBATION = "ModelOnProbation"  # fitted but never judged: uniform picks (the held-out set it is judged on)
+R_SELECTION_SKILLED = "ModelSkilled"  # the last judged round found skill: the requested mode
+# More safety-flagged responses in a batch than feedback.selection.safetyCap: crises dominate it (a Warning Event;
+# they all still go to the experts, outside the budget).
+R_SAFETY_CAP_EXCEEDED = "SafetyCapExceeded"
+# ppo.stopping (issue 21): the reward's rise over the last rounds is inside its noise (a Warning Event; with
+# mode 'ask' the run is suspended with this reason, with mode 'stop' it ends after that round's update).
+R_REWARD_PLATEAU = "RewardPlateau"
 # One executor per run (issue 20): a live local runner holds the run's lease in the store, so the
 # operator starts nothing (the Ready condition's reason and a Warning Event, naming the runner).
 R_HELD_BY_LOCAL_RUNNER = "HeldByLocalRunner"

@@ -237,13 +237,26 @@ class ModelScore(Record):
 
 
 class RewardModelCheck(Record):
-    """The reward model's error on a round's fresh expert ratings, predicted before it saw them."""
+    """The reward model judged on a round's fresh expert ratings, predicted before they were given (issue 21:
+    skill over the mean of the same ratings, with a bootstrap lower bound; not an absolute error bound)."""
 
     responses: int = Field(..., ge=0, description="Expert-rewarded responses the model had predicted.")
     mae: float | None = Field(None, ge=0.0, description="Mean absolute error; None when no response was compared.")
-    bound: float
-    drifted: bool
+    skill: float | None = Field(None, description="1 - MSE / MSE of the ratings' own mean; None when not judged.")
+    skill_lower: float | None = Field(None, description="Its one-sided lower bound at 'confidence' (bootstrap over responses).")
+    confidence: float | None = Field(None, description="feedback.selection.driftConfidence then.")
+    rank_correlation: float | None = Field(None, description="Spearman's rho between predictions and rewards in the round.")
+    judged: bool = Field(False, description="Enough held-out ratings (minJudged) that vary: the check decides the next round.")
+    held_out: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="Response id -> [prediction, expert reward] of this round's random held-out picks (what skill is judged on).",
+    )
+    judged_on: int = Field(0, ge=0, description="Held-out ratings the skill score pooled (this round's and earlier rounds').")
+    pooled_rounds: list[int] = Field(default_factory=list, description="The rounds whose held-out ratings were pooled.")
+    bound: float | None = Field(None, description="driftBound, in gates written before issue 21.")
+    drifted: bool = Field(..., description="Judged and no better than the mean (skill lower bound <= 0).")
     trained_on: int = Field(0, ge=0, description="Expert ratings the model was fitted to.")
+    feature_set: str | None = Field(None, description="The feature set the model used.")
 
 
 class Gate(Record):
@@ -274,34 +287,69 @@ class Gate(Record):
 
 
 class Drift(Record):
-    """Why a round went to the experts whole: a closed round's gate found the reward model drifted."""
+    """Why a round fell back: a closed round's gate found the reward model no better than the mean."""
 
-    round: int = Field(..., ge=1, le=MAX_ROUND, description="The closed round whose gate measured the drift.")
-    mae: float = Field(..., ge=0.0, description="The reward model's error on that round's fresh expert ratings.")
-    bound: float = Field(..., description="feedback.selection.driftBound then.")
+    round: int = Field(..., ge=1, le=MAX_ROUND, description="The closed round whose gate judged the model.")
+    mae: float | None = Field(None, ge=0.0, description="The reward model's error on that round's fresh expert ratings.")
+    skill: float | None = Field(None, description="Its skill score there.")
+    skill_lower: float | None = Field(None, description="The skill score's lower bound (what was <= 0).")
+    bound: float | None = Field(None, description="driftBound, in selections written before issue 21.")
 
 
 # How selection.json said "drift" before the structured field (kept readable).
 _OLD_DRIFT = re.compile(r"reward model drift: its error on round (\d+)'s expert ratings was ([0-9.]+) > driftBound ([0-9.eE+-]+)")
 
 
-class Selection(Record):
-    """rounds/{r}/selection.json: which responses went to the experts, and the model's view of every response.
+class Predictions(Record):
+    """The reward model's prediction of every response of a round: rounds/{r}/predictions.json.
 
-    Written by the job that sampled the batch, before batch.jsonl. Raters' store access does not cover it,
-    so nothing the model predicted can anchor a rater before they score.
+    Kept out of every rater's sight until the gate closes (``feedback.predictions``): the job writes it to
+    the executor's private folder (local runner) or to a key the rater policy does not cover (S3); the
+    selection commits to its digest; a local runner publishes it into the store after the gate closes."""
+
+    round: int = Field(..., ge=1, le=MAX_ROUND)
+    model_sha256: str | None = None
+    feature_set: str | None = None
+    predictions: dict[str, list[float]] = Field(
+        default_factory=dict, description="Response id -> [predicted reward, ensemble spread]."
+    )
+
+
+class Selection(Record):
+    """rounds/{r}/selection.json: which responses went to the experts, why, and which model decided.
+
+    Written by the job that sampled the batch, before batch.jsonl. The model's predictions are not in it
+    (issue 21): they are in predictions.json, which ``predictions_sha256`` commits to. Raters' S3 access
+    does not cover it either.
     """
 
     round: int = Field(..., ge=1, le=MAX_ROUND)
     mode: SelectionMode = Field(..., description="The mode this round used (after any fallback).")
     requested_mode: SelectionMode
     fallback: str | None = Field(None, description="Why the round fell back to another mode, if it did (in words).")
-    drift: Drift | None = Field(None, description="Set when the round went to the experts whole because of drift.")
-    budget: int
+    drift: Drift | None = Field(None, description="Set when the round fell back because the model had no skill.")
+    decision: str | None = Field(
+        None, description="What decided the mode, as a phases.R_SELECTION_* reason (cold start, skilled, fallback, resumed)."
+    )
+    model_decides: bool = Field(False, description="The reward model's picks (active) and scores (unselected: model) are used.")
+    budget: int = Field(..., description="Responses the budget meant for this batch (a share resolved to a count).")
     selected: list[str] = Field(..., description="Response ids sent to the experts, in batch order.")
-    safety_selected: list[str] = Field(default_factory=list, description="Selected because of a crisis cue or a safety-screen hit.")
+    safety_selected: list[str] = Field(
+        default_factory=list, description="Selected because of a crisis cue or a safety-screen hit (outside the budget)."
+    )
+    held_out: list[str] = Field(
+        default_factory=list,
+        description="Picked at random (not by the model, not for safety): the fresh ratings the model is judged on.",
+    )
+    safety_cap: int | None = Field(None, description="feedback.selection.safetyCap for this batch, as a count.")
+    safety_cap_exceeded: bool = Field(False, description="More safety-flagged responses than safetyCap: crises dominate.")
     predictions: dict[str, list[float]] = Field(
-        default_factory=dict, description="Response id -> [predicted reward, ensemble spread]; empty before the model is fitted."
+        default_factory=dict, description="Only in selections written before issue 21 (now predictions.json)."
+    )
+    predictions_sha256: str | None = Field(None, description="SHA-256 of the round's predictions.json bytes.")
+    feature_set: str | None = Field(None, description="The feature set the reward model chose by cross-validated skill.")
+    feature_skill: dict[str, float | None] = Field(
+        default_factory=dict, description="Cross-validated skill of every feature set tried."
     )
     trained_on: int = Field(0, ge=0, description="Expert ratings the reward model was fitted to.")
     trained_rounds: list[int] = Field(default_factory=list)
@@ -311,6 +359,9 @@ class Selection(Record):
     @classmethod
     def _drift_from_old_records(cls, data: Any) -> Any:
         """A selection.json written before ``drift`` existed said it only in ``fallback``'s words."""
+        if isinstance(data, dict) and "model_decides" not in data and "predictions_sha256" not in data:
+            # Before issue 21 a fitted model decided in every round it did not fall back from.
+            data = {**data, "model_decides": bool(data.get("predictions")) and data.get("mode") != "all"}
         if isinstance(data, dict) and data.get("drift") is None and isinstance(data.get("fallback"), str):
             old = _OLD_DRIFT.match(data["fallback"])
             if old:

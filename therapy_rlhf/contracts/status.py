@@ -62,7 +62,21 @@ class RoundStatus(SpecModel):
     reward_model_error: float | None = Field(
         None, ge=0.0, description="The reward model's mean absolute error on this round's fresh expert rewards."
     )
-    reward_model_drifted: bool = Field(False, description="That error passed feedback.selection.driftBound.")
+    reward_model_drifted: bool = Field(
+        False, description="The gate judged the reward model no better than the mean: the next round falls back."
+    )
+    reward_model_skill: float | None = Field(
+        None, description="The reward model's skill over the mean on the round's held-out expert ratings (1 - MSE ratio)."
+    )
+    reward_model_skill_lower: float | None = Field(
+        None, description="Its bootstrap lower bound at feedback.selection.driftConfidence (<= 0: no better than the mean)."
+    )
+    selection_mode: str | None = Field(None, description="The selection mode the round used (after any fallback).")
+    selection_decision: str | None = Field(
+        None, description="Why: ColdStart, ModelOnProbation, ModelSkilled, RewardModelDrift or RewardModelRecovered."
+    )
+    safety_flagged: int = Field(0, ge=0, description="Responses sent to the experts for safety, outside the budget.")
+    safety_cap_exceeded: bool = Field(False, description="More safety-flagged responses than feedback.selection.safetyCap.")
     fluency_log_likelihood: float | None = Field(
         None, le=0.0, description="The batch's mean token log-likelihood under the frozen base model (jobs/fluency.py)."
     )

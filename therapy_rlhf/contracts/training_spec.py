@@ -127,6 +127,22 @@ class KlSpec(SpecModel):
     horizon: int = Field(10000, ge=1)
 
 
+class StoppingSpec(SpecModel):
+    """Stop, or ask, when the reward has stopped rising (issue 21): after a round's update, the slope of the
+    gates' mean rewards over the last ``window`` rounds is estimated by least squares; when the lower end of
+    its 90% interval is at or below 0, the rise is inside its noise."""
+
+    window: int | None = Field(
+        None, ge=3, le=100,
+        description="Rounds the slope is fitted over (at least 3); unset: no stopping rule (run every round).",
+    )
+    mode: Literal["stop", "ask"] = Field(
+        "ask",
+        description="stop: skip the remaining rounds (evaluation still runs); ask: pause the run (phase Suspended, "
+        "reason RewardPlateau) until someone decides: the close-gate override runs one more round.",
+    )
+
+
 def _paper_prompts() -> list[PromptSpec]:
     return [PromptSpec(id="paper-depressed-hopeless", text=PAPER_PROMPT, category="depression")]
 
@@ -166,6 +182,10 @@ class PpoSpec(SpecModel):
         False, description="Also skip such a minibatch (no gradient from it); recorded in the round's metrics."
     )
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    stopping: StoppingSpec = Field(
+        default_factory=StoppingSpec,
+        description="Stop or ask for a decision when the gates' mean reward stops rising beyond its noise.",
+    )
     one_job_per_round: bool = Field(
         True,
         description="Run each round's PPO update and the next round's generation in one Job, with the model "
@@ -191,5 +211,6 @@ __all__ = [
     "PromptSpec",
     "GenerationSpec",
     "KlSpec",
+    "StoppingSpec",
     "PpoSpec",
 ]

@@ -49,6 +49,7 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.spec import RunManifest, RunSpec
 from therapy_rlhf.execution import preview, step, workdir
 from therapy_rlhf.execution.worker_client import JobExit, JobWorkerClient
+from therapy_rlhf.feedback.predictions import PrivateFolder
 from therapy_rlhf.execution.workdir import JOBS_MODULE, default_console, default_job_command, default_warm, work_dir_for
 from therapy_rlhf.planning.observe import observe_store
 from therapy_rlhf.planning.planner import (
@@ -140,6 +141,8 @@ class LocalRunner:
         if write_config:
             self.write_config()
         self.state_file = self.work_dir / "state.json"
+        # Where jobs seal the reward model's predictions until the runner closes the gate (feedback.predictions).
+        self.private_dir = self.work_dir / "private"
         self.digests = self.load_state()
         return frozen, spec
 
@@ -185,6 +188,7 @@ class LocalRunner:
                         done = step.close_round_gate(
                             self.store, self.paths, spec, action, "runner", "local-runner", self.digests,
                             lambda name, digest: self.keep_digests({name: digest}), previous=awaiting,
+                            vault=PrivateFolder(self.private_dir),
                         )
                     except step.GateNotClosed as err:
                         raise RunnerError(str(err)) from None
@@ -316,6 +320,8 @@ class LocalRunner:
             *integrity.expect_args(action.kind, action.round, self.manifest.spec, self.paths, self.digests, self.config_sha),
             "--outputs-file",
             str(outputs_file),
+            "--private-dir",
+            str(self.private_dir),
         ]
         log_path = self.work_dir / "logs" / f"{action.kind}-r{action.round}-a{action.attempt}.log"
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)

@@ -18,9 +18,11 @@ from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.contracts.records import Gate, Selection
 from therapy_rlhf.contracts.spec import RunSpec
 from therapy_rlhf.feedback.gate import close_gate
+from therapy_rlhf.feedback.predictions import PredictionsVault
 from therapy_rlhf.feedback.rewards import RatingError
 from therapy_rlhf.feedback.rounds import RoundState
-from therapy_rlhf.feedback.selection import describe_gate
+from therapy_rlhf.feedback.judgement import judged_checks
+from therapy_rlhf.feedback.selection import describe_gate, read_selection
 from therapy_rlhf.planning.planner import CloseGate
 from therapy_rlhf.store import integrity
 from therapy_rlhf.store.backends import Store
@@ -66,13 +68,14 @@ def close_round_gate(
     digests: Mapping[str, str],
     keep: Callable[[str, str], None],
     previous: RoundState | None = None,
+    vault: PredictionsVault | None = None,
 ) -> GateStep:
     """Close the gate the planner asked for, as ``executor`` ("runner", "operator") holding ``digests``;
     ``keep(name, digest)`` stores the gate's digest with them before gate.json is written."""
     try:
         closed = close_gate(
             store, paths, action.round, spec.feedback, action.reason, closed_by,
-            digests=digests, keep=keep, previous=previous,
+            digests=digests, keep=keep, previous=previous, vault=vault,
         )
     except (RatingError, integrity.IntegrityError) as err:
         raise GateNotClosed(str(err)) from None
@@ -81,7 +84,8 @@ def close_round_gate(
     if closed.replaced:
         message = replaced_message(store, paths, action.round, executor)
         notices.append(Notice(WARNING, phases.R_GATE_REPLACED, message, f"replaced-r{action.round}"))
-    return GateStep(gate, {integrity.gate_name(paths, action.round): closed.digest}, notices + gate_notices(gate))
+    notices += gate_notices(gate) + selection_notices(store, paths, gate)
+    return GateStep(gate, {integrity.gate_name(paths, action.round): closed.digest}, notices)
 
 
 def gate_notices(gate: Gate) -> list[Notice]:
@@ -92,6 +96,32 @@ def gate_notices(gate: Gate) -> list[Notice]:
     if drift:
         notices.append(Notice(WARNING, phases.R_REWARD_MODEL_DRIFT, drift, f"drift-r{gate.round}"))
     return notices
+
+
+def selection_notices(store: Store, paths: RunPaths, gate: Gate) -> list[Notice]:
+    """What the round's selection and the model's history add: crises above safetyCap, and a model that found
+    its skill again after a drift (selection resumes)."""
+    out = []
+    selection = read_selection(store, paths, gate.round)
+    if selection is not None and selection.safety_cap_exceeded:
+        out.append(Notice(WARNING, phases.R_SAFETY_CAP_EXCEEDED, safety_cap_message(selection), f"safety-cap-r{gate.round}"))
+    check = gate.reward_model
+    if check is not None and check.judged and not check.drifted:
+        earlier = judged_checks(store, paths, gate.round, limit=1)
+        if earlier and earlier[0][1].drifted:
+            message = (
+                f"round {gate.round}: the reward model has skill again ({check.skill:.3f}, lower bound "
+                f"{check.skill_lower:.3f} on {check.responses} fresh ratings); round {gate.round + 1} resumes selection"
+            )
+            out.append(Notice(NORMAL, phases.R_REWARD_MODEL_RECOVERED, message, f"recovered-r{gate.round}"))
+    return out
+
+
+def safety_cap_message(selection: Selection) -> str:
+    return (
+        f"round {selection.round}: {len(selection.safety_selected)} safety-flagged responses, more than safetyCap "
+        f"{selection.safety_cap}: crises dominate the batch (all of them go to the experts, outside the budget)"
+    )
 
 
 def replaced_message(store: Store, paths: RunPaths, round_no: int, executor: str) -> str:
@@ -110,18 +140,28 @@ def gate_closed_message(gate: Gate) -> str:
 
 
 def gate_drift_message(gate: Gate) -> str | None:
-    """Said when a gate finds the reward model drifted: the next round goes to the experts whole."""
+    """Said when a gate finds the reward model no better than the mean: the next round falls back."""
     check = gate.reward_model
     if check is None or not check.drifted:
         return None
+    if check.skill is None:  # a gate written before issue 21
+        return f"round {gate.round}: the reward model's error on the experts' fresh ratings was {check.mae:.3f}; round {gate.round + 1} falls back"
     return (
-        f"round {gate.round}: the reward model's error on the experts' fresh ratings was {check.mae:.3f} > "
-        f"driftBound {check.bound:g}; round {gate.round + 1} goes to the experts whole"
+        f"round {gate.round}: the reward model is no better than the mean of the experts' fresh ratings (skill "
+        f"{check.skill:.3f}, lower bound {check.skill_lower:.3f} at {check.confidence:g}, {check.responses} ratings); "
+        f"round {gate.round + 1} falls back and judges it again"
     )
 
 
-def selection_drift_message(selection: Selection | None) -> str | None:
-    """Said while a round that went to the experts whole because of drift awaits its ratings."""
-    if selection is None or selection.drift is None:
+def selection_reason(selection: Selection | None) -> tuple[str, str] | None:
+    """(reason, message) said while a round awaits its ratings, when its selection has something to say: it fell
+    back because of drift, crises dominate it (over safetyCap), or selection resumed after a drift."""
+    if selection is None:
         return None
-    return selection.fallback or f"reward model drift found at round {selection.drift.round}"
+    if selection.drift is not None:
+        return phases.R_REWARD_MODEL_DRIFT, selection.fallback or f"reward model drift found at round {selection.drift.round}"
+    if selection.safety_cap_exceeded:
+        return phases.R_SAFETY_CAP_EXCEEDED, safety_cap_message(selection)
+    if selection.decision == phases.R_REWARD_MODEL_RECOVERED:
+        return phases.R_REWARD_MODEL_RECOVERED, f"round {selection.round}: the reward model has skill again; selection resumes"
+    return None

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from therapy_rlhf.store import integrity
+from therapy_rlhf.feedback import predictions as sealed
 from therapy_rlhf.feedback import selection as selecting
+from therapy_rlhf.feedback.judgement import recent_checks
 from therapy_rlhf.feedback.rewards import RatingError, effective_reward
 from therapy_rlhf.feedback.rounds import RoundState, load_round, usable_latest
 from therapy_rlhf.contracts.layout import RunPaths
-from therapy_rlhf.contracts.records import Gate, Rating, ResponseReward, Selection, parse_record
+from therapy_rlhf.contracts.records import Gate, Predictions, Rating, ResponseReward, Selection, parse_record
 from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.store.backends import AlreadyExists, NotFound, Store, dump_json, parse_json
 
@@ -95,7 +97,8 @@ def agreement(state: RoundState, feedback: FeedbackSpec) -> float | None:
 
 
 def build_gate(
-    state: RoundState, feedback: FeedbackSpec, reason: str, closed_by: str, selection: Selection | None = None
+    state: RoundState, feedback: FeedbackSpec, reason: str, closed_by: str, selection: Selection | None = None,
+    predictions: Predictions | None = None, earlier: list | None = None,
 ) -> Gate:
     rewards = aggregate(state, feedback)
     if not rewards:
@@ -104,7 +107,8 @@ def build_gate(
         raise RatingError(f"round {state.round} is not fully rated: {coverage(state, feedback.min_raters).describe()}")
     values = [r.reward for r in rewards.values()]
     extras = selecting.gate_extras(
-        selection, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.not_sent]
+        selection, predictions, feedback, {rid: r.reward for rid, r in rewards.items()}, [r.id for r in state.not_sent],
+        earlier,
     )
     return Gate(
         round=state.round,
@@ -140,6 +144,7 @@ def close_gate(
     digests: Mapping[str, str] | None = None,
     keep: Callable[[str, str], None] | None = None,
     previous: RoundState | None = None,
+    vault: sealed.PredictionsVault | None = None,
 ) -> ClosedGate:
     """Close a round's gate: freeze its verified ratings into gate.json, once.
 
@@ -159,6 +164,10 @@ def close_gate(
 
     The rating set is listed afresh either way; ``previous`` (the caller's last
     load of the round) only spares re-reading the objects it already holds.
+
+    ``vault``: where the job sealed the model's predictions (``feedback.predictions``; default the
+    store's own key). They must match the selection's commitment; a private vault's copy is published
+    into the store once the gate is written.
     """
     key = paths.gate(round_no)
     name = integrity.gate_name(paths, round_no)
@@ -167,17 +176,26 @@ def close_gate(
         return ClosedGate(_parse_gate(store, key, existing), integrity.sha256(existing), False)
     state = load_round(store, paths, round_no, previous=previous, feedback=feedback, gate=None)
     selection = _stored_selection(store, paths, round_no) if digests is None else _recorded_selection(store, paths, round_no, digests)
-    gate = build_gate(state, feedback, reason, closed_by, selection)
+    vault = vault or sealed.StoreVault(store, paths)
+    predictions = sealed.unseal(vault, selection)
+    earlier = recent_checks(store, paths, round_no, feedback.selection.judge_rounds) if predictions else []
+    gate = build_gate(state, feedback, reason, closed_by, selection, predictions, earlier)
     data = dump_json(gate.model_dump(mode="json"))
     if digests is not None and keep is not None:
         keep(name, integrity.sha256(data))
+    closed = _write_gate(store, key, existing, gate, data, digests is None)
+    sealed.publish(store, paths, vault, round_no)  # the gate is closed: the predictions may be seen now
+    return closed
+
+
+def _write_gate(store: Store, key: str, existing: bytes | None, gate: Gate, data: bytes, first_wins: bool) -> ClosedGate:
     if existing is not None:
         store.write_bytes(key, data)
         return ClosedGate(gate, integrity.sha256(data), True)
     try:
         store.create_bytes(key, data)
     except AlreadyExists:
-        if digests is None:  # another closer won the race; theirs is the frozen set
+        if first_wins:  # another closer won the race; theirs is the frozen set
             theirs = store.read_bytes(key)
             return ClosedGate(_parse_gate(store, key, theirs), integrity.sha256(theirs), False)
         store.write_bytes(key, data)  # appeared meanwhile, and it is not ours either

@@ -11,8 +11,9 @@
   batches: PPO whitens its advantages within a batch, so the order inside a
   batch is what a reward model's scores feed into the update.
 * ``skill_interval(pred, truth, ...)``: the skill score with a bootstrap over
-  responses -- (point, lower bound at ``confidence``), what the drift rule
-  judges.
+  responses -- (point, lower bound at ``confidence``); ``pooled_skill_interval``
+  the same over several rounds, each against its own mean: what the drift
+  rule judges.
 """
 
 from __future__ import annotations
@@ -90,4 +91,38 @@ def skill_interval(
     if ok.sum() < resamples / 2:
         return point, None
     skills = 1.0 - ((tp - tt) ** 2).mean(axis=1)[ok] / base[ok]
+    return point, float(np.quantile(skills, 1.0 - confidence))
+
+
+def _within(groups: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """(sum of squared errors, sum of squares of each group's ratings about the group's own mean)."""
+    sse = sum(float(((p - t) ** 2).sum()) for p, t in groups)
+    base = sum(float(((t - t.mean()) ** 2).sum()) for _, t in groups if t.size)
+    return sse, base
+
+
+def pooled_skill_interval(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]], *, confidence: float = 0.8, resamples: int = 1000, seed: int = 0
+) -> tuple[float | None, float | None]:
+    """``skill_interval`` over several batches (rounds) at once: the baseline is each batch's own mean (what the
+    model must beat inside a batch), and the bootstrap resamples responses within each batch."""
+    arrays = [(np.asarray(p, dtype=float), np.asarray(t, dtype=float)) for p, t in groups if len(t)]
+    if not arrays:
+        return None, None
+    sse, base = _within(arrays)
+    if base <= 1e-12:
+        return None, None
+    point = 1.0 - sse / base
+    rng = np.random.default_rng(seed)
+    skills = []
+    for _ in range(resamples):
+        sample = []
+        for p, t in arrays:
+            take = rng.integers(0, t.size, t.size)
+            sample.append((p[take], t[take]))
+        s_sse, s_base = _within(sample)
+        if s_base > 1e-12:
+            skills.append(1.0 - s_sse / s_base)
+    if len(skills) < resamples / 2:
+        return point, None
     return point, float(np.quantile(skills, 1.0 - confidence))

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from therapy_rlhf.contracts.layout import RunPaths
-from therapy_rlhf.contracts.records import Gate
+from therapy_rlhf.contracts.records import Gate, RecordError, Selection
 from therapy_rlhf.contracts.spec import RunManifest
 from therapy_rlhf.feedback.gate import agreement, aggregate, coverage
 from therapy_rlhf.feedback.rounds import RoundState, load_round
 from therapy_rlhf.feedback.simrater import is_simulated
-from therapy_rlhf.store.backends import Store
+from therapy_rlhf.feedback.selection import read_selection
+from therapy_rlhf.store.backends import Store, StoreError
 from therapy_rlhf.store.runs import read_fluency, read_frozen_run, stored_rounds
 
 
@@ -40,7 +41,14 @@ class RoundSummary:
     not_sent: int = 0  # responses not sent to the experts
     model_scored: int = 0  # of those, rewarded by the reward model (gate.model_scored)
     reward_model_error: float | None = None  # MAE on this round's fresh expert rewards
-    reward_model_drifted: bool = False
+    reward_model_drifted: bool = False  # judged no better than the mean: the next round falls back
+    reward_model_skill: float | None = None  # skill over the mean on the held-out ratings (issue 21)
+    reward_model_skill_lower: float | None = None  # its bootstrap lower bound (<= 0: no better than the mean)
+    # what the round's selection decided and why (selection.json; None where it cannot be read)
+    selection_mode: str | None = None
+    selection_decision: str | None = None  # a phases reason: ColdStart, ModelOnProbation, ModelSkilled, ...
+    safety_flagged: int = 0  # sent to the experts for safety, outside the budget
+    safety_cap_exceeded: bool = False
     # the batch's fluency (jobs/fluency.py, rounds/r/fluency.json), measured without any rater
     fluency_log_likelihood: float | None = None
     dictionary_share: float | None = None
@@ -64,6 +72,12 @@ class RoundSummary:
             "modelScored": self.model_scored,
             "rewardModelError": self.reward_model_error,
             "rewardModelDrifted": self.reward_model_drifted,
+            "rewardModelSkill": self.reward_model_skill,
+            "rewardModelSkillLower": self.reward_model_skill_lower,
+            "selectionMode": self.selection_mode,
+            "selectionDecision": self.selection_decision,
+            "safetyFlagged": self.safety_flagged,
+            "safetyCapExceeded": self.safety_cap_exceeded,
             "fluencyLogLikelihood": self.fluency_log_likelihood,
             "dictionaryShare": self.dictionary_share,
         }
@@ -88,6 +102,8 @@ def summarize_round(
     alpha = agreement(state, fb)
     since = datetime.fromtimestamp(store.modified_at(paths.batch(round_no)), timezone.utc)
     fluency = read_fluency(store, paths, round_no) or {}
+    check = gate.reward_model if gate is not None else None
+    chosen = _selection(store, paths, round_no) if fb.selection.mode != "all" else None
     return RoundSummary(
         round=round_no,
         responses=cov.total,
@@ -107,11 +123,25 @@ def summarize_round(
         simulated=tuple(sorted({r.rater for r in state.latest().values() if is_simulated(r)})),
         not_sent=len(state.not_sent),
         model_scored=len(gate.model_scored) if gate is not None else 0,
-        reward_model_error=gate.reward_model.mae if gate is not None and gate.reward_model is not None else None,
-        reward_model_drifted=bool(gate is not None and gate.reward_model is not None and gate.reward_model.drifted),
+        reward_model_error=check.mae if check is not None else None,
+        reward_model_drifted=bool(check is not None and check.drifted),
+        reward_model_skill=check.skill if check is not None else None,
+        reward_model_skill_lower=check.skill_lower if check is not None else None,
+        selection_mode=chosen.mode if chosen else None,
+        selection_decision=chosen.decision if chosen else None,
+        safety_flagged=len(chosen.safety_selected) if chosen else 0,
+        safety_cap_exceeded=bool(chosen and chosen.safety_cap_exceeded),
         fluency_log_likelihood=fluency.get("mean_log_likelihood"),
         dictionary_share=fluency.get("dictionary_share"),
     )
+
+
+def _selection(store: Store, paths: RunPaths, round_no: int) -> Selection | None:
+    """The round's selection, or None where there is none or the reader may not see it (a rater's S3 access)."""
+    try:
+        return read_selection(store, paths, round_no)
+    except (StoreError, RecordError):
+        return None
 
 
 def summarize_run(store: Store, paths: RunPaths) -> tuple[RunManifest, list[RoundSummary]]:

@@ -13,7 +13,7 @@ from typing import Mapping
 from therapy_rlhf.store.integrity import gate_name
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.planning.planner import JobObservation, Observed, RoundObservation
-from therapy_rlhf.feedback.rounds import RoundState, load_round
+from therapy_rlhf.feedback.rounds import RoundState, load_round, read_gate
 from therapy_rlhf.feedback.gate import coverage
 from therapy_rlhf.store.runs import read_fluency
 from therapy_rlhf.contracts.spec import RunSpec
@@ -66,6 +66,11 @@ def observe_store(
         rounds[r] = ro
         if not ro.batch:
             break
+    window = spec.ppo.stopping.window
+    if window:  # the stopping rule reads the mean reward of the last closed gates (a bounded number of reads)
+        for r in [q for q in sorted(rounds) if rounds[q].gate][-window:]:
+            gate = read_gate(store, paths, r)
+            rounds[r] = replace(rounds[r], mean_reward=gate.mean_reward if gate is not None else None)
     observed = Observed(
         sft_done=paths.sft_metrics() in keys,
         eval_done=paths.eval_results() in keys,

@@ -30,6 +30,7 @@ from typing import Literal, Union
 from therapy_rlhf.contracts import phases
 from therapy_rlhf.contracts.jobkinds import EVALUATE, GENERATE, PHASE_OF_JOB, PPO, PPO_GENERATE, SFT
 from therapy_rlhf.contracts.spec import RunSpec
+from therapy_rlhf.planning.stopping import plateau
 
 JobState = Literal["running", "succeeded", "failed"]
 
@@ -69,6 +70,8 @@ class RoundObservation:
     awaiting_since: float | None = None
     # rounds/r/fluency.json of the round awaiting ratings (jobs/fluency.py), None when absent
     fluency: dict | None = None
+    # the closed gate's mean reward, read for the last ppo.stopping.window rounds only (the stopping rule)
+    mean_reward: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,7 @@ def plan(spec: RunSpec, obs: Observed) -> Decision:
     if spec.sft.enabled and not obs.sft_done:
         return _job_step(spec, obs, SFT, RUN_LEVEL)
     # 2. PPO rounds: generate -> gate -> update, in order (update + next generate in one Job by default).
+    stopped: tuple[int, str] | None = None
     for r in range(1, spec.ppo.rounds + 1):
         ro = obs.round(r)
         if not ro.batch:
@@ -248,9 +252,23 @@ def plan(spec: RunSpec, obs: Observed) -> Decision:
                     f"round {r}'s batch looks like gibberish ({why}): paused before anyone rates it",
                 )
             return _gate_step(spec, obs, ro)
+        # The stopping rule, once round r's gate is closed: its update runs alone (no next batch in the same
+        # Job), then the run stops or asks before round r+1 is sampled.
+        flat = plateau({q: o.mean_reward for q, o in obs.rounds.items()}, r, spec.ppo.stopping.window) if r < spec.ppo.rounds else None
         if not ro.policy:
-            return _job_step(spec, obs, _update_kind(spec, r), r)
+            return _job_step(spec, obs, PPO if flat else _update_kind(spec, r), r)
+        if flat and not obs.round(r + 1).batch:
+            if spec.ppo.stopping.mode == "stop":
+                stopped = (r, f"stopped after round {r} of {spec.ppo.rounds}: {flat}")
+                break
+            if not obs.close_gate_requested:  # the close-gate override is the go-ahead for one more round
+                return Decision(
+                    Suspend(), phases.SUSPENDED, r, phases.R_REWARD_PLATEAU,
+                    f"round {r}: {flat}; paused for a decision (the close-gate override runs round {r + 1})",
+                )
     # 3. The optional evaluation.
     if spec.evaluation.enabled and not obs.eval_done:
         return _job_step(spec, obs, EVALUATE, RUN_LEVEL)
+    if stopped:
+        return Decision(Finish(), phases.SUCCEEDED, stopped[0], phases.R_REWARD_PLATEAU, stopped[1])
     return Decision(Finish(), phases.SUCCEEDED, spec.ppo.rounds, phases.R_SUCCEEDED, "run finished")
