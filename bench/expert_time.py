@@ -104,7 +104,8 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     from therapy_rlhf.jobs import generate, learning
     from therapy_rlhf.jobs.common import JobContext, make_logger
     from therapy_rlhf.contracts.layout import RunPaths
-    from therapy_rlhf.feedback.rounds import read_batch
+    from therapy_rlhf.feedback.rounds import read_batch, read_gate
+    from therapy_rlhf.feedback.selection import read_selection
     from therapy_rlhf.store.backends import LocalStore
 
     selection, shuffled = STRATEGIES[strategy]
@@ -122,7 +123,8 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
         manifest, store, rounds, shuffle_seed=SHUFFLE_SEED + seed if shuffled else None, judge=judge
     )
     # One more fresh batch from the last policy: the reward after the last update.
-    ctx = JobContext(kind="generate", manifest=manifest, round=rounds + 1, store=store, log=make_logger())
+    ctx = JobContext(kind="generate", manifest=manifest, round=rounds + 1, store=store, log=make_logger(),
+                     private_dir=str(store_dir.parent / f"private-{store_dir.name}"))
     ctx.log.setLevel(40)
     try:
         generate.main(ctx)
@@ -131,12 +133,18 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     batch, _, _ = read_batch(store, RunPaths(manifest.namespace, manifest.name), rounds + 1)
     final = statistics.fmean(judge(r, manifest.spec.feedback).reward for r in batch)
     cumulative, points = 0, []
+    paths = RunPaths(manifest.namespace, manifest.name)
     for r in results:
+        chosen, gate = read_selection(store, paths, r.round), read_gate(store, paths, r.round)
+        check = gate.reward_model if gate is not None else None
         points.append({"round": r.round, "reward": round(r.mean_reward, 4), "ratings_before": cumulative,
-                       "model_error": r.model_error, "model_scored": r.model_scored})
+                       "model_error": r.model_error, "model_scored": r.model_scored,
+                       "model_decides": bool(chosen and chosen.model_decides),
+                       "skill": None if check is None or not check.judged else check.skill,
+                       "safety_selected": len(chosen.safety_selected) if chosen else 0})
         cumulative += r.expert_ratings
     points.append({"round": rounds + 1, "reward": round(final, 4), "ratings_before": cumulative,
-                   "model_error": None, "model_scored": 0})
+                   "model_error": None, "model_scored": 0, "model_decides": False, "skill": None, "safety_selected": 0})
     print(f"  {rule:8s} {strategy:15s} seed {seed}: final {final:.3f} after {cumulative} expert ratings "
           f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     return {"rule": rule, "strategy": strategy, "seed": seed, "points": points}
@@ -145,8 +153,8 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
 def summarize(runs: list[dict], rounds: int) -> list[str]:
     """Markdown: final reward and cost per strategy and rule, and where each reached all's final reward."""
     out = ["| rule | strategy | expert ratings | final true reward (mean ± sd over seeds) | "
-           "ratings to reach `all`'s final reward | reward model MAE, last 3 rounds |",
-           "|---|---|---:|---:|---:|---:|"]
+           "ratings to reach `all`'s final reward | rounds the model picked (of all) | judged skill, last 3 judgements |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     for rule in sorted({r["rule"] for r in runs}):
         of_rule = [r for r in runs if r["rule"] == rule]
         target = statistics.fmean(r["points"][-1]["reward"] for r in of_rule if r["strategy"] == "all") if any(
@@ -163,10 +171,12 @@ def summarize(runs: list[dict], rounds: int) -> list[str]:
                 reach.append(hit)
             reached = [h for h in reach if h is not None]
             reach_text = (f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(reach)} seeds)" if reached else "not reached")
-            errors = [p["model_error"] for r in these for p in r["points"][-4:-1] if p["model_error"] is not None]
+            skills = [s for r in these for s in [p["skill"] for p in r["points"] if p.get("skill") is not None][-3:]]
+            decided = statistics.fmean(sum(p.get("model_decides", False) for p in r["points"]) for r in these)
             sd = statistics.pstdev(finals) if len(finals) > 1 else 0.0
             out.append(f"| {rule} | {strategy} | {cost:.0f} | {statistics.fmean(finals):.3f} ± {sd:.3f} | {reach_text} | "
-                       + (f"{statistics.fmean(errors):.3f}" if errors else "-") + " |")
+                       + f"{decided:.1f} ({len(these[0]['points']) - 1}) | "
+                       + (f"{statistics.fmean(skills):.3f}" if skills else "-") + " |")
     return out
 
 
