@@ -43,7 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 STRATEGIES = {
@@ -256,15 +256,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="budgeted arms (mode not all) run this many times --rounds (default 1; issue 21: 2)")
     parser.add_argument("--per-prompt", type=int, default=32, help="samples per prompt a round (4 prompts; default 32)")
     parser.add_argument("--workers", type=int, default=2, help="Runs in parallel, one torch thread each.")
-    parser.add_argument("--json", type=Path, help="Write every run's curve here.")
+    parser.add_argument("--json", type=Path, help="Append every run's curve here as it finishes (JSON lines).")
+    parser.add_argument("--summarize", type=Path, help="Only print the tables (and --plot) of the runs in this --json file.")
     parser.add_argument("--plot", type=Path, help="Write the reward-vs-ratings plot here (PNG).")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, rule, strategy, seed, arm_rounds(strategy, args), args.budget, tmp, args.per_prompt)
-                   for rule in args.rules for seed in args.seeds for strategy in args.strategies]
-        runs = [f.result() for f in futures]
+    if args.summarize:
+        runs = [json.loads(line) for line in args.summarize.read_text(encoding="utf-8").splitlines() if line.strip()]
+        args.seeds = sorted({r["seed"] for r in runs})
+    else:
+        runs = []
+        with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
+            futures = [pool.submit(one_run, rule, strategy, seed, arm_rounds(strategy, args), args.budget, tmp, args.per_prompt)
+                       for rule in args.rules for seed in args.seeds for strategy in args.strategies]
+            for f in as_completed(futures):  # each run kept as it ends: a run cut short still leaves its curves
+                runs.append(f.result())
+                if args.json:
+                    with args.json.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(runs[-1]) + "\n")
     print(f"tiny:mistral, 4 prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
           f"{round(args.rounds * args.longer)}) + a final fresh batch, budget {args.budget}, seeds "
           f"{' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
@@ -272,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summarize(runs, args.rounds)))
     print()
     print("\n".join(target_lines(runs)))
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     if args.plot:
         plot(runs, args.plot)
     return 0
