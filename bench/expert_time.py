@@ -69,6 +69,9 @@ PROMPTS = [
     {"id": "grief-father", "text": "My father died last month and I still can't accept it.", "category": "grief"},
     {"id": "lonely-move", "text": "I moved to a new city and I feel so alone.", "category": "other"},
 ]
+# --crisis adds the paper's prompt: every response to it goes to the experts, outside the budget (issue 21)
+CRISIS_PROMPT = {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?",
+                 "category": "depression"}
 _CHUNK = re.compile(r"^[A-Za-z']+[.,?!]?$")
 
 
@@ -94,7 +97,8 @@ def make_judge(rule: str):
     return judge
 
 
-def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str, per_prompt: int = 32) -> dict:
+def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str, per_prompt: int = 32,
+            crisis: bool = False) -> dict:
     """One run; returns its per-round curve (true reward, cumulative expert ratings, model error)."""
     import torch
     import transformers
@@ -114,7 +118,7 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     manifest = learning.learning_manifest(
         store_dir, name="expert-time", feedback=feedback, rounds=rounds + 1,
         generation={"maxNewTokens": 8, "temperature": 0.5, "topP": 1.0, "topK": 0, "batchSize": 4, "seed": seed},
-        seed=seed, prompts=PROMPTS, samplesPerPrompt=per_prompt,
+        seed=seed, prompts=PROMPTS + ([CRISIS_PROMPT] if crisis else []), samplesPerPrompt=per_prompt,
     )
     store = LocalStore(store_dir)
     judge = make_judge(rule)
@@ -255,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--longer", type=float, default=1.0,
                         help="budgeted arms (mode not all) run this many times --rounds (default 1; issue 21: 2)")
     parser.add_argument("--per-prompt", type=int, default=32, help="samples per prompt a round (4 prompts; default 32)")
+    parser.add_argument("--crisis", action="store_true", help="add the paper's prompt (a crisis cue) as a fifth prompt")
     parser.add_argument("--workers", type=int, default=2, help="Runs in parallel, one torch thread each.")
     parser.add_argument("--json", type=Path, help="Append every run's curve here as it finishes (JSON lines).")
     parser.add_argument("--summarize", type=Path, help="Only print the tables (and --plot) of the runs in this --json file.")
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = []
         with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
-            futures = [pool.submit(one_run, rule, strategy, seed, arm_rounds(strategy, args), args.budget, tmp, args.per_prompt)
+            futures = [pool.submit(one_run, rule, strategy, seed, arm_rounds(strategy, args), args.budget, tmp, args.per_prompt, args.crisis)
                        for rule in args.rules for seed in args.seeds for strategy in args.strategies]
             for f in as_completed(futures):  # each run kept as it ends: a run cut short still leaves its curves
                 runs.append(f.result())

@@ -18,8 +18,8 @@ its noise, ``--noise``) and scored on the test set against the noise-free rule:
 Strategies (all start from the same ``--start`` uniform labels of the seed):
 
 * ``uniform``: the first n of a seeded permutation of the candidates (``uniform_order``);
-* ``active``: refit every ``--step`` labels and take the unlabelled candidates the model is least
-  certain of (largest ensemble+Bayesian spread), the selection job's ``active`` rule without its
+* ``active``: refit after every ``--step`` labels (or a quarter more, whichever is larger) and take
+  the unlabelled candidates the model is least certain of (largest ensemble+Bayesian spread), the selection job's ``active`` rule without its
   per-prompt round robin;
 * ``kcenter``: diversity: greedy farthest-first on the MiniLM embeddings (the candidate farthest from
   every labelled one, one at a time), no model needed.
@@ -97,7 +97,8 @@ def grow(strategy: str, labelled: list[int], n: int, order: np.ndarray, candidat
     """``labelled`` grown to ``n`` candidates by ``strategy`` (``fit_to(indices)`` fits the reward model)."""
     labelled = list(labelled)
     while len(labelled) < n:
-        k = min(step, n - len(labelled))
+        # a refit after every ``step`` labels, or a quarter more once that is larger (what a run's rounds do)
+        k = min(max(step, len(labelled) // 4), n - len(labelled))
         if strategy == "uniform":
             labelled = [int(i) for i in order[: len(labelled) + k]]
         elif strategy == "kcenter":
@@ -245,14 +246,12 @@ def plot(runs: list[dict], path: Path) -> None:
                 sd = np.array([s[1] for s in stats if s[0] is not None])
                 ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=strategy)
                 ax.fill_between(xs, ys - sd, ys + sd, color=f"C{i}", alpha=0.15)
-            ax.set_xscale("log")
-            ax.set_xlabel("labels (expert ratings)")
-            ax.set_ylabel(label)
+            ax.set(xscale="log", xlabel="labels (expert ratings)", ylabel=label)
             ax.set_title(f"SIMULATED expert: {expert}", fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 

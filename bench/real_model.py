@@ -21,11 +21,13 @@ clinician) through the real rating and gate functions, and the ppo job.
   to the batch's responses at random (same rewards, no link to the text).
 * ``suite``: the project's prompt suite (15 prompts: depression, anxiety,
   grief, trauma, crisis), 1 sample each.
-* ``select-all`` / ``select-uniform`` / ``select-active`` (issue 21): four
-  prompts of the suite without a crisis cue, 4 samples each (16 a round),
+* ``select-all`` / ``select-uniform`` / ``select-active`` (issue 21): five
+  prompts of the suite, one with a crisis cue, 4 samples each (20 a round),
   and ``feedback.selection`` mode all, or uniform / active (unselected:
-  omit) with ``--budget`` (default 4: a quarter); ``--longer`` multiplies the
-  budgeted arms' rounds. The JSONL lines add the round's expert ratings.
+  omit) with ``--budget`` (default 4: a quarter of the 16 without a crisis
+  cue; the crisis prompt's 4 always go as well, outside the budget);
+  ``--longer`` multiplies the budgeted arms' rounds. The JSONL lines add the
+  round's expert ratings.
 
 Every round appends a line to ``OUT/ARM.jsonl`` (reward, KL, fluency from
 ``rounds/r/fluency.json``, seconds) as it finishes, so a run cut short still
@@ -46,7 +48,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ESCONV = REPO.parent / "shared" / "data" / "esconv"
 CONTROL_SHUFFLE_SEED = 7
-SELECT_PROMPTS = ("depression-no-energy", "anxiety-racing-thoughts", "grief-parent", "trauma-accident")
+SELECT_PROMPTS = ("depression-no-energy", "anxiety-racing-thoughts", "grief-parent", "trauma-accident", "crisis-better-off")
 SELECT_ARMS = ("select-all", "select-uniform", "select-active")
 
 
@@ -207,7 +209,7 @@ def summarize(folder: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", choices=["paper", "control", "suite", *SELECT_ARMS])
-    parser.add_argument("--budget", type=int, default=4, help="select-uniform/-active: expert ratings a round (of 16)")
+    parser.add_argument("--budget", type=int, default=4, help="select-uniform/-active: learning ratings a round (of 16)")
     parser.add_argument("--longer", type=float, default=1.0, help="select-uniform/-active run this many times --rounds")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", default="bench/real-model")
