@@ -155,31 +155,27 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
 
 
 def summarize(runs: list[dict], rounds: int) -> list[str]:
-    """Markdown: final reward and cost per strategy and rule, and where each reached all's final reward."""
-    out = ["| rule | strategy | expert ratings | final true reward (mean ± sd over seeds) | "
-           "ratings to reach `all`'s final reward | rounds the model picked (of all) | judged skill, last 3 judgements |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    """Markdown: per rule and arm, rounds, expert ratings (of them safety reviews), the reward at the end, and
+    how often the reward model picked and with what judged skill."""
+    out = ["| rule | arm | rounds | expert ratings (safety) | true reward, last 3 points (mean ± sd over seeds) | "
+           "final fresh batch | rounds the model picked | judged skill, last 3 judgements |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for rule in sorted({r["rule"] for r in runs}):
-        of_rule = [r for r in runs if r["rule"] == rule]
-        target = statistics.fmean(r["points"][-1]["reward"] for r in of_rule if r["strategy"] == "all") if any(
-            r["strategy"] == "all" for r in of_rule) else None
         for strategy in STRATEGIES:
-            these = [r for r in of_rule if r["strategy"] == strategy]
+            these = [r for r in runs if r["rule"] == rule and r["strategy"] == strategy]
             if not these:
                 continue
+            ends = [statistics.fmean(p["reward"] for p in r["points"][-TARGET_WINDOW:]) for r in these]
             finals = [r["points"][-1]["reward"] for r in these]
             cost = statistics.fmean(r["points"][-1]["ratings_before"] for r in these)
-            reach = []
-            for r in these:
-                hit = next((p["ratings_before"] for p in r["points"] if target is not None and p["reward"] >= target), None)
-                reach.append(hit)
-            reached = [h for h in reach if h is not None]
-            reach_text = (f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(reach)} seeds)" if reached else "not reached")
+            safety = statistics.fmean(sum(p.get("safety_selected", 0) for p in r["points"]) for r in these)
             skills = [s for r in these for s in [p["skill"] for p in r["points"] if p.get("skill") is not None][-3:]]
-            decided = statistics.fmean(sum(p.get("model_decides", False) for p in r["points"]) for r in these)
-            sd = statistics.pstdev(finals) if len(finals) > 1 else 0.0
-            out.append(f"| {rule} | {strategy} | {cost:.0f} | {statistics.fmean(finals):.3f} ± {sd:.3f} | {reach_text} | "
-                       + f"{decided:.1f} ({len(these[0]['points']) - 1}) | "
+            picks = STRATEGIES[strategy][0]["mode"] == "active" or STRATEGIES[strategy][0].get("unselected") == "model"
+            decided = statistics.fmean(sum(p.get("model_decides", False) for p in r["points"]) for r in these) if picks else None
+            sd = statistics.stdev(ends) if len(ends) > 1 else 0.0
+            out.append(f"| {rule} | {strategy} | {len(these[0]['points']) - 1} | {cost:.0f} ({safety:.0f}) | "
+                       f"{statistics.fmean(ends):.3f} ± {sd:.3f} | {statistics.fmean(finals):.3f} | "
+                       + ("-" if decided is None else f"{decided:.1f}") + " | "
                        + (f"{statistics.fmean(skills):.3f}" if skills else "-") + " |")
     return out
 
@@ -280,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:
                     with args.json.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(runs[-1]) + "\n")
-    print(f"tiny:mistral, 4 prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
+    print(f"tiny:mistral, {len(PROMPTS) + args.crisis} prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
           f"{round(args.rounds * args.longer)}) + a final fresh batch, budget {args.budget}, seeds "
           f"{' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
     print()
