@@ -1,6 +1,6 @@
 """A fixed pool of real responses for the pool benchmark (issue 21): the bundled SmolLM2 over the prompt suite.
 
-    OMP_NUM_THREADS=1 python bench/response_pool.py --out bench/data/pool.jsonl.gz     # ~10 min on 2 loaded cores
+    OMP_NUM_THREADS=1 python bench/response_pool.py --out bench/data/pool.jsonl.gz     # 36 min on a loaded 2-core machine
 
 Generated once and committed, so ``bench/active_pool.py`` reruns without a model. The pool is every
 prompt of the project's suite (15 prompts, 3 with crisis cues) plus the example's

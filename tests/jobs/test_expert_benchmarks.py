@@ -123,9 +123,10 @@ def test_pool_spreads_over_policies_temperatures_and_prompts_with_crisis_cues(po
     assert len({p["temperature"] for p in pool}) >= 3
     prompts = {p["prompt_id"] for p in pool}
     assert len(prompts) >= 15
-    crisis = {p["prompt_id"] for p in pool if p["category"] == "crisis"}
-    assert len(crisis) >= 3
-    assert all(p["crisis_cue"] and p["safety_flagged"] for p in pool if p["category"] == "crisis")
+    assert len({p["prompt_id"] for p in pool if p["category"] == "crisis"}) >= 3
+    cued = {p["prompt_id"] for p in pool if p["crisis_cue"]}
+    assert len(cued) >= 3  # prompts the safety screen recognises as crises stay in the benchmark
+    assert all(p["safety_flagged"] for p in pool if p["crisis_cue"])
     groups: dict[tuple, int] = {}
     for p in pool:
         key = (p["policy"], p["temperature"], p["prompt_id"])
