@@ -276,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:
                     with args.json.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(runs[-1]) + "\n")
-    print(f"tiny:mistral, {len(PROMPTS) + args.crisis} prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
-          f"{round(args.rounds * args.longer)}) + a final fresh batch, budget {args.budget}, seeds "
-          f"{' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
+    if args.summarize:
+        print(f"{len(runs)} runs from {args.summarize}, seeds {' '.join(map(str, args.seeds))}")
+    else:
+        print(f"tiny:mistral, {len(PROMPTS) + args.crisis} prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
+              f"{round(args.rounds * args.longer)}) + a final fresh batch, budget {args.budget}, seeds "
+              f"{' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
     print()
     print("\n".join(summarize(runs, args.rounds)))
     print()
