@@ -35,6 +35,7 @@ from therapy_rlhf.jobs.common import JobContext, make_logger
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.gate import close_gate
 from therapy_rlhf.feedback.predictions import PredictionsVault, PrivateFolder
+from therapy_rlhf.feedback.selection import read_selection
 from therapy_rlhf.feedback.rounds import load_round
 from therapy_rlhf.feedback.submit import submit_rating
 from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating
@@ -106,6 +107,8 @@ class RoundResult:
     seconds: float
     expert_ratings: int = 0  # ratings stored this round (responses feedback.selection sent to the experts)
     model_error: float | None = None  # the gate's reward-model check (MAE on the fresh expert rewards)
+    model_skill: float | None = None  # its skill over the mean on the held-out ratings (None: not measured)
+    model_decides: bool = False  # the round's selection let the model pick / score (judged skilled)
     model_scored: int = 0
 
 
@@ -151,33 +154,37 @@ def run_loop(
     quiet.setLevel(logging.WARNING)
     shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else None
     # This loop is the executor: the reward model's predictions wait in its own private folder for the gate.
-    private = Path(tempfile.mkdtemp(prefix="therapy-rlhf-private-"))
-    results = []
-    for r in range(1, rounds + 1):
-        started = time.perf_counter()
-        for kind, module in (("generate", generate), ("ppo", ppo)):
-            ctx = JobContext(kind=kind, manifest=manifest, round=r, store=store, log=quiet, private_dir=str(private))
-            if cache_dir is not None:
-                ctx.cache_dir = cache_dir
-            try:
-                module.main(ctx)
-            finally:
-                ctx.close()
-            if kind == "generate":
-                rewards, gate = rate(store, manifest, r, shuffle, judge, PrivateFolder(private))
-        metrics = store.read_json(RunPaths(manifest.namespace, manifest.name).policy_metrics(r))
-        result = RoundResult(
-            round=r,
-            mean_reward=statistics.fmean(rewards),
-            stdev=statistics.pstdev(rewards),
-            kl=metrics["kl"],
-            seconds=time.perf_counter() - started,
-            expert_ratings=sum(len(x.ratings) for x in gate.rewards.values()),
-            model_error=gate.reward_model.mae if gate.reward_model else None,
-            model_scored=len(gate.model_scored),
-        )
-        results.append(result)
-        if report:
-            report(result)
+    with tempfile.TemporaryDirectory(prefix="therapy-rlhf-private-") as tmp:
+        private = Path(tmp)
+        results = []
+        for r in range(1, rounds + 1):
+            started = time.perf_counter()
+            for kind, module in (("generate", generate), ("ppo", ppo)):
+                ctx = JobContext(kind=kind, manifest=manifest, round=r, store=store, log=quiet, private_dir=str(private))
+                if cache_dir is not None:
+                    ctx.cache_dir = cache_dir
+                try:
+                    module.main(ctx)
+                finally:
+                    ctx.close()
+                if kind == "generate":
+                    rewards, gate = rate(store, manifest, r, shuffle, judge, PrivateFolder(private))
+                    chosen = read_selection(store, RunPaths(manifest.namespace, manifest.name), r)
+            metrics = store.read_json(RunPaths(manifest.namespace, manifest.name).policy_metrics(r))
+            result = RoundResult(
+                round=r,
+                mean_reward=statistics.fmean(rewards),
+                stdev=statistics.pstdev(rewards),
+                kl=metrics["kl"],
+                seconds=time.perf_counter() - started,
+                expert_ratings=sum(len(x.ratings) for x in gate.rewards.values()),
+                model_error=gate.reward_model.mae if gate.reward_model else None,
+                model_skill=gate.reward_model.skill if gate.reward_model else None,
+                model_decides=bool(chosen and chosen.model_decides),
+                model_scored=len(gate.model_scored),
+            )
+            results.append(result)
+            if report:
+                report(result)
     return results
 

@@ -154,7 +154,9 @@ def _reconcile(body, state: OperatorState, memory: RunMemory, emit: EmitFn, logg
         # JobStarted is announced by the JobCreated Event, which names the Job.
         if due and key != memory.last_event and outcome.reason != phases.R_JOB_STARTED:
             memory.last_event = key
-            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS
+            warning = outcome.blocked or outcome.phase == phases.FAILED or outcome.reason in WARNING_REASONS or (
+                outcome.phase == phases.SUSPENDED and outcome.reason == phases.R_REWARD_PLATEAU  # waits for a person
+            )
             emit("Warning" if warning else severity, outcome.reason, outcome.message)
         return Result(build_status(outcome, previous, generation, now, **fields))
 
@@ -328,3 +330,119 @@ def _drift_reason(store, paths, spec, decision: Decision, memory: RunMemory) -> 
     if said is None:
         return decision.reason, decision.message
     return said[0], f"{decision.message} ({said[1]})"
+
+
+def _act(decision: Decision, state: OperatorState, manifest: RunManifest, owner, memory: RunMemory, emit, announcer, previous, record):
+    """Carry out the planner's action; returns (Job name, action) of the active Job, or None."""
+    action = decision.action
+    if isinstance(action, (StartJob, WaitForJob)):
+        # The Jobs mount it: an edit is undone before a Job can start with it (and the
+        # Jobs check run.json against the frozen spec's digest anyway).
+        runconfig.check(state.api, manifest, owner, emit)
+    if isinstance(action, WaitForJob):
+        memory.active_job = builders.job_name(manifest.name, action.kind, action.round, action.attempt)
+        return memory.active_job, action
+    if not isinstance(action, StartJob):
+        memory.active_job = ""
+        return None
+    paths = RunPaths(manifest.namespace, manifest.name)
+    expect = integrity.expect_args(
+        action.kind, action.round, manifest.spec, paths, record, builders.run_config_sha256(manifest)
+    )
+    job = builders.build_job(manifest, action.kind, action.round, action.attempt, owner, state.config, expect)
+    name = job["metadata"]["name"]
+    logger = announcer.logger
+    created = gateclose.job_event_key(action.kind, action.round, action.attempt), "Normal", "JobCreated", f"created Job {name}: {decision.message}"
+    if name in ((previous.get("activeJob") or {}).get("name"), memory.active_job):
+        # Status says this Job was running, yet it is gone and its output is missing.
+        emit("Warning", "JobMissing", f"Job {name} disappeared before finishing (deleted by hand?); re-creating it")
+    try:
+        state.api.create_job(job)
+    except kube.Conflict:
+        # Created by an earlier incarnation of the operator: adopt it (and announce it, if that one could not).
+        logger.info("Job %s already exists; adopting it", name)
+        announcer.post(*created)
+        memory.active_job = name
+        return name, action
+    memory.active_job = name
+    metrics.JOBS_CREATED.labels(kind=action.kind).inc()
+    if action.kind in jobkinds.GATED_KINDS and action.round in memory.gate_closed_at:
+        metrics.GATE_TO_PPO.observe(time.time() - memory.gate_closed_at.pop(action.round))
+    announcer.post(*created)
+    logger.info("created Job %s", name)
+    return name, action
+
+
+def _read_pod_reasons(api: kube.KubeApi, namespace: str, jobs: list[dict[str, Any]], memory: RunMemory) -> None:
+    """Read why each newly failed Job's pod ended; a pod that cannot be read is no reason to stop."""
+    for job in jobs:
+        name = (job.get("metadata") or {}).get("name", "")
+        if name in memory.pod_reasons or job_state(job)[0] != "failed":
+            continue
+        try:
+            memory.pod_reasons[name] = pod_failure(api.list_job_pods(namespace, name))
+        except kube.KubeError as err:  # e.g. RBAC without pods: the Job's own reason stands
+            logging.getLogger(__name__).warning("cannot read the pods of Job %s: %s", name, err)
+            memory.pod_reasons[name] = ""
+
+
+def _count_finished(jobs: list[dict[str, Any]]) -> None:
+    for job in jobs:
+        st, _ = job_state(job)
+        if st != "running":
+            labels = (job.get("metadata") or {}).get("labels") or {}
+            uid = (job.get("metadata") or {}).get("uid") or (job.get("metadata") or {}).get("name")
+            metrics.record_job_finished(uid, labels.get(builders.LABEL_KIND, "unknown"), st == "succeeded")
+
+
+def _status_fields(store, paths, manifest, observed, awaiting, active, memory: RunMemory) -> dict[str, Any]:
+    rounds = []
+    reward = None
+    rated = None
+    for r, ro in sorted(observed.rounds.items()):
+        if not ro.batch:
+            continue
+        # Finished rounds never change: summarise them once. The awaiting round is
+        # re-read only when its ratings change.
+        ratings = len(awaiting.ratings) if awaiting is not None and awaiting.round == r else None
+        key = (ro.gate, ro.policy, ro.rated, ro.total, ratings)
+        cached = memory.summaries.get(r)
+        if cached is None or cached[0] != key:
+            summary = summarize_round(store, paths, manifest, r).to_dict()
+            if ro.policy:
+                summary["checkpoint"] = paths.policy_prefix(r)
+            memory.summaries[r] = (key, summary)
+        summary = memory.summaries[r][1]
+        rounds.append(summary)
+        if summary.get("gateClosed") and summary.get("meanReward") is not None:
+            reward = summary["meanReward"]
+        rated = f"{summary['rated']}/{summary['responses']}"
+    evaluation = None
+    if observed.eval_done:
+        evaluation = _evaluation(store, paths)
+    active_job = None
+    if active is not None:
+        name, action = active
+        active_job = {"name": name, "kind": action.kind, "round": action.round, "attempt": action.attempt}
+    return {"rounds": rounds, "reward": reward, "rated": rated, "activeJob": active_job, "evaluation": evaluation}
+
+
+# Keep the status small: results larger than this are referenced, not copied.
+MAX_EVAL_SUMMARY_BYTES = 8192
+
+
+def _evaluation(store: Store, paths: RunPaths) -> dict[str, Any]:
+    import json
+
+    summary: dict[str, Any] = {"results": store.describe(paths.eval_results()), "report": store.describe(paths.eval_report())}
+    try:
+        results = store.read_json(paths.eval_results())
+    except StoreError as err:
+        summary["error"] = str(err)
+        return summary
+    if isinstance(results, dict) and len(json.dumps(results)) <= MAX_EVAL_SUMMARY_BYTES:
+        summary["summary"] = results
+    return summary
+
+
+__all__ = ["OperatorState", "Result", "RunMemory", "reconcile"]

@@ -136,6 +136,7 @@ def test_a_raters_tools_work_with_the_policy(iam_s3, run):
         "read-another-raters-rating",
         "rating-key-inside-a-checkpoint",
         "read-the-models-predictions",  # feedback.selection: nothing from the model anchors a rater
+        "read-the-sealed-predictions",  # issue 21: rounds/r/predictions.json, executor-only on S3
         "overwrite-the-selection",
         "overwrite-own-rating",  # a plain PUT, not a create: the s3:if-none-match condition refuses it
         "list-outside-the-store",  # the s3:prefix condition: key names under the store prefix only
@@ -147,6 +148,7 @@ def test_every_forgery_with_a_raters_credential_is_refused(iam_s3, run, forgery)
     executor.write_json(PATHS.rating(1, "dr-kim", "r0001-b"), Rating(response_id="r0001-b", rater="dr-kim", criteria=CRITERIA).model_dump(mode="json"))
     executor.write_json(PATHS.gate(2), {"round": 2, "mean_reward": 0.1})  # a round the executor closed
     executor.write_json(PATHS.selection(1), {"round": 1, "predictions": {"r0001-a": [0.9, 0.1]}})
+    executor.write_json(PATHS.predictions(1), {"round": 1, "predictions": {"r0001-a": [0.9, 0.1]}})
     before = snapshot(executor)
     forged = Rating(response_id="r0001-b", rater="dr-kim", criteria={c: 0.0 for c in CRITERIA}).model_dump(mode="json")
     with pytest.raises(AccessDenied):
@@ -164,6 +166,8 @@ def test_every_forgery_with_a_raters_credential_is_refused(iam_s3, run, forgery)
             lee.read_bytes(PATHS.rating(1, "dr-kim", "r0001-b"))
         elif forgery == "read-the-models-predictions":
             lee.read_bytes(PATHS.selection(1))
+        elif forgery == "read-the-sealed-predictions":
+            lee.read_bytes(PATHS.predictions(1))
         elif forgery == "overwrite-the-selection":
             lee.write_json(PATHS.selection(1), {"round": 1, "selected": []})
         elif forgery == "overwrite-own-rating":

@@ -7,8 +7,10 @@ that verified selection; the simulated rater sees only the responses sent to the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -58,8 +60,19 @@ def test_runner_selects_scores_and_checks_through_verified_jobs(tmp_path, tiny_c
     assert json.loads((store / paths.gate(3)).read_text())["reward_model"]["responses"] == 3
     assert "model-scored (not seen by the experts)" in proc.stderr + proc.stdout
     # The runner's digest record holds every selection its jobs reported.
-    recorded = json.loads((work_dir_for(paths, LocalStore(store).uri) / "state.json").read_text())
+    work = work_dir_for(paths, LocalStore(store).uri)
+    recorded = json.loads((work / "state.json").read_text())
     assert all(f"rounds/{r:04d}/selection.json" in json.dumps(recorded) for r in (1, 2, 3))
+    # The model chose its features by held-out skill from all three sets (the MiniLM ones embedded once per text,
+    # in the model cache); its predictions waited in the runner's private folder and reached the store after the gate.
+    assert set(selections[2]["feature_skill"]) == {"hashed", "tokens", "embedding"} and selections[2]["feature_set"]
+    assert len(list((tiny_cache / "embeddings").rglob("*.npy"))) >= 6
+    for r in (2, 3):
+        assert selections[r - 1]["predictions"] == {} and selections[r - 1]["predictions_sha256"]
+        published = (store / paths.predictions(r)).read_bytes()
+        assert published == (work / "private" / f"predictions-r{r:04d}.json").read_bytes()
+        assert hashlib.sha256(published).hexdigest() == selections[r - 1]["predictions_sha256"]
+    assert stat.S_IMODE((work / "private").stat().st_mode) == 0o700
 
 
 def test_the_learning_loop_trains_on_expert_and_model_scored_rewards(tmp_path, tiny_cache):
