@@ -246,11 +246,14 @@ def plot(runs: list[dict], path: Path) -> None:
                 sd = np.array([s[1] for s in stats if s[0] is not None])
                 ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=strategy)
                 ax.fill_between(xs, ys - sd, ys + sd, color=f"C{i}", alpha=0.15)
-            ax.set(xscale="log", xlabel="labels (expert ratings)", ylabel=label)
+            ax.set(xscale="log", xlabel="labels (expert ratings)", ylabel=label, xticks=ns)
+            ax.set_xticklabels([str(n) for n in ns], fontsize=7)
+            ax.minorticks_off()
             ax.set_title(f"SIMULATED expert: {expert}", fontsize=10)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
@@ -272,8 +275,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--summarize", type=Path, help="only the tables (and --plot) of the curves in this --json file")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.perf_counter()
+    if args.summarize:
+        runs = json.loads(args.summarize.read_text(encoding="utf-8"))
+        args.experts = [e for e in sim_experts.EXPERTS if any(r["expert"] == e for r in runs)]
+        print(f"{len(runs)} curves from {args.summarize}\n")
+    else:
+        runs = compute(args)
+        if args.json:
+            args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
+    report(runs, args.experts)
+    if args.plot:
+        plot(runs, args.plot)
+    return 0
+
+
+def compute(args: argparse.Namespace) -> list[dict]:
+    """Every (expert, seed, strategy) curve, ``--workers`` at a time."""
     started = time.perf_counter()
     _SHARED.update(load_inputs(args.pool, args.references, args.noise, args.features))
     opts = {"checkpoints": sorted(args.checkpoints), "test_fraction": args.test_fraction, "start": args.start, "step": args.step}
@@ -283,23 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     n = len(_SHARED["texts"])
     print(f"pool {args.pool.name}: {n} responses; test {int(round(n * args.test_fraction))}; features {' '.join(args.features)}; "
           f"noise sd {args.noise}; seeds {' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s\n")
+    return runs
+
+
+def report(runs: list[dict], experts: list[str]) -> None:
     print("Skill score on the test set (mean ± sd over seeds), by labels:\n")
     print("\n".join(table(runs, "skill")))
     print("\nWithin-batch rank correlation on the test set:\n")
     print("\n".join(table(runs, "rank")))
     print("\nTarget (active reaches uniform's 400-label skill with at most 200 labels):\n")
-    for e in args.experts:
+    for e in experts:
         t = target_check(runs, e)
         bar = t["uniform_at_400"]
         print(f"- {e}: uniform at 400 = " + ("-" if bar is None else f"{bar:.3f}") + "; " + ", ".join(
             f"{s} reaches it at {t[s] if t[s] is not None else 'never (in range)'}" for s in STRATEGIES[1:] if s in t)
             + (" -> MET" if t.get("active") is not None and t["active"] <= TARGET_ACTIVE_BY else " -> NOT met"))
     print("\nFeature set chosen by cross-validation (fits at 200+ labels): " + "; ".join(chosen_sets(runs)))
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
-    if args.plot:
-        plot(runs, args.plot)
-    return 0
 
 
 if __name__ == "__main__":
