@@ -132,7 +132,7 @@ def select(
     ``FeatureSource`` (the job's: with the policy tokenizer and the sentence encoder); default the hashed text."""
     spec = feedback.selection
     say = log or (lambda *a: None)
-    mode, fallback, drift, reason, decides = spec.mode, None, None, None, spec.mode != "all"
+    mode, fallback, drift, reason, decides = spec.mode, None, None, None, uses_model(spec)
     model, trained_rounds = None, []
     if spec.mode != "all":
         model, trained_rounds, rated = _fit(store, paths, feedback, round_no, features)
