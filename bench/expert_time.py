@@ -13,7 +13,17 @@ check's settings, 4 prompts x 32 samples per round, and differs only in ``feedba
 * ``uniform-model``: uniform picks, the rest scored by the reward model (prediction - 1 x uncertainty);
 * ``active-model``: picks where the reward model is least certain, the rest scored by it;
 * ``active-shuffled``: active-model with the experts' judgements dealt out at random among the picked
-  responses (the control: same rewards, no link between text and score).
+  responses (the control: same rewards, no link between text and score);
+* ``all-shuffled``: ``all`` with the judgements dealt out at random over the whole batch (issue 21's control).
+
+``--longer F`` lets every budgeted arm (mode not ``all``) run F times as many rounds (issue 21: at 25 %
+a round, up to twice as many rounds), so the same ratings are spread over more updates; the summary then
+says where each arm first reached `all`'s final reward (mean of its last three points, less 0.03; a
+trailing mean over three points, so one lucky round does not count) and what share of `all`'s ratings
+that took.
+
+    OMP_NUM_THREADS=1 python bench/expert_time.py --rounds 10 --longer 2 --strategies all uniform-omit \\
+        active-omit all-shuffled --seeds 0 1 2 3 4 --plot bench/expert_time_longer.png   # issue 21's run
 
 Two simulated experts: ``empathy`` (the simulated rater's empathy word share, a word list) and ``readable``
 (the share of the response's whitespace-separated chunks that are plain words, a rule about form, not a
@@ -33,7 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 STRATEGIES = {
@@ -43,7 +53,11 @@ STRATEGIES = {
     "uniform-model": ({"mode": "uniform", "unselected": "model"}, False),
     "active-model": ({"mode": "active", "unselected": "model"}, False),
     "active-shuffled": ({"mode": "active", "unselected": "model"}, True),
+    "all-shuffled": ({"mode": "all"}, True),
 }
+# issue 21's target: a budgeted arm reaches `all`'s final reward (mean of its last three rounds, less this
+# margin) with at most TARGET_SHARE of `all`'s expert ratings.
+TARGET_MARGIN, TARGET_SHARE, TARGET_WINDOW = 0.03, 0.5, 3
 RULES = ("empathy", "readable")
 SHUFFLE_SEED = 7
 # The learning check's prompts with the paper's prompt swapped for one without a crisis cue: a response to
@@ -55,6 +69,9 @@ PROMPTS = [
     {"id": "grief-father", "text": "My father died last month and I still can't accept it.", "category": "grief"},
     {"id": "lonely-move", "text": "I moved to a new city and I feel so alone.", "category": "other"},
 ]
+# --crisis adds the paper's prompt: every response to it goes to the experts, outside the budget (issue 21)
+CRISIS_PROMPT = {"id": "paper-depressed-hopeless", "text": "I'm feeling depressed and hopeless. Can you help me?",
+                 "category": "depression"}
 _CHUNK = re.compile(r"^[A-Za-z']+[.,?!]?$")
 
 
@@ -80,7 +97,8 @@ def make_judge(rule: str):
     return judge
 
 
-def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str) -> dict:
+def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workdir: str, per_prompt: int = 32,
+            crisis: bool = False) -> dict:
     """One run; returns its per-round curve (true reward, cumulative expert ratings, model error)."""
     import torch
     import transformers
@@ -90,7 +108,8 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     from therapy_rlhf.jobs import generate, learning
     from therapy_rlhf.jobs.common import JobContext, make_logger
     from therapy_rlhf.contracts.layout import RunPaths
-    from therapy_rlhf.feedback.rounds import read_batch
+    from therapy_rlhf.feedback.rounds import read_batch, read_gate
+    from therapy_rlhf.feedback.selection import read_selection
     from therapy_rlhf.store.backends import LocalStore
 
     selection, shuffled = STRATEGIES[strategy]
@@ -99,7 +118,7 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     manifest = learning.learning_manifest(
         store_dir, name="expert-time", feedback=feedback, rounds=rounds + 1,
         generation={"maxNewTokens": 8, "temperature": 0.5, "topP": 1.0, "topK": 0, "batchSize": 4, "seed": seed},
-        seed=seed, prompts=PROMPTS,
+        seed=seed, prompts=PROMPTS + ([CRISIS_PROMPT] if crisis else []), samplesPerPrompt=per_prompt,
     )
     store = LocalStore(store_dir)
     judge = make_judge(rule)
@@ -108,7 +127,8 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
         manifest, store, rounds, shuffle_seed=SHUFFLE_SEED + seed if shuffled else None, judge=judge
     )
     # One more fresh batch from the last policy: the reward after the last update.
-    ctx = JobContext(kind="generate", manifest=manifest, round=rounds + 1, store=store, log=make_logger())
+    ctx = JobContext(kind="generate", manifest=manifest, round=rounds + 1, store=store, log=make_logger(),
+                     private_dir=str(store_dir.parent / f"private-{store_dir.name}"))
     ctx.log.setLevel(40)
     try:
         generate.main(ctx)
@@ -117,42 +137,83 @@ def one_run(rule: str, strategy: str, seed: int, rounds: int, budget: int, workd
     batch, _, _ = read_batch(store, RunPaths(manifest.namespace, manifest.name), rounds + 1)
     final = statistics.fmean(judge(r, manifest.spec.feedback).reward for r in batch)
     cumulative, points = 0, []
+    paths = RunPaths(manifest.namespace, manifest.name)
     for r in results:
+        chosen, gate = read_selection(store, paths, r.round), read_gate(store, paths, r.round)
+        check = gate.reward_model if gate is not None else None
         points.append({"round": r.round, "reward": round(r.mean_reward, 4), "ratings_before": cumulative,
-                       "model_error": r.model_error, "model_scored": r.model_scored})
+                       "model_error": r.model_error, "model_scored": r.model_scored,
+                       "model_decides": bool(chosen and chosen.model_decides),
+                       "skill": None if check is None or not check.judged else check.skill,
+                       "safety_selected": len(chosen.safety_selected) if chosen else 0})
         cumulative += r.expert_ratings
     points.append({"round": rounds + 1, "reward": round(final, 4), "ratings_before": cumulative,
-                   "model_error": None, "model_scored": 0})
+                   "model_error": None, "model_scored": 0, "model_decides": False, "skill": None, "safety_selected": 0})
     print(f"  {rule:8s} {strategy:15s} seed {seed}: final {final:.3f} after {cumulative} expert ratings "
           f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     return {"rule": rule, "strategy": strategy, "seed": seed, "points": points}
 
 
 def summarize(runs: list[dict], rounds: int) -> list[str]:
-    """Markdown: final reward and cost per strategy and rule, and where each reached all's final reward."""
-    out = ["| rule | strategy | expert ratings | final true reward (mean ± sd over seeds) | "
-           "ratings to reach `all`'s final reward | reward model MAE, last 3 rounds |",
-           "|---|---|---:|---:|---:|---:|"]
+    """Markdown: per rule and arm, rounds, expert ratings (of them safety reviews), the reward at the end, and
+    how often the reward model picked and with what judged skill."""
+    out = ["| rule | arm | rounds | expert ratings (safety) | true reward, last 3 points (mean ± sd over seeds) | "
+           "final fresh batch | rounds the model picked | judged skill, last 3 judgements |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for rule in sorted({r["rule"] for r in runs}):
-        of_rule = [r for r in runs if r["rule"] == rule]
-        target = statistics.fmean(r["points"][-1]["reward"] for r in of_rule if r["strategy"] == "all") if any(
-            r["strategy"] == "all" for r in of_rule) else None
         for strategy in STRATEGIES:
-            these = [r for r in of_rule if r["strategy"] == strategy]
+            these = [r for r in runs if r["rule"] == rule and r["strategy"] == strategy]
             if not these:
                 continue
+            ends = [statistics.fmean(p["reward"] for p in r["points"][-TARGET_WINDOW:]) for r in these]
             finals = [r["points"][-1]["reward"] for r in these]
             cost = statistics.fmean(r["points"][-1]["ratings_before"] for r in these)
-            reach = []
-            for r in these:
-                hit = next((p["ratings_before"] for p in r["points"] if target is not None and p["reward"] >= target), None)
-                reach.append(hit)
-            reached = [h for h in reach if h is not None]
-            reach_text = (f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(reach)} seeds)" if reached else "not reached")
-            errors = [p["model_error"] for r in these for p in r["points"][-4:-1] if p["model_error"] is not None]
-            sd = statistics.pstdev(finals) if len(finals) > 1 else 0.0
-            out.append(f"| {rule} | {strategy} | {cost:.0f} | {statistics.fmean(finals):.3f} ± {sd:.3f} | {reach_text} | "
-                       + (f"{statistics.fmean(errors):.3f}" if errors else "-") + " |")
+            safety = statistics.fmean(sum(p.get("safety_selected", 0) for p in r["points"]) for r in these)
+            skills = [s for r in these for s in [p["skill"] for p in r["points"] if p.get("skill") is not None][-3:]]
+            picks = STRATEGIES[strategy][0]["mode"] == "active" or STRATEGIES[strategy][0].get("unselected") == "model"
+            decided = statistics.fmean(sum(p.get("model_decides", False) for p in r["points"]) for r in these) if picks else None
+            sd = statistics.stdev(ends) if len(ends) > 1 else 0.0
+            out.append(f"| {rule} | {strategy} | {len(these[0]['points']) - 1} | {cost:.0f} ({safety:.0f}) | "
+                       f"{statistics.fmean(ends):.3f} ± {sd:.3f} | {statistics.fmean(finals):.3f} | "
+                       + ("-" if decided is None else f"{decided:.1f}") + " | "
+                       + (f"{statistics.fmean(skills):.3f}" if skills else "-") + " |")
+    return out
+
+
+def arm_rounds(strategy: str, args: argparse.Namespace) -> int:
+    """Rounds an arm runs: ``--rounds``, times ``--longer`` for a budgeted arm."""
+    return args.rounds if STRATEGIES[strategy][0]["mode"] == "all" else round(args.rounds * args.longer)
+
+
+def trailing(points: list[dict], window: int = TARGET_WINDOW) -> list[tuple[int, float]]:
+    """(ratings before the point, mean reward of the point and the window-1 before it), from the window-th point on."""
+    return [(points[k]["ratings_before"], statistics.fmean(p["reward"] for p in points[k - window + 1 : k + 1]))
+            for k in range(window - 1, len(points))]
+
+
+def target_lines(runs: list[dict]) -> list[str]:
+    """Issue 21's target per rule: `all`'s final reward (mean of its last three points, less the margin), and
+    the ratings each arm spent until its trailing three-point mean first reached it (share of `all`'s)."""
+    out = ["| rule | arm | ratings until the trailing 3-point mean reached `all`'s final - 0.03 | share of `all`'s ratings | seeds |",
+           "|---|---|---:|---:|---:|"]
+    for rule in sorted({r["rule"] for r in runs}):
+        alls = [r for r in runs if r["rule"] == rule and r["strategy"] == "all"]
+        if not alls:
+            continue
+        final = statistics.fmean(statistics.fmean(p["reward"] for p in r["points"][-TARGET_WINDOW:]) for r in alls)
+        target = final - TARGET_MARGIN
+        spent = statistics.fmean(r["points"][-1]["ratings_before"] for r in alls)
+        out.append(f"| {rule} | (target: `all`'s final {final:.3f} - {TARGET_MARGIN} = {target:.3f}, `all` spent {spent:.0f}) | | | |")
+        for strategy in STRATEGIES:
+            these = [r for r in runs if r["rule"] == rule and r["strategy"] == strategy]
+            if not these:
+                continue
+            hits = [next((n for n, m in trailing(r["points"]) if m >= target), None) for r in these]
+            reached = [h for h in hits if h is not None]
+            cost = statistics.fmean(reached) if reached else None
+            share = "-" if cost is None else f"{cost / spent:.0%}" + (" (met)" if cost <= TARGET_SHARE * spent and len(reached) == len(hits) else "")
+            out.append(f"| {rule} | {strategy} | " + ("not reached" if cost is None else f"{cost:.0f}")
+                       + f" | {share} | {len(reached)}/{len(hits)} |")
     return out
 
 
@@ -191,22 +252,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     parser.add_argument("--budget", type=int, default=32, help="Expert ratings per round for uniform/active (default 32 of 128).")
+    parser.add_argument("--longer", type=float, default=1.0,
+                        help="budgeted arms (mode not all) run this many times --rounds (default 1; issue 21: 2)")
+    parser.add_argument("--per-prompt", type=int, default=32, help="samples per prompt a round (4 prompts; default 32)")
+    parser.add_argument("--crisis", action="store_true", help="add the paper's prompt (a crisis cue) as a fifth prompt")
     parser.add_argument("--workers", type=int, default=2, help="Runs in parallel, one torch thread each.")
-    parser.add_argument("--json", type=Path, help="Write every run's curve here.")
+    parser.add_argument("--json", type=Path, help="Append every run's curve here as it finishes (JSON lines).")
+    parser.add_argument("--summarize", type=Path, help="Only print the tables (and --plot) of the runs in this --json file.")
     parser.add_argument("--plot", type=Path, help="Write the reward-vs-ratings plot here (PNG).")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, rule, strategy, seed, args.rounds, args.budget, tmp)
-                   for rule in args.rules for seed in args.seeds for strategy in args.strategies]
-        runs = [f.result() for f in futures]
-    print(f"tiny:mistral, 4 prompts x 32 samples a round, {args.rounds} rounds + a final fresh batch, budget "
-          f"{args.budget}, seeds {' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
+    if args.summarize:
+        runs = [json.loads(line) for line in args.summarize.read_text(encoding="utf-8").splitlines() if line.strip()]
+        args.seeds = sorted({r["seed"] for r in runs})
+    else:
+        runs = []
+        with tempfile.TemporaryDirectory(prefix="expert-time-") as tmp, ProcessPoolExecutor(args.workers) as pool:
+            futures = [pool.submit(one_run, rule, strategy, seed, arm_rounds(strategy, args), args.budget, tmp, args.per_prompt, args.crisis)
+                       for rule in args.rules for seed in args.seeds for strategy in args.strategies]
+            for f in as_completed(futures):  # each run kept as it ends: a run cut short still leaves its curves
+                runs.append(f.result())
+                if args.json:
+                    with args.json.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(runs[-1]) + "\n")
+    if args.summarize:
+        print(f"{len(runs)} runs from {args.summarize}, seeds {' '.join(map(str, args.seeds))}")
+    else:
+        print(f"tiny:mistral, {len(PROMPTS) + args.crisis} prompts x {args.per_prompt} samples a round, {args.rounds} rounds (budgeted arms "
+              f"{round(args.rounds * args.longer)}) + a final fresh batch, budget {args.budget}, seeds "
+              f"{' '.join(map(str, args.seeds))}; {time.perf_counter() - started:.0f}s")
     print()
     print("\n".join(summarize(runs, args.rounds)))
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
+    print()
+    print("\n".join(target_lines(runs)))
     if args.plot:
         plot(runs, args.plot)
     return 0

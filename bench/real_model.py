@@ -21,6 +21,13 @@ clinician) through the real rating and gate functions, and the ppo job.
   to the batch's responses at random (same rewards, no link to the text).
 * ``suite``: the project's prompt suite (15 prompts: depression, anxiety,
   grief, trauma, crisis), 1 sample each.
+* ``select-all`` / ``select-uniform`` / ``select-active`` (issue 21): five
+  prompts of the suite, one with a crisis cue, 4 samples each (20 a round),
+  and ``feedback.selection`` mode all, or uniform / active (unselected:
+  omit) with ``--budget`` (default 4: a quarter of the 16 without a crisis
+  cue; the crisis prompt's 4 always go as well, outside the budget);
+  ``--longer`` multiplies the budgeted arms' rounds. The JSONL lines add the
+  round's expert ratings.
 
 Every round appends a line to ``OUT/ARM.jsonl`` (reward, KL, fluency from
 ``rounds/r/fluency.json``, seconds) as it finishes, so a run cut short still
@@ -41,6 +48,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ESCONV = REPO.parent / "shared" / "data" / "esconv"
 CONTROL_SHUFFLE_SEED = 7
+SELECT_PROMPTS = ("depression-no-energy", "anxiety-racing-thoughts", "grief-parent", "trauma-accident", "crisis-better-off")
+SELECT_ARMS = ("select-all", "select-uniform", "select-active")
+
+
+def arm_rounds(arm: str, args: argparse.Namespace) -> int:
+    """--rounds, times --longer for a budgeted selection arm."""
+    return round(args.rounds * getattr(args, "longer", 1.0)) if arm in SELECT_ARMS[1:] else args.rounds
 
 
 def arm_manifest(arm: str, store: Path, args: argparse.Namespace):
@@ -53,12 +67,20 @@ def arm_manifest(arm: str, store: Path, args: argparse.Namespace):
     # maxExamples caps train and dev alike: 8 steps of 4 need 32, and every validation pass reads the dev cap
     spec["sft"]["dataset"] = {"path": str(args.sft_data), "maxExamples": args.sft_examples}
     spec["sft"]["maxSteps"] = args.sft_steps
-    spec["ppo"]["rounds"] = args.rounds
+    spec["ppo"]["rounds"] = arm_rounds(arm, args)
     spec["ppo"]["generation"]["maxNewTokens"] = args.max_new_tokens
     if args.lr is not None:
         spec["ppo"]["learningRate"] = args.lr
     if arm == "suite":
         spec["ppo"].update(prompts=[], builtinSuite=True, samplesPerPrompt=1)
+    elif arm in SELECT_ARMS:
+        from therapy_rlhf.jobs.prompts import builtin_suite
+
+        chosen = [p.model_dump(mode="json") for p in builtin_suite() if p.id in SELECT_PROMPTS]
+        spec["ppo"].update(prompts=chosen, samplesPerPrompt=4)
+        mode = arm.split("-", 1)[1]
+        spec["feedback"]["selection"] = {"mode": mode} if mode == "all" else {
+            "mode": mode, "budget": args.budget, "unselected": "omit", "minRatings": 8}
     else:
         spec["ppo"].update(samplesPerPrompt=8, prompts=spec["ppo"]["prompts"][:1])
     spec.pop("fluency", None)  # measure every round; the guard would stop a collapsing arm, and we want to see it
@@ -146,14 +168,14 @@ def run_arm(arm: str, args: argparse.Namespace) -> None:
         line = {
             "round": r.round, "reward": round(r.mean_reward, 4), "sd": round(r.stdev, 4), "kl": round(r.kl, 4),
             "log_likelihood": fluency.get("mean_log_likelihood"), "dictionary_share": fluency.get("dictionary_share"),
-            "seconds": round(r.seconds, 1),
+            "seconds": round(r.seconds, 1), "expert_ratings": r.expert_ratings,
         }
         with log.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         print(f"{name} {line}", file=sys.stderr, flush=True)
 
     shuffle = CONTROL_SHUFFLE_SEED if arm == "control" else None
-    results = learning.run_loop(manifest, store, args.rounds, shuffle_seed=shuffle, report=report)
+    results = learning.run_loop(manifest, store, arm_rounds(arm, args), shuffle_seed=shuffle, report=report)
     last = results[-1].round
     write_answers(out / f"{name}-answers.json", store, manifest, last)
     if arm == "paper" and not args.no_eval:
@@ -186,7 +208,9 @@ def summarize(folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arm", choices=["paper", "control", "suite"])
+    parser.add_argument("--arm", choices=["paper", "control", "suite", *SELECT_ARMS])
+    parser.add_argument("--budget", type=int, default=4, help="select-uniform/-active: learning ratings a round (of 16)")
+    parser.add_argument("--longer", type=float, default=1.0, help="select-uniform/-active run this many times --rounds")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", default="bench/real-model")
     parser.add_argument("--sft-data", default=str(ESCONV / "FailedESConv.json"))

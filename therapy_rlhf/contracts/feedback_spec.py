@@ -105,10 +105,13 @@ class SelectionSpec(SpecModel):
     mode: SelectionMode = Field(
         "all", description="all: every response to the experts; uniform / active: 'budget' per round."
     )
+    # A share, not a count: issue 21's benchmarks measured a quarter of each batch (with up to twice the
+    # rounds) reaching what rating everything reached with under half the ratings; a fixed count would be a
+    # different share of every batch size (docs/active-learning.md, "Evidence and recommendation").
     budget: CountOrShare = Field(  # type: ignore[valid-type]
-        8,
+        "25%",
         description="Responses per round the experts score for learning (uniform, active): a count (8) or a share "
-        "of the batch ('25%'). Safety-flagged responses always go as well and do not count toward it.",
+        "of the batch ('25%', the default). Safety-flagged responses always go as well and do not count toward it.",
     )
     safety_cap: CountOrShare = Field(  # type: ignore[valid-type]
         "50%",
