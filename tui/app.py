@@ -20,7 +20,6 @@ from typing import Callable
 from textual import events, on, work
 from textual.app import App
 from textual.binding import Binding
-from textual.css.query import NoMatches
 
 from therapy_rlhf import __version__
 from therapy_rlhf.contracts.records import Rating
@@ -250,11 +249,8 @@ class ScoringApp(App[int]):
 
     def _refresh_screen(self) -> None:
         refresh = getattr(self.screen, "refresh_status", None)
-        if refresh is not None and self.screen.is_attached:
-            try:
-                refresh()
-            except NoMatches:  # the screen is being taken down
-                pass
+        if refresh is not None:  # the rating screen's (safe while the screen is taken down)
+            refresh()
 
     def queue_summary(self) -> tuple[str, bool]:
         """(short text for the status line, whether it signals a problem)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, LoadingIndicator, Static
 
@@ -195,6 +196,16 @@ class RateScreen(Screen):
         self.refresh_status()
 
     def refresh_status(self) -> None:
+        """Redraw the status line; a no-op once the screen is being taken down (the app closing while a
+        poll's or a save's answer is on its way: its labels are already gone)."""
+        if not self.is_attached:
+            return
+        try:
+            self._draw_status()
+        except NoMatches:
+            pass
+
+    def _draw_status(self) -> None:
         s = self.session
         if s is None or s.current is None:
             return

@@ -220,3 +220,15 @@ async def test_a_poll_during_a_slow_write_does_not_read_the_rating_back(local_st
         await until(pilot, lambda: slow.requests >= polls + 9, 3, "a few polls")
     assert [k for k in slow.reads if k.startswith(DEMO.ratings_prefix(1) + "alice/")] == []
     assert len(load_round(local_store, DEMO, 1).ratings) == 2
+
+
+async def test_an_answer_arriving_while_the_screen_is_taken_down_draws_nothing(local_store):
+    """A poll's or a save's answer can land after the app began closing, when the status line's
+    labels are already gone: the redraw it asks for is skipped, not a crash of the closing app."""
+    make_run(local_store, n=3)
+    app = ScoringApp(local_store, "alice", ("default", "demo"), 1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        await screen.query_one("#where", Label).remove()
+        screen.refresh_status()  # as _polled does when the answer arrives
