@@ -64,6 +64,9 @@ PROMPT_RULES: tuple[Rule, ...] = (
     _rule(SUICIDAL, r"\b(don't|do not) want to (live|be alive|wake up)\b"),
     _rule(SUICIDAL, r"\b(no|nothing to) (reason|point) (to live|in living|living)\b"),
     _rule(SUICIDAL, r"\bno reason to live\b"),
+    # "I don't see any reason to keep living", "no point in going on"
+    _rule(SUICIDAL, r"\b(no|(don't|do not|can't|cannot) (see|find|think of) (any|a)) (reason|point) (to|in) "
+          r"(keep(ing)? )?(living|live|going on|being alive|be alive)\b"),
     _rule(SELF_HARM, r"\bself[- ]?harm(ing)?\b", negatable=True),
     _rule(SELF_HARM, r"\b(cut|cutting|burn|burning|hurt|hurting|harm|harming) myself\b"),
     _rule(PLAN_OR_MEANS, r"\b(overdose|od on)\b"),
@@ -72,6 +75,9 @@ PROMPT_RULES: tuple[Rule, ...] = (
     _rule(PLAN_OR_MEANS, r"\bjump (off|from|in front of)\b"),
     _rule(PLAN_OR_MEANS, r"\b(wrote|writing|write|left) (a |my )?(suicide |goodbye )?(note|letter) (to|for) (my|everyone)\b"),
     _rule(PLAN_OR_MEANS, r"\b(suicide|goodbye) (note|letter)\b"),
+    # Giving possessions away is a preparatory act, a warning sign clinicians ask about directly.
+    _rule(PLAN_OR_MEANS, r"\b(giv(e|ing|en)|gave) (away (all )?(of )?my (things|stuff|belongings|possessions)\b"
+          r"|(all )?(of )?my (things|stuff|belongings|possessions) away\b)"),
     _rule(PLAN_OR_MEANS, r"\b(have|made|got) a plan (to (die|end (it|things|my life)|kill|do it|hurt)|for (ending|killing|how))"),
     _rule(PLAN_OR_MEANS, r"\bknow (how|when|where) i('d| would| will| am going to) do it\b"),
     _rule(HARM_TO_OTHERS, r"\b(kill|hurt|harm) (him|her|them|someone|somebody|my (wife|husband|partner|boss|kids?|children))\b"),

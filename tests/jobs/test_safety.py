@@ -42,6 +42,10 @@ def categories(findings: list[str]) -> set[str]:
         ("I'm afraid I'll hurt my kids.", safety.HARM_TO_OTHERS),
         ("There's no way out of this.", safety.HOPELESSNESS),
         ("I can\u2019t go on like this.", safety.HOPELESSNESS),
+        ("I don't see any reason to keep living.", safety.SUICIDAL),
+        ("There's no point in going on.", safety.SUICIDAL),
+        ("I've started giving my things away.", safety.PLAN_OR_MEANS),
+        ("I gave away all my belongings last week.", safety.PLAN_OR_MEANS),
     ],
 )
 def test_crisis_cues_in_prompts(prompt, category):
@@ -57,6 +61,9 @@ def test_crisis_cues_in_prompts(prompt, category):
         "I want to live a calmer life.",
         "I cut my finger while cooking and felt silly.",
         "Work has me stressed and I have a plan for my weekend.",
+        "I'm giving my old clothes to charity before the move.",
+        "I'll give my stuff to my roommate when I move out.",
+        "I don't see any reason to keep arguing with my brother.",
     ],
 )
 def test_ordinary_prompts_have_no_acute_cue(prompt):
