@@ -205,11 +205,7 @@ class RoundSession:
 
     def refreshed(self, fresh: RoundState, gate: Gate | None) -> None:
         """A poll read the round again: take its ratings (keeping any the writer added) and its gate."""
-        known = {r.id for r in fresh.ratings}
-        fresh.ratings.extend(r for r in list(self.state.ratings) if r.id not in known)
-        for key, rating in list(self.state.by_key.items()):
-            fresh.by_key.setdefault(key, rating)  # stored by the writer after the poll listed: never read back
-        self.state.ratings, self.state.by_key = fresh.ratings, fresh.by_key
+        self.state.take_reads(fresh)  # the writer's ratings stored after the poll listed are kept, never read back
         if gate is not None:
             self.gate = gate
 

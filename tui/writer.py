@@ -170,16 +170,13 @@ class RatingWriter:
         t = job.target
         if job.attempts or job.replayed:
             # An earlier attempt may have been stored with its answer lost.
-            fresh = load_round(t.store, t.paths, t.state.round, previous=t.state)
-            t.state.ratings, t.state.by_key = fresh.ratings, fresh.by_key
+            t.state.take_reads(load_round(t.store, t.paths, t.state.round, previous=t.state))
             job.stored = t.state.find_submission(job.rating)
         if job.stored is None:
             # Signed with the rater's key from this machine (required when the run registers keys).
             signer = signer_for(job.rating.rater, t.feedback)
+            # submit_rating records it in the state by key, with its digest: a live-refresh poll never reads it back.
             job.stored = submit_rating(t.store, t.paths, t.state, job.rating, t.feedback, signer=signer)
-            # Known to the round's state by key too, so a live-refresh poll never reads it back.
-            key = t.paths.rating(t.state.round, job.stored.rater, job.stored.response_id, job.stored.version)
-            t.state.by_key[key] = job.stored
 
     def _outcome(self, job: WriteJob, kind: str) -> None:
         if self.journal is not None and job.rating.submission_id:

@@ -232,3 +232,20 @@ async def test_an_answer_arriving_while_the_screen_is_taken_down_draws_nothing(l
         screen = app.screen
         await screen.query_one("#where", Label).remove()
         screen.refresh_status()  # as _polled does when the answer arrives
+
+
+def test_live_refresh_reads_each_new_rating_once(local_store):
+    """A rating another rater stored is read by the poll that first lists it, never again by later ones
+    (its parsed record and content digest stay in the screen's state)."""
+    from therapy_rlhf.tui.catalog import open_round, poll_round
+
+    m = make_run(local_store, n=3)
+    counted = WrappedStore(local_store)
+    session = open_round(counted, "default", "demo", "alice", 1)
+    rate(local_store, m, "bob", "r0001-p0-s0", 0.5)
+    key = DEMO.rating(1, "bob", "r0001-p0-s0", 1)
+    for _ in range(3):
+        update = poll_round(counted, session.paths, session.state)
+        session.refreshed(update.state, update.gate)
+    assert counted.reads.count(key) == 1
+    assert key in session.state.digest_by_key

@@ -82,6 +82,15 @@ class RoundState:
     # Ids of frozen ratings whose stored object changed after the gate closed: the gate's copy is used.
     changed_after_gate: list[str] = field(default_factory=list)
 
+    def take_reads(self, fresh: RoundState) -> None:
+        """Take what a later ``load_round(previous=self)`` read: its ratings, parsed records and content
+        digests, keeping what this state gained meanwhile (a rating a writer stored after that read
+        listed the round), so the next incremental load reads neither again."""
+        known = {r.id for r in fresh.ratings}
+        self.ratings = fresh.ratings + [r for r in self.ratings if r.id not in known]
+        self.by_key = {**self.by_key, **fresh.by_key}
+        self.digest_by_key = {**self.digest_by_key, **fresh.digest_by_key}
+
     @property
     def content(self) -> dict[str, str]:
         """Usable rating id -> SHA-256 of its stored bytes, as read."""
