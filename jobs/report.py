@@ -20,7 +20,7 @@ from typing import Any
 from therapy_rlhf.contracts.layout import RunPaths
 from therapy_rlhf.feedback.rounds import changed_after_gate, read_gate
 from therapy_rlhf.store.runs import read_fluency
-from therapy_rlhf.contracts.records import Rating, RecordError, parse_record
+from therapy_rlhf.contracts.records import Rating, RecordError, parse_rating_id, parse_record
 from therapy_rlhf.feedback.simrater import is_simulated
 from therapy_rlhf.store.backends import Store, StoreError
 
@@ -139,10 +139,9 @@ def rating_source(store: Store, paths: RunPaths, rounds: int) -> str:
         if gate is None:
             continue
         for rating_id in sorted({i for rr in gate.rewards.values() for i in rr.ratings}):
-            rater, response_id, version = rating_id.rsplit("/", 2)
             try:
                 # The content the gate froze (what trained); the stored object only for gates older than that.
-                doc = gate.frozen.get(rating_id) or store.read_json(paths.rating(r, rater, response_id, int(version.lstrip("v"))))
+                doc = gate.frozen.get(rating_id) or store.read_json(paths.rating(r, *parse_rating_id(rating_id)))
                 rating = parse_record(Rating, doc, rating_id)
             except (StoreError, RecordError, ValueError):
                 continue  # not readable: counted as neither

@@ -228,6 +228,12 @@ def rating_id(rater: str, response_id: str, version: int) -> str:
     return f"{rater}/{response_id}/v{version}"
 
 
+def parse_rating_id(rid: str) -> tuple[str, str, int]:
+    """(rater, response id, version) of a ``rating_id``; ValueError when it is not one."""
+    rater, response_id, version = rid.rsplit("/", 2)
+    return rater, response_id, int(version.lstrip("v"))
+
+
 # ---------------------------------------------------------------------- gate
 
 

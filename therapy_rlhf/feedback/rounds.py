@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from therapy_rlhf.contracts.layout import RunPaths, parse_rating_key
 from therapy_rlhf.contracts.signing import text_sha256
 from therapy_rlhf.feedback.authenticity import Refusal, Verifier
-from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_record, rating_id
+from therapy_rlhf.contracts.records import Gate, PendingResponse, Rating, RecordError, parse_batch, parse_rating_id, parse_record, rating_id
 from therapy_rlhf.feedback.rewards import base_reward, reward_disagreement, rule_problem
 from therapy_rlhf.contracts.spec import FeedbackSpec
 from therapy_rlhf.store.backends import AccessDenied, NotFound, Store, StoreError, parse_json
@@ -346,8 +346,8 @@ def _late_ids(ratings: list[Rating], gate: Gate | None) -> set[str]:
     frozen: dict[tuple[str, str], int] = {}
     for reward in gate.rewards.values():
         for rid in reward.ratings:
-            rater, response, version = rid.rsplit("/", 2)
-            frozen[(response, rater)] = int(version.lstrip("v"))
+            rater, response, version = parse_rating_id(rid)
+            frozen[(response, rater)] = version
     return {r.id for r in ratings if r.version > frozen.get((r.response_id, r.rater), 0)}
 
 
@@ -403,9 +403,8 @@ def changed_after_gate(store: Store, paths: RunPaths, round_no: int, gate: Gate)
     named = sorted({rid for reward in gate.rewards.values() for rid in reward.ratings if rid in gate.contents})
     out = []
     for rid in named:
-        rater, response, version = rid.rsplit("/", 2)
         try:
-            data = store.read_limited(paths.rating(round_no, rater, response, int(version.lstrip("v"))), MAX_RATING_BYTES)
+            data = store.read_limited(paths.rating(round_no, *parse_rating_id(rid)), MAX_RATING_BYTES)
         except (StoreError, ValueError):
             out.append(rid)
             continue
