@@ -17,13 +17,13 @@ rounds the model refits to every round are not embedded again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from therapy_rlhf.contracts.signing import text_sha256
 from therapy_rlhf.feedback import predictions as sealed
 from therapy_rlhf.feedback.rm_features import TextFeatures
 from therapy_rlhf.jobs.common import JobContext, JobError
@@ -33,10 +33,6 @@ ENCODER_NAME = "all-MiniLM-L6-v2"
 DIM = 384
 MAX_TOKENS = 256  # the model's training length; longer responses are cut there
 BATCH = 16
-
-
-def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class EmbeddingCache:
@@ -96,7 +92,7 @@ class EmbeddingCache:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), 384) unit vectors, from the cache where a text was embedded before."""
-        keys = [text_key(t) for t in texts]
+        keys = [text_sha256(t) for t in texts]
         found = {k: v for k in set(keys) if (v := self._cached(k)) is not None}
         todo = sorted({k: t for k, t in zip(keys, texts) if k not in found}.items())
         if todo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from therapy_rlhf.contracts.signing import text_sha256
 from therapy_rlhf.jobs import encoder
 
 
@@ -27,7 +28,7 @@ def test_embeddings_are_offline_cached_per_text_and_mean_something(tmp_path, mon
     # Real trained weights: two consoling sentences are closer to each other than to a business memo.
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.3
     files = sorted(p.name for p in (tmp_path / "emb").rglob("*.npy"))
-    assert files == sorted(f"{encoder.text_key(t)}.npy" for t in set(texts))
+    assert files == sorted(f"{text_sha256(t)}.npy" for t in set(texts))
     # A fresh object (the next round's job) reads them back without embedding anything.
     again = encoder.EmbeddingCache(tmp_path / "emb")
     assert np.array_equal(again.embed(texts[:3]), vecs[:3]) and again.computed == 0
